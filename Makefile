@@ -1,0 +1,45 @@
+# Otesse Auth — the two commands are `make run` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: run test lint proto lock venv stores browser bench clean
+
+run: venv stores ## start every service locally and print how to try the flow
+	@scripts/run-local
+
+test: venv stores browser ## ruff, mypy, import contracts and the whole pytest suite
+	@scripts/run-tests
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v python3.11 >/dev/null || command -v python3 >/dev/null || { echo "python3.11 is missing: install Python 3.11"; exit 1; }
+	@test -x $(BIN)/python || python3 -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
+	@$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@rm -f $(VENV)/.installed-* && touch $@
+
+stores: ## make sure PostgreSQL and Redis answer (start them if installed but stopped)
+	@scripts/ensure-stores
+
+browser: ## make sure headless Chromium is installed (browser tests)
+	@scripts/ensure-chromium
+
+lint: venv
+	@$(BIN)/ruff check .
+	@$(BIN)/mypy
+	@$(BIN)/lint-imports
+
+proto: venv ## regenerate otesse/auth/v1 from proto/
+	@scripts/gen-proto
+
+lock: venv ## re-pin every dependency (with hashes) from pyproject.toml
+	@$(BIN)/pip-compile -q --extra dev --generate-hashes --strip-extras --allow-unsafe -o requirements.lock pyproject.toml
+
+bench: venv stores ## throughput and latency of the whole flow (see bench/README.md)
+	@$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) tests/artifacts .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Benchmarks of the whole flow: ``make bench`` (see bench/README.md)."""

@@ -1,0 +1,1 @@
+"""Otesse Auth: one package per deployable service, plus the shared library in ``common``."""

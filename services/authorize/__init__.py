@@ -1,0 +1,1 @@
+"""The authorize service: ``/oauth/authorize``, login, consent and the settings pages."""

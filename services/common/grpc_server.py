@@ -1,0 +1,152 @@
+"""Building and stopping gRPC servers the same way in every service.
+
+``create_server`` binds (port 0 picks a free one, for tests), installs the standard health
+service and one interceptor that carries the request id, records metrics, and maps errors to
+status codes: :mod:`services.common.rpc_errors` to their codes, a store or peer that is down
+to ``UNAVAILABLE``, anything else to ``INTERNAL`` with the story in the log only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from services.common import request_id
+from services.common.log import request_id_var
+from services.common.metrics import DEPENDENCY_ERRORS, GRPC_REQUESTS
+from services.common.rpc_errors import RpcError
+from services.common.settings import GrpcTlsSettings
+from services.common.unavailable import is_unavailable
+
+log = logging.getLogger("otesse.grpc")
+
+# A logo is at most 1 MiB; leave room for the rest of a message.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class ServiceInterceptor(aio.ServerInterceptor):
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner: Callable[[Any, Any], Awaitable[Any]] = handler.unary_unary
+        method = details.method
+        service = self._service
+
+        async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            token = request_id_var.set(request_id.from_grpc_metadata(context))
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return await inner(request, context)
+            except RpcError as exc:
+                code = exc.code
+                await context.abort(exc.code, exc.message)
+            except aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception as exc:
+                if is_unavailable(exc):
+                    code = grpc.StatusCode.UNAVAILABLE
+                    DEPENDENCY_ERRORS.labels(service).inc()
+                    log.warning("dependency unavailable", extra={"method": method,
+                                                                 "error": type(exc).__name__})
+                    await context.abort(code, "a dependency is unavailable; retry shortly")
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unexpected error", extra={"method": method})
+                await context.abort(code, "internal error")
+            finally:
+                elapsed = time.perf_counter() - started
+                GRPC_REQUESTS.labels(service, method, code.name).observe(elapsed)
+                level = logging.DEBUG if code == grpc.StatusCode.OK else logging.INFO
+                log.log(level, "rpc", extra={"method": method, "code": code.name,
+                                             "duration_ms": round(elapsed * 1000, 3)})
+                request_id_var.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def server_credentials(tls: GrpcTlsSettings) -> grpc.ServerCredentials:
+    assert tls.cert_file and tls.key_file
+    key = Path(tls.key_file).read_bytes()
+    cert = Path(tls.cert_file).read_bytes()
+    ca = Path(tls.ca_file).read_bytes() if tls.ca_file else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+@dataclass
+class GrpcServer:
+    """A built server: start it, and stop it gracefully (health turns NOT_SERVING first)."""
+
+    server: aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: tuple[str, ...]
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace)
+
+    async def _set_health(self, status: Any) -> None:
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+
+def create_server(
+    *,
+    service: str,
+    add_servicers: Callable[[aio.Server], Sequence[str]],
+    host: str,
+    port: int,
+    tls: GrpcTlsSettings | None = None,
+) -> GrpcServer:
+    """Builds a server with the health service, bound to ``host:port`` (0 picks a free port).
+
+    ``add_servicers`` registers the service's servicers and returns their full names, which the
+    health service reports as SERVING once the server starts.
+    """
+    server = aio.server(
+        interceptors=[ServiceInterceptor(service)],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    names = tuple(add_servicers(server))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"{host}:{port}"
+    if tls is not None and tls.enabled:
+        bound = server.add_secure_port(address, server_credentials(tls))
+    else:
+        bound = server.add_insecure_port(address)
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC on {address}")
+    return GrpcServer(server=server, port=bound, health=health_servicer, service_names=names)

@@ -1,0 +1,183 @@
+"""What every HTTP service shares: request context, access log, errors, health and metrics.
+
+* :class:`RequestContextMiddleware` (pure ASGI, so it costs little on hot paths) takes the
+  request id from ``X-Request-ID`` or makes one, echoes it, writes one access-log line and one
+  metric per request.
+* :func:`json_error_handlers` renders :class:`~services.common.errors.OAuthError` as
+  ``{"error", "error_description"}`` with ``Cache-Control: no-store``; anything unexpected
+  becomes ``server_error`` with no detail (the traceback goes to the log), and a store or peer
+  that is down becomes ``503 temporarily_unavailable``. Browser services pass their own
+  renderer for HTML pages.
+* :func:`health_routes` serves ``/healthz``, ``/readyz`` and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.common import request_id
+from services.common.errors import OAuthError, ServerError, TemporarilyUnavailable
+from services.common.log import request_id_var
+from services.common.metrics import DEPENDENCY_ERRORS, HTTP_REQUESTS
+from services.common.unavailable import is_unavailable
+
+access_log = logging.getLogger("otesse.access")
+log = logging.getLogger("otesse.http")
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+class RequestContextMiddleware:
+    """Request id in and out, one access-log line and one metric per request."""
+
+    def __init__(self, app: ASGIApp, *, service: str,
+                 extra_headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        self.app = app
+        self.service = service
+        self.extra_headers = list(extra_headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = None
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                incoming = value.decode("latin-1")
+                break
+        rid = request_id.accept_or_new(incoming)
+        token = request_id_var.set(rid)
+        started = time.perf_counter()
+        status = 500
+        rid_header = (b"x-request-id", rid.encode())
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                headers.append(rid_header)
+                headers.extend(self.extra_headers)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            route_path = getattr(route, "path", None) or "unmatched"
+            HTTP_REQUESTS.labels(self.service, scope["method"], route_path,
+                                 str(status)).observe(elapsed)
+            client = scope.get("client")
+            access_log.info("request", extra={
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 3),
+                "client": client[0] if client else None,
+            })
+            request_id_var.reset(token)
+
+
+def oauth_error_response(exc: OAuthError, *, headers: Mapping[str, str] | None = None) -> Response:
+    body: dict[str, str] = {"error": exc.error}
+    if exc.description:
+        body["error_description"] = exc.description
+    all_headers = {**NO_STORE, **(headers or {})}
+    www_authenticate = getattr(exc, "www_authenticate", None)
+    if www_authenticate:
+        all_headers["WWW-Authenticate"] = www_authenticate
+    return JSONResponse(body, status_code=exc.status_code, headers=all_headers)
+
+
+def classify(exc: Exception) -> OAuthError:
+    """The OAuth error to show for any exception; logs what the client must not see."""
+    if isinstance(exc, OAuthError):
+        return exc
+    if is_unavailable(exc):
+        DEPENDENCY_ERRORS.labels("http").inc()
+        log.warning("dependency unavailable", extra={"error": type(exc).__name__})
+        return TemporarilyUnavailable("The service is temporarily unavailable; retry shortly.")
+    log.error("unexpected error", exc_info=exc)
+    return ServerError()
+
+
+async def _oauth_handler(request: Request, exc: Exception) -> Response:
+    return oauth_error_response(classify(exc))
+
+
+async def _http_exception_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        body = {"error": "not_found", "error_description": "No such endpoint."}
+    elif exc.status_code == 405:
+        body = {"error": "invalid_request", "error_description": "Method not allowed."}
+    else:
+        body = {"error": "invalid_request", "error_description": str(exc.detail)}
+    return JSONResponse(body, status_code=exc.status_code, headers={**NO_STORE,
+                                                                    **(exc.headers or {})})
+
+
+def json_error_handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:
+    """Exception handlers for API services: every error is RFC 6749 §5.2 JSON."""
+    return {
+        OAuthError: _oauth_handler,
+        HTTPException: _http_exception_handler,
+        Exception: _oauth_handler,
+    }
+
+
+@dataclass
+class Readiness:
+    """What ``/readyz`` checks. ``draining`` turns true on SIGTERM, before the server stops."""
+
+    checks: dict[str, Callable[[], Awaitable[object]]] = field(default_factory=dict)
+    draining: bool = False
+
+    async def probe(self) -> dict[str, str]:
+        results: dict[str, str] = {}
+
+        async def run(name: str, check: Callable[[], Awaitable[object]]) -> None:
+            try:
+                await asyncio.wait_for(check(), timeout=2.0)
+                results[name] = "ok"
+            except Exception as exc:  # noqa: BLE001 - any failure means not ready
+                results[name] = f"unavailable ({type(exc).__name__})"
+
+        await asyncio.gather(*(run(name, check) for name, check in self.checks.items()))
+        return results
+
+
+def health_routes(readiness: Readiness) -> list[Route]:
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        results = await readiness.probe()
+        ready = not readiness.draining and all(v == "ok" for v in results.values())
+        body = {"status": "ready" if ready else "not ready", "checks": results,
+                "draining": readiness.draining}
+        return JSONResponse(body, status_code=200 if ready else 503,
+                            headers={"Cache-Control": "no-store"})
+
+    async def metrics(request: Request) -> Response:
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]

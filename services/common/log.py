@@ -1,0 +1,67 @@
+"""Structured logs: one JSON object per line, carrying the request id of the work in progress.
+
+Tokens, secrets and passwords are never logged on purpose; as a second line of defence every
+line is scrubbed of anything shaped like an Otesse token or secret before it is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from contextvars import ContextVar
+from typing import Any
+
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+
+_SECRET_SHAPES = re.compile(
+    r"otesse_(?:at|rt|cs)_[A-Za-z0-9_\-\.]+"  # access and refresh tokens, client secrets
+    r"|(?i:bearer)\s+[A-Za-z0-9_\-\.~+/]+=*"  # any bearer credential
+)
+# Attributes every LogRecord has; anything else passed in ``extra=`` becomes a JSON field.
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+def scrub(text: str) -> str:
+    """Replaces anything shaped like a token or secret with a marker."""
+    return _SECRET_SHAPES.sub("[redacted]", text)
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self._service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "service": self._service,
+            "logger": record.name,
+            "request_id": request_id_var.get(),
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return scrub(json.dumps(entry, default=str, ensure_ascii=False))
+
+
+def configure_logging(service: str, level: str = "INFO") -> None:
+    """Routes every logger (uvicorn's and grpc's included) to JSON lines on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(service))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    # Access lines are written by our own middleware, with the request id.
+    logging.getLogger("uvicorn.access").disabled = True

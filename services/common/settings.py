@@ -1,0 +1,184 @@
+"""Configuration from ``OTESSE_…`` environment variables, read once at start-up.
+
+Each service declares a frozen dataclass of its settings and builds it with an :class:`Env`
+reader. A missing or malformed variable raises :class:`ConfigError` whose message is one line
+naming the variable; ``otesse-auth serve`` prints it and exits. Nothing else reads
+``os.environ``. With no variables set, every service and the CLI agree on local defaults, so the
+CLI talks to the stack ``make run`` started.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed. ``str()`` is one line naming the variable."""
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret setting: its ``repr`` and ``str`` never show the value."""
+
+    value: str
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+
+class Env:
+    """Typed reads of ``OTESSE_…`` variables with defaults."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = os.environ if environ is None else environ
+
+    def _parse(self, name: str, default: T | None, parse: Callable[[str], T], what: str) -> T:
+        raw = self._environ.get(name)
+        if raw is None or raw == "":
+            if default is None:
+                raise ConfigError(f"{name} is required but not set")
+            return default
+        try:
+            return parse(raw.strip())
+        except ValueError as exc:
+            detail = f" ({exc})" if str(exc) else ""
+            raise ConfigError(f"{name} must be {what}{detail}, got {raw!r}") from None
+
+    def text(self, name: str, default: str | None = None) -> str:
+        return self._parse(name, default, _nonempty, "a non-empty string")
+
+    def secret(self, name: str, default: str | None = None) -> Secret:
+        raw = self._environ.get(name) or default
+        if not raw:
+            raise ConfigError(f"{name} is required but not set")
+        return Secret(raw)
+
+    def integer(self, name: str, default: int | None = None, *, minimum: int = 0,
+            maximum: int | None = None) -> int:
+        def parse(raw: str) -> int:
+            value = int(raw)
+            if value < minimum or (maximum is not None and value > maximum):
+                bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+                raise ValueError(f"range {bound}")
+            return value
+
+        return self._parse(name, default, parse, "an integer")
+
+    def number(self, name: str, default: float | None = None, *, minimum: float = 0.0) -> float:
+        def parse(raw: str) -> float:
+            value = float(raw)
+            if value < minimum:
+                raise ValueError(f"range >= {minimum}")
+            return value
+
+        return self._parse(name, default, parse, "a number")
+
+    def flag(self, name: str, default: bool | None = None) -> bool:
+        def parse(raw: str) -> bool:
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("")
+
+        return self._parse(name, default, parse, "true or false")
+
+    def url(self, name: str, default: str | None = None, *,
+            schemes: tuple[str, ...] = ("http", "https")) -> str:
+        def parse(raw: str) -> str:
+            parts = urlsplit(raw)
+            if parts.scheme not in schemes or not parts.netloc:
+                raise ValueError(f"scheme {'/'.join(schemes)}")
+            return raw.rstrip("/") if parts.scheme in ("http", "https") else raw
+
+        return self._parse(name, default, parse, "an absolute URL")
+
+    def items(self, name: str, default: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        return self._parse(name, default, _comma_list, "a comma-separated list")
+
+    def networks(self, name: str, default: tuple[str, ...] = ()) -> tuple[
+            ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        def parse(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+            return tuple(ipaddress.ip_network(item, strict=False) for item in _comma_list(raw))
+
+        raw_default = tuple(ipaddress.ip_network(item, strict=False) for item in default)
+        return self._parse(name, raw_default, parse, "a comma-separated list of CIDR networks")
+
+
+def _nonempty(raw: str) -> str:
+    if not raw:
+        raise ValueError("")
+    return raw
+
+
+def _comma_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+# Local defaults shared by every service and the CLI.
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/otesse"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_ISSUER = "http://localhost:8000"
+DEFAULT_REGISTRY_ADDR = "127.0.0.1:50051"
+DEFAULT_TOKEN_GRPC_ADDR = "127.0.0.1:50052"
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where the shared stores are; every service that uses one reads these."""
+
+    database_url: Secret
+    redis_url: Secret
+    # Every Redis key starts with this, so runs (and tests) can share one Redis server.
+    redis_prefix: str
+    db_pool_min: int
+    db_pool_max: int
+
+    @classmethod
+    def from_env(cls, env: Env) -> StoreSettings:
+        prefix = env.text("OTESSE_REDIS_PREFIX", "otesse:")
+        return cls(
+            database_url=env.secret("OTESSE_DATABASE_URL", DEFAULT_DATABASE_URL),
+            redis_url=env.secret("OTESSE_REDIS_URL", DEFAULT_REDIS_URL),
+            redis_prefix=prefix,
+            db_pool_min=env.integer("OTESSE_DB_POOL_MIN", 2, minimum=0),
+            db_pool_max=env.integer("OTESSE_DB_POOL_MAX", 10, minimum=1),
+        )
+
+
+@dataclass(frozen=True)
+class GrpcTlsSettings:
+    """TLS for gRPC, a configuration switch: all three files set → TLS (mutual when ca is set)."""
+
+    cert_file: str | None
+    key_file: str | None
+    ca_file: str | None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None and self.key_file is not None
+
+    @classmethod
+    def from_env(cls, env: Env) -> GrpcTlsSettings:
+        def optional(name: str) -> str | None:
+            value = env.text(name, "-")
+            return None if value == "-" else value
+
+        tls = cls(
+            cert_file=optional("OTESSE_GRPC_TLS_CERT"),
+            key_file=optional("OTESSE_GRPC_TLS_KEY"),
+            ca_file=optional("OTESSE_GRPC_TLS_CA"),
+        )
+        if (tls.cert_file is None) != (tls.key_file is None):
+            raise ConfigError("OTESSE_GRPC_TLS_CERT and OTESSE_GRPC_TLS_KEY must be set together")
+        return tls

@@ -1,0 +1,1 @@
+"""The edge gateway: the only public entry to Otesse Auth."""

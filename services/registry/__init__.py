@@ -1,0 +1,1 @@
+"""The client registry: OAuth clients over gRPC (``ClientRegistry``), owned in Postgres."""

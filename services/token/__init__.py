@@ -1,0 +1,1 @@
+"""The token service: ``/oauth/token``, revocation, introspection, JWKS and gRPC validation."""
