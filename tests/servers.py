@@ -1,0 +1,34 @@
+"""Serving an ASGI app on a real loopback port inside the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Literal
+
+import uvicorn
+from starlette.types import ASGIApp
+
+
+@asynccontextmanager
+async def serve_app(app: ASGIApp, *, lifespan: Literal["on", "off"] = "on") -> AsyncIterator[str]:
+    """Runs ``app`` under uvicorn on 127.0.0.1 and a free port; yields its base URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False,
+                            lifespan=lifespan, loop="none")
+    server = uvicorn.Server(config)
+    # The test runner owns the process's signals.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("server stopped before it started")
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
