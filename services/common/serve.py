@@ -28,11 +28,15 @@ class _DrainingServer(uvicorn.Server):
         self._drain_deadline: float | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not uvicorn's handler: it re-raises the signal after a graceful stop, so a clean
+        # shutdown would exit with -15 (and Ctrl-C with a traceback) instead of 0.
         self._readiness.draining = True
-        if self._drain_deadline is None and self._drain_seconds > 0:
+        if self.should_exit:
+            self.force_exit = True
+        elif self._drain_deadline is None and self._drain_seconds > 0:
             self._drain_deadline = time.monotonic() + self._drain_seconds
-            return
-        super().handle_exit(sig, frame)
+        else:
+            self.should_exit = True
 
     async def on_tick(self, counter: int) -> bool:
         if self._drain_deadline is not None and time.monotonic() >= self._drain_deadline:

@@ -1,0 +1,46 @@
+"""Logs are JSON lines with the request id, and never carry a token or secret."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from services.common import credentials
+from services.common.log import JsonFormatter, request_id_var, scrub
+
+
+def record(message: str, **extra: object) -> logging.LogRecord:
+    log_record = logging.makeLogRecord({"name": "t", "levelno": 20, "levelname": "INFO",
+                                        "msg": message, "args": ()})
+    for key, value in extra.items():
+        setattr(log_record, key, value)
+    return log_record
+
+
+def test_one_json_object_per_line_with_request_id() -> None:
+    token = request_id_var.set("req-123")
+    try:
+        line = JsonFormatter("registry").format(record("hello", method="GET"))
+    finally:
+        request_id_var.reset(token)
+    entry = json.loads(line)
+    assert entry["request_id"] == "req-123"
+    assert entry["service"] == "registry"
+    assert entry["msg"] == "hello"
+    assert entry["method"] == "GET"
+    assert "\n" not in line
+
+
+@pytest.mark.parametrize("secret", [
+    credentials.new_credential("otesse_rt_"),
+    credentials.new_credential("otesse_cs_"),
+    "otesse_at_eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl",
+    "Bearer abc.def.ghi",
+], ids=["refresh token", "client secret", "access token", "bearer header"])
+def test_tokens_and_secrets_are_scrubbed(secret: str) -> None:
+    line = JsonFormatter("token").format(record(f"got {secret} here", header=secret))
+    assert secret not in line
+    assert "[redacted]" in line
+    assert "[redacted]" in scrub(secret)
