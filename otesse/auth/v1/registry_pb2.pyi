@@ -57,7 +57,7 @@ class Logo(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
-    """The image bytes."""
+    """The image bytes: at most 1 MiB, 16–2048 pixels a side."""
     content_type: _builtins.str
     """image/png, image/jpeg or image/webp, as detected from data (never as declared)."""
     def __init__(
@@ -120,9 +120,13 @@ class Client(_message.Message):
         """The logo, filled only when GetClientRequest.include_logo is set."""
 
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the client was registered."""
+
     @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When any field last changed (secret rotations included)."""
+
     @_builtins.property
     def secret_issued_at(self) -> _timestamp_pb2.Timestamp:
         """When the current secret was issued (unset for public clients)."""
@@ -164,14 +168,21 @@ class RegisterClientRequest(_message.Message):
     OWNER_USER_ID_FIELD_NUMBER: _builtins.int
     LOGO_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Shown on the consent screen. 1–100 characters, no control characters."""
     description: _builtins.str
+    """Shown on the consent screen. At most 1000 characters."""
     client_type: Global___ClientType.ValueType
+    """Unspecified means confidential (the type that must authenticate)."""
     owner_user_id: _builtins.str
     """Required: who owns the client."""
     @_builtins.property
-    def redirect_uris(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def redirect_uris(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """1–10 redirect URIs: absolute, no fragment, no userinfo, https except http on loopback."""
+
     @_builtins.property
-    def allowed_scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def allowed_scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """One or more scopes from the catalogue."""
+
     @_builtins.property
     def logo(self) -> Global___Logo:
         """Optional logo; content_type is ignored and detected from the bytes."""
@@ -204,7 +215,9 @@ class RegisterClientResponse(_message.Message):
     client_secret: _builtins.str
     """"otesse_cs_…" for confidential clients, empty for public ones. Returned only here."""
     @_builtins.property
-    def client(self) -> Global___Client: ...
+    def client(self) -> Global___Client:
+        """The registered client."""
+
     def __init__(
         self,
         *,
@@ -227,6 +240,7 @@ class GetClientRequest(_message.Message):
     OWNER_USER_ID_FIELD_NUMBER: _builtins.int
     INCLUDE_LOGO_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
+    """The client to look up."""
     owner_user_id: _builtins.str
     """When set, the client must belong to this user, else NOT_FOUND."""
     include_logo: _builtins.bool
@@ -252,7 +266,9 @@ class GetClientResponse(_message.Message):
 
     CLIENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def client(self) -> Global___Client: ...
+    def client(self) -> Global___Client:
+        """The client found."""
+
     def __init__(
         self,
         *,
@@ -273,7 +289,11 @@ class AuthenticateClientRequest(_message.Message):
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     CLIENT_SECRET_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
+    """The client authenticating."""
     client_secret: _builtins.str
+    """Its secret as presented ("otesse_cs_…"): the current one, or the previous one during the
+    rotation overlap.
+    """
     def __init__(
         self,
         *,
@@ -294,7 +314,9 @@ class AuthenticateClientResponse(_message.Message):
 
     CLIENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def client(self) -> Global___Client: ...
+    def client(self) -> Global___Client:
+        """The authenticated client."""
+
     def __init__(
         self,
         *,
@@ -334,7 +356,9 @@ class ListClientsResponse(_message.Message):
 
     CLIENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def clients(self) -> _containers.RepeatedCompositeFieldContainer[Global___Client]: ...
+    def clients(self) -> _containers.RepeatedCompositeFieldContainer[Global___Client]:
+        """The owner's clients, newest first."""
+
     def __init__(
         self,
         *,
@@ -361,15 +385,21 @@ class UpdateClientRequest(_message.Message):
     LOGO_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
+    """The client to change."""
     owner_user_id: _builtins.str
     """When set, the client must belong to this user, else NOT_FOUND."""
     name: _builtins.str
-    """New values; only the fields named in update_mask are read."""
+    """New name (read only when "name" is in update_mask; same rules as at registration)."""
     description: _builtins.str
+    """New description (read only when "description" is in update_mask)."""
     @_builtins.property
-    def redirect_uris(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def redirect_uris(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """New redirect URIs, replacing the old list (read only when "redirect_uris" is in the mask)."""
+
     @_builtins.property
-    def allowed_scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def allowed_scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """New allowed scopes, replacing the old list (read only when "allowed_scopes" is in the mask)."""
+
     @_builtins.property
     def logo(self) -> Global___Logo:
         """With "logo" in the mask: the new logo, or none to remove it."""
@@ -404,7 +434,9 @@ class UpdateClientResponse(_message.Message):
 
     CLIENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def client(self) -> Global___Client: ...
+    def client(self) -> Global___Client:
+        """The client as it is now."""
+
     def __init__(
         self,
         *,
@@ -426,6 +458,7 @@ class RotateClientSecretRequest(_message.Message):
     OWNER_USER_ID_FIELD_NUMBER: _builtins.int
     OVERLAP_SECONDS_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
+    """The confidential client whose secret to rotate (a public client: FAILED_PRECONDITION)."""
     owner_user_id: _builtins.str
     """When set, the client must belong to this user, else NOT_FOUND."""
     overlap_seconds: _builtins.int
@@ -459,7 +492,9 @@ class RotateClientSecretResponse(_message.Message):
     client_secret: _builtins.str
     """The new secret, returned only here."""
     @_builtins.property
-    def client(self) -> Global___Client: ...
+    def client(self) -> Global___Client:
+        """The client as it is now."""
+
     @_builtins.property
     def previous_secret_expires_at(self) -> _timestamp_pb2.Timestamp:
         """Until when the previous secret is still accepted (unset when it stopped at once)."""
@@ -486,6 +521,7 @@ class DeleteClientRequest(_message.Message):
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     OWNER_USER_ID_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
+    """The client to delete."""
     owner_user_id: _builtins.str
     """When set, the client must belong to this user, else NOT_FOUND."""
     def __init__(
