@@ -1,0 +1,108 @@
+"""Wiring of the authorize service: routes, middleware, and the stores opened in the lifespan.
+
+Nothing here decides anything; see :mod:`authorization_endpoint`, :mod:`login` and
+:mod:`pages`. The Postgres pool, Redis client and registry channel all connect lazily and
+reconnect by themselves, so the service starts while a dependency is down (answering 503
+pages) and recovers without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from starlette.applications import Starlette
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from otesse.auth.v1 import registry_pb2_grpc
+from services.authorize import authorization_endpoint, login, logo
+from services.authorize.clients import SERVICE_NAME, RegistryClients
+from services.authorize.codes import RedisCodeStore
+from services.authorize.components import Components
+from services.authorize.consents import PgConsentStore
+from services.authorize.login_throttle import RedisLoginThrottle
+from services.authorize.pages import html_error_handlers
+from services.authorize.pending import RedisPendingStore
+from services.authorize.security_headers import SecurityHeadersMiddleware
+from services.authorize.sessions import RedisSessionStore
+from services.authorize.settings import AuthorizeSettings
+from services.authorize.users import PgUserStore
+from services.common import db, redis_client
+from services.common.grpc_client import create_channel
+from services.common.http import Readiness, RequestContextMiddleware, health_routes
+
+log = logging.getLogger("otesse.authorize")
+_STATIC = str(resources.files("services.authorize") / "static")
+
+
+def routes(readiness: Readiness) -> list[Route | Mount]:
+    return [
+        Route("/oauth/authorize", authorization_endpoint.authorize, methods=["GET"]),
+        Route("/oauth/authorize/decision", authorization_endpoint.decide, methods=["POST"]),
+        Route("/login", login.login_form, methods=["GET"]),
+        Route("/login", login.login, methods=["POST"]),
+        Route("/logout", login.logout, methods=["POST"]),
+        Route("/", login.home, methods=["GET"]),
+        Route("/apps/{client_id}/logo", logo.app_logo, methods=["GET"]),
+        *health_routes(readiness),
+        Mount("/static", StaticFiles(directory=_STATIC), name="static"),
+    ]
+
+
+def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) -> Starlette:
+    readiness = readiness or Readiness()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pool = await db.create_pool(settings.stores, application_name="otesse-authorize")
+        redis = redis_client.create_redis(settings.stores)
+        tls = settings.registry_tls if settings.registry_tls.enabled or \
+            settings.registry_tls.ca_file else None
+        channel = create_channel(settings.registry_addr, services=(SERVICE_NAME,), tls=tls)
+        registry = registry_pb2_grpc.ClientRegistryStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        prefix = settings.stores.redis_prefix
+        app.state.components = Components(
+            settings=settings,
+            clients=RegistryClients(registry, ttl_seconds=settings.client_cache_seconds,
+                                    max_entries=settings.client_cache_size),
+            sessions=RedisSessionStore(redis, prefix=prefix,
+                                       idle_seconds=settings.session_idle_seconds,
+                                       absolute_seconds=settings.session_absolute_seconds),
+            users=PgUserStore(pool),
+            consents=PgConsentStore(pool),
+            codes=RedisCodeStore(redis, prefix=prefix),
+            pending=RedisPendingStore(redis, prefix=prefix),
+            throttle=RedisLoginThrottle(redis, prefix=prefix, settings=settings.login),
+        )
+
+        async def registry_serving() -> None:
+            response = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME),
+                                          timeout=2.0)
+            if response.status != health_pb2.HealthCheckResponse.SERVING:
+                raise RuntimeError("registry not serving")
+
+        checks: dict[str, Callable[[], Awaitable[object]]] = {
+            "postgres": lambda: db.ping(pool),
+            "redis": lambda: redis_client.ping(redis),
+            "registry": registry_serving,
+        }
+        readiness.checks.update(checks)
+        log.info("authorize serving", extra={"registry": settings.registry_addr})
+        try:
+            yield
+        finally:
+            readiness.draining = True
+            await channel.close()
+            await redis.aclose()
+            await pool.close()
+
+    app = Starlette(routes=routes(readiness), lifespan=lifespan,
+                    exception_handlers=html_error_handlers())
+    app.add_middleware(SecurityHeadersMiddleware, hsts=settings.secure_cookies)
+    app.add_middleware(RequestContextMiddleware, service="authorize")
+    return app

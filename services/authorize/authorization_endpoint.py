@@ -1,0 +1,157 @@
+"""The authorization endpoint (RFC 6749 §3.1, §4.1.1–§4.1.2) and the consent decision.
+
+``GET /oauth/authorize`` checks the request, sends a signed-out user to the login page and
+back, and then either issues a code at once (the user already approved these scopes) or shows
+the consent screen. ``POST /oauth/authorize/decision`` receives Approve or Deny.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from otesse.auth.v1 import registry_pb2
+from services.authorize import csrf, session_cookie
+from services.authorize.authorization_request import AuthorizationRequest, validate
+from services.authorize.authorization_response import (
+    AuthorizationErrorRedirect,
+    success_location,
+)
+from services.authorize.components import Components, components
+from services.authorize.origins import csp_origin, display_host
+from services.authorize.pages import NO_STORE, error_page, page
+from services.authorize.sessions import Session
+from services.common import scopes as scope_catalogue
+from services.common.errors import (
+    AccessDenied,
+    ConsentRequired,
+    InvalidRequest,
+    LoginRequired,
+)
+
+PATH = "/oauth/authorize"
+DECISIONS = ("approve", "deny")
+
+
+def login_redirect(next_target: str) -> Response:
+    return RedirectResponse("/login?" + urlencode({"next": next_target}), status_code=302,
+                            headers=NO_STORE)
+
+
+def _without_login_prompt(request: Request) -> str:
+    """This request again, minus ``prompt=login``, to come back to after a fresh login."""
+    pairs = []
+    for name, value in request.query_params.multi_items():
+        if name == "prompt":
+            value = " ".join(p for p in value.split() if p != "login")
+            if not value:
+                continue
+        pairs.append((name, value))
+    return f"{PATH}?{urlencode(pairs)}"
+
+
+async def _issue(c: Components, request: AuthorizationRequest, session: Session,
+                 status: int) -> Response:
+    assert session.user_id is not None
+    code = await c.codes.issue(
+        client_id=request.client_id, redirect_uri=request.redirect_uri, user_id=session.user_id,
+        scopes=request.scopes, code_challenge=request.code_challenge,
+        code_challenge_method=request.code_challenge_method,
+        auth_time=session.auth_time or time.time())
+    location = success_location(redirect_uri=request.redirect_uri, code=code,
+                                state=request.state, issuer=c.settings.issuer)
+    return RedirectResponse(location, status_code=status, headers=NO_STORE)
+
+
+async def authorize(request: Request) -> Response:
+    c = components(request)
+    client, auth_request = await validate(request.query_params.multi_items(), clients=c.clients)
+
+    def fail(error: LoginRequired | ConsentRequired) -> AuthorizationErrorRedirect:
+        return AuthorizationErrorRedirect(error, redirect_uri=auth_request.redirect_uri,
+                                          state=auth_request.state)
+
+    here = f"{PATH}?{request.url.query}"
+    # OpenID Connect Core §3.1.2.1: prompt=login — "The Authorization Server SHOULD prompt the
+    # End-User for reauthentication."
+    if "login" in auth_request.prompt:
+        return login_redirect(_without_login_prompt(request))
+    found = await session_cookie.current(request, c)
+    standing = None
+    if found is not None and found[1].user_id is not None:
+        standing = await c.consents.standing(user_id=found[1].user_id,
+                                             client_id=client.client_id)
+        if standing is None or standing.disabled:
+            await c.sessions.delete(session_id=found[0])
+            standing = None
+    if found is None or standing is None:
+        # OpenID Connect Core §3.1.2.1: prompt=none — "The Authorization Server MUST NOT
+        # display any authentication or consent user interface pages."
+        if "none" in auth_request.prompt:
+            raise fail(LoginRequired("The user is not signed in."))
+        return login_redirect(here)
+    session = found[1]
+    assert session.user_id is not None
+    if set(auth_request.scopes) <= standing.granted and "consent" not in auth_request.prompt:
+        return await _issue(c, auth_request, session, status=302)
+    if "none" in auth_request.prompt:
+        raise fail(ConsentRequired("The user has not approved these scopes for this app."))
+    request_id = await c.pending.put(request=auth_request, session_key=session.key,
+                                     user_id=session.user_id)
+    return consent_page(request, client, auth_request, session=session, email=standing.email,
+                        request_id=request_id, switch_url="/login?" + urlencode({"next": here}))
+
+
+def consent_page(request: Request, client: registry_pb2.Client,
+                 auth_request: AuthorizationRequest, *, session: Session, email: str,
+                 request_id: str, switch_url: str) -> Response:
+    logo_url = (f"/apps/{client.client_id}/logo?v={client.logo_sha256[:16]}"
+                if client.logo_sha256 else None)
+    origin = csp_origin(auth_request.redirect_uri)
+    return page(request, "consent.html", {
+        "app_name": client.name,
+        "app_description": client.description,
+        "logo_url": logo_url,
+        "avatar_letter": (client.name[:1] or "?").upper(),
+        "avatar_color": zlib.crc32(client.name.encode("utf-8")) % 8,
+        "email": email,
+        "switch_url": switch_url,
+        "scopes": [{"name": scope, "sentence": scope_catalogue.CATALOGUE[scope]}
+                   for scope in auth_request.scopes],
+        "redirect_host": display_host(auth_request.redirect_uri),
+        "request_id": request_id,
+        "csrf_token": session.csrf_token,
+    }, form_targets=[origin] if origin else [])
+
+
+async def decide(request: Request) -> Response:
+    c = components(request)
+    form = await request.form(max_files=0, max_fields=10)
+    found = await session_cookie.current(request, c)
+    session = csrf.check(found[1] if found else None, form.get("csrf_token"))
+    decision = form.get("decision")
+    if decision not in DECISIONS:
+        return error_page(request, InvalidRequest("Choose Approve or Deny."))
+    request_id = form.get("request_id")
+    auth_request = None
+    if session.user_id is not None and isinstance(request_id, str):
+        auth_request = await c.pending.take(request_id=request_id, session_key=session.key,
+                                            user_id=session.user_id)
+    if auth_request is None:
+        return error_page(request, InvalidRequest(
+            "This authorization request has expired or was already answered."))
+    if decision == "deny":
+        # RFC 6749 §4.1.2.1: access_denied — "The resource owner or authorization server
+        # denied the request."
+        raise AuthorizationErrorRedirect(AccessDenied("The user denied the request."),
+                                         redirect_uri=auth_request.redirect_uri,
+                                         state=auth_request.state)
+    assert session.user_id is not None
+    await c.consents.grant(user_id=session.user_id, client_id=auth_request.client_id,
+                           scopes=auth_request.scopes)
+    # RFC 9700 §4.12: 303 after a POST, so the browser does not re-send the form.
+    return await _issue(c, auth_request, session, status=303)

@@ -1,0 +1,33 @@
+"""What the request handlers work with, built once in the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from services.authorize.clients import ClientDirectory
+from services.authorize.codes import CodeStore
+from services.authorize.consents import ConsentStore
+from services.authorize.login_throttle import LoginThrottle
+from services.authorize.pending import PendingStore
+from services.authorize.sessions import SessionStore
+from services.authorize.settings import AuthorizeSettings
+from services.authorize.users import UserStore
+
+
+@dataclass(frozen=True)
+class Components:
+    settings: AuthorizeSettings
+    clients: ClientDirectory
+    sessions: SessionStore
+    users: UserStore
+    consents: ConsentStore
+    codes: CodeStore
+    pending: PendingStore
+    throttle: LoginThrottle
+
+
+def components(request: Request) -> Components:
+    found: Components = request.app.state.components
+    return found

@@ -1,0 +1,91 @@
+"""Remembered consent (RFC 6749 §4.1.1 step "the authorization server … obtains an
+authorization decision"; RFC 9700 §2.1 on not skipping consent silently for new scopes).
+
+A user's approval of a client is kept in Postgres (``authorize.consents``). A later request
+for the same scopes or a subset skips the consent screen; anything wider asks again, and the
+new approval adds to what was remembered. Revoking deletes the row.
+
+:meth:`ConsentStore.standing` is on the hot path of every authorization request of a signed-in
+user, so one statement answers both "is this user still allowed to sign in?" and "what has
+this user already approved for this client?".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import asyncpg
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A signed-in user as the authorization endpoint needs them."""
+
+    email: str
+    disabled: bool
+    # Scopes already approved for the client; empty when none.
+    granted: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Consent:
+    client_id: str
+    scopes: tuple[str, ...]
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConsentStore(Protocol):
+    async def standing(self, *, user_id: str, client_id: str) -> Standing | None: ...
+
+    async def grant(self, *, user_id: str, client_id: str, scopes: Sequence[str]) -> None: ...
+
+    async def revoke(self, *, user_id: str, client_id: str) -> bool: ...
+
+    async def list_for_user(self, *, user_id: str) -> list[Consent]: ...
+
+
+class PgConsentStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def standing(self, *, user_id: str, client_id: str) -> Standing | None:
+        """``None`` when the user no longer exists."""
+        try:
+            row = await self._pool.fetchrow(
+                "SELECT u.email, u.disabled_at IS NOT NULL AS disabled, c.scopes"
+                " FROM authorize.users u LEFT JOIN authorize.consents c"
+                " ON c.user_id = u.user_id AND c.client_id = $2"
+                " WHERE u.user_id = $1::text::uuid", user_id, client_id)
+        except asyncpg.InvalidTextRepresentationError:
+            return None
+        if row is None:
+            return None
+        return Standing(email=row["email"], disabled=row["disabled"],
+                        granted=frozenset(row["scopes"] or ()))
+
+    async def grant(self, *, user_id: str, client_id: str, scopes: Sequence[str]) -> None:
+        """Remembers ``scopes`` in addition to anything approved before."""
+        await self._pool.execute(
+            "INSERT INTO authorize.consents (user_id, client_id, scopes)"
+            " VALUES ($1::text::uuid, $2, $3)"
+            " ON CONFLICT (user_id, client_id) DO UPDATE SET"
+            " scopes = ARRAY(SELECT DISTINCT s FROM unnest(consents.scopes || EXCLUDED.scopes) s"
+            " ORDER BY s), updated_at = now()",
+            user_id, client_id, sorted(set(scopes)))
+
+    async def revoke(self, *, user_id: str, client_id: str) -> bool:
+        result = await self._pool.execute(
+            "DELETE FROM authorize.consents WHERE user_id = $1::text::uuid AND client_id = $2",
+            user_id, client_id)
+        return bool(result.endswith(" 1"))
+
+    async def list_for_user(self, *, user_id: str) -> list[Consent]:
+        rows = await self._pool.fetch(
+            "SELECT client_id, scopes, created_at, updated_at FROM authorize.consents"
+            " WHERE user_id = $1::text::uuid ORDER BY updated_at DESC", user_id)
+        return [Consent(row["client_id"], tuple(row["scopes"]), row["created_at"],
+                        row["updated_at"]) for row in rows]
