@@ -8,6 +8,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
+from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -68,7 +69,8 @@ class App:
 async def register(registry: registry_pb2_grpc.ClientRegistryStub, *, name: str,
                    redirect_uris: Sequence[str], scopes: Sequence[str], public: bool = False,
                    logo: bytes | None = None, description: str = "") -> App:
-    response = await registry.RegisterClient(registry_pb2.RegisterClientRequest(
+    stub = cast("registry_pb2_grpc.ClientRegistryAsyncStub", registry)
+    response = await stub.RegisterClient(registry_pb2.RegisterClientRequest(
         name=name, description=description, redirect_uris=list(redirect_uris),
         allowed_scopes=list(scopes), owner_user_id="owner-1",
         client_type=registry_pb2.CLIENT_TYPE_PUBLIC if public
