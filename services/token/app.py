@@ -1,0 +1,215 @@
+"""Wiring of the token service: the HTTP app (token, revocation, introspection, metadata, JWKS,
+health) and the gRPC ``TokenService`` server.
+
+The lifespan opens the Postgres pool, Redis and the registry channel, loads the signing keys
+(and keeps refreshing them), and starts the gRPC server; on shutdown readiness turns false, the
+gRPC server stops with a grace period, then everything closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from otesse.auth.v1 import registry_pb2, registry_pb2_grpc, token_pb2, token_pb2_grpc
+from services.common import db, redis_client
+from services.common.grpc_client import create_channel
+from services.common.grpc_server import GrpcServer
+from services.common.grpc_server import create_server as create_grpc_server
+from services.common.http import (
+    Readiness,
+    RequestContextMiddleware,
+    health_routes,
+    json_error_handlers,
+)
+from services.token.access_tokens import AccessTokenIssuer
+from services.token.client_auth import ClientAuthenticator
+from services.token.denylist import DenyList
+from services.token.grants import Grant
+from services.token.grants.authorization_code import AuthorizationCodeGrant
+from services.token.grants.refresh_token import RefreshTokenGrant
+from services.token.introspection import Introspector
+from services.token.keys import KeyRing, NoSigningKey, PgKeyStore
+from services.token.metadata import authorization_server_metadata
+from services.token.revocation import Revoker
+from services.token.servicer import TokenServiceServicer
+from services.token.settings import TokenSettings
+from services.token.store import PgGrantStore
+from services.token.token_endpoint import TokenEndpoint
+from services.token.validation import AccessTokenValidator
+
+log = logging.getLogger("otesse.token")
+SERVICE_NAME = token_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name
+REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["ClientRegistry"].full_name
+# Resource servers may cache the JWKS this long; a new key is published (as "next") for far
+# longer than this before it signs.
+PUBLIC_CACHE = {"Cache-Control": "public, max-age=300"}
+
+
+@dataclass(frozen=True)
+class TokenComponents:
+    """Everything the endpoints and the gRPC servicer use, built from open connections."""
+
+    ring: KeyRing
+    store: PgGrantStore
+    denylist: DenyList
+    validator: AccessTokenValidator
+    token_endpoint: TokenEndpoint
+    revoker: Revoker
+    introspector: Introspector
+
+
+def build_components(settings: TokenSettings, *, pool: asyncpg.Pool, redis: aioredis.Redis,
+                     registry: registry_pb2_grpc.ClientRegistryAsyncStub) -> TokenComponents:
+    ring = KeyRing(PgKeyStore(pool), kek=settings.kek_bytes)
+    store = PgGrantStore(pool, access_token_ttl=settings.access_token_ttl)
+    denylist = DenyList(redis, redis_prefix=settings.stores.redis_prefix,
+                        access_token_ttl=settings.access_token_ttl,
+                        source=store.live_revocations)
+    issuer = AccessTokenIssuer(ring, issuer=settings.issuer, audience=settings.audience,
+                               ttl=settings.access_token_ttl)
+    validator = AccessTokenValidator(ring, denylist, issuer=settings.issuer,
+                                     audience=settings.audience)
+    authenticator = ClientAuthenticator(registry,
+                                        cache_seconds=settings.client_auth_cache_seconds)
+    grants: list[Grant[Any]] = [
+        AuthorizationCodeGrant(redis=redis, redis_prefix=settings.stores.redis_prefix,
+                               store=store, access_tokens=issuer, denylist=denylist,
+                               refresh_ttl=settings.refresh_token_ttl),
+        RefreshTokenGrant(store=store, access_tokens=issuer, denylist=denylist,
+                          refresh_ttl=settings.refresh_token_ttl,
+                          retry_window=settings.refresh_retry_window),
+    ]
+    return TokenComponents(
+        ring=ring, store=store, denylist=denylist, validator=validator,
+        token_endpoint=TokenEndpoint(grants=grants, authenticator=authenticator,
+                                     max_body_bytes=settings.max_body_bytes),
+        revoker=Revoker(store=store, denylist=denylist, ring=ring, issuer=settings.issuer,
+                        authenticator=authenticator, max_body_bytes=settings.max_body_bytes),
+        introspector=Introspector(store=store, validator=validator, issuer=settings.issuer,
+                                  authenticator=authenticator,
+                                  max_body_bytes=settings.max_body_bytes),
+    )
+
+
+def create_server(settings: TokenSettings, components: TokenComponents, *,
+                  port: int | None = None) -> GrpcServer:
+    """The ``TokenService`` gRPC server (``port=0`` binds a free port, for tests)."""
+    servicer = TokenServiceServicer(validator=components.validator, store=components.store,
+                                    denylist=components.denylist)
+
+    def add(server: aio.Server) -> list[str]:
+        token_pb2_grpc.add_TokenServiceServicer_to_server(servicer, server)
+        return [SERVICE_NAME]
+
+    return create_grpc_server(service="token", add_servicers=add, host=settings.grpc_host,
+                              port=settings.grpc_port if port is None else port,
+                              tls=settings.tls)
+
+
+@dataclass(frozen=True)
+class TokenRuntime:
+    """What a running app holds (``app.state.runtime``), for health checks and tests."""
+
+    components: TokenComponents
+    grpc_port: int
+
+
+def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> Starlette:
+    readiness = readiness or Readiness()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if settings.kek_is_default:
+            log.warning("OTESSE_TOKEN_KEK is not set: signing keys are encrypted under the "
+                        "PUBLIC local-development key. Set OTESSE_TOKEN_KEK in production.")
+        pool = await db.create_pool(settings.stores, application_name="otesse-token")
+        redis = redis_client.create_redis(settings.stores)
+        channel = create_channel(settings.registry_addr, services=(REGISTRY_SERVICE,),
+                                 tls=settings.tls)
+        components = build_components(
+            settings, pool=pool, redis=redis,
+            registry=registry_pb2_grpc.ClientRegistryStub(channel))
+        ring = components.ring
+        rotation = {"rotation_seconds": settings.key_rotation_seconds,
+                    "retire_after_seconds": settings.key_retirement_seconds}
+        try:
+            await ring.start(**rotation)
+        except Exception as exc:  # noqa: BLE001 - start anyway; the refresher retries
+            log.warning("signing keys not loaded yet", extra={"error": type(exc).__name__})
+        refresher = asyncio.create_task(ring.run(interval=settings.key_refresh_seconds,
+                                                 **rotation))
+        server = create_server(settings, components)
+        await server.start()
+        app.state.runtime = TokenRuntime(components=components, grpc_port=server.port)
+        health = health_pb2_grpc.HealthStub(channel)
+
+        async def registry_ready() -> None:
+            await health.Check(health_pb2.HealthCheckRequest(service=REGISTRY_SERVICE),
+                               timeout=2.0)
+
+        async def keys_ready() -> None:
+            ring.current()
+
+        readiness.checks.update({"postgres": lambda: db.ping(pool),
+                                 "redis": lambda: redis_client.ping(redis),
+                                 "registry": registry_ready, "signing_keys": keys_ready})
+        log.info("token serving", extra={"grpc_port": server.port})
+        try:
+            yield
+        finally:
+            readiness.draining = True
+            await server.stop(grace=10.0)
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+            await channel.close()
+            await redis.aclose()
+            await pool.close()
+
+    def components(request: Request) -> TokenComponents:
+        runtime: TokenRuntime = request.app.state.runtime
+        return runtime.components
+
+    def endpoint(pick: Callable[[TokenComponents], Callable[[Request], Awaitable[Response]]],
+                 ) -> Callable[[Request], Awaitable[Response]]:
+        async def handle(request: Request) -> Response:
+            return await pick(components(request))(request)
+        return handle
+
+    async def metadata(request: Request) -> Response:
+        return JSONResponse(authorization_server_metadata(settings.issuer), headers=PUBLIC_CACHE)
+
+    async def jwks(request: Request) -> Response:
+        ring = components(request).ring
+        if not ring.loaded:
+            raise NoSigningKey()
+        return JSONResponse(ring.jwks(), headers=PUBLIC_CACHE)
+
+    routes = [
+        Route("/oauth/token", endpoint(lambda c: c.token_endpoint.handle), methods=["POST"]),
+        Route("/oauth/revoke", endpoint(lambda c: c.revoker.handle), methods=["POST"]),
+        Route("/oauth/introspect", endpoint(lambda c: c.introspector.handle),
+              methods=["POST"]),
+        Route("/.well-known/oauth-authorization-server", metadata, methods=["GET"]),
+        Route("/.well-known/jwks.json", jwks, methods=["GET"]),
+        *health_routes(readiness),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers=json_error_handlers())
+    app.add_middleware(RequestContextMiddleware, service="token")
+    return app

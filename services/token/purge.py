@@ -1,0 +1,87 @@
+"""Purging what no longer protects anything (DESIGN §6), for a CronJob: ``otesse-auth purge``.
+
+Each kind of row goes in batches (``LIMIT`` with ``FOR UPDATE SKIP LOCKED``, one short
+statement each), so purging runs beside live traffic without long locks:
+
+* sealed retry copies once the retry window has passed (nothing may read them any more);
+* refresh tokens past their expiry (rotated ones included: reuse of an expired token is
+  refused anyway);
+* grants dead for longer than any of their access tokens can live: revoked, or with every
+  refresh token expired. Their code hashes (the only trace of authorization codes in Postgres;
+  the codes themselves expire in Redis) and remaining refresh tokens go with them. Revoked
+  grants are kept exactly as long as the deny-list rebuild needs them;
+* individually revoked access tokens past their ``exp``;
+* signing keys retired longer than the last token they signed can live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import asyncpg
+
+from services.token.settings import CLOCK_SKEW_SECONDS
+
+
+@dataclass(frozen=True)
+class PurgeReport:
+    sealed_copies: int
+    refresh_tokens: int
+    grants: int
+    revoked_access_tokens: int
+    signing_keys: int
+
+
+def _count(status: str) -> int:
+    return int(status.rsplit(" ", 1)[-1])
+
+
+class Purger:
+    def __init__(self, pool: asyncpg.Pool, *, access_token_ttl: int, retry_window: int,
+                 batch_size: int = 1000) -> None:
+        self._pool = pool
+        self._dead_after = access_token_ttl + CLOCK_SKEW_SECONDS
+        self._retry_window = retry_window
+        self._batch = batch_size
+
+    async def _batches(self, statement: str, *args: object) -> int:
+        total = 0
+        while True:
+            done = _count(await self._pool.execute(statement, self._batch, *args))
+            total += done
+            if done < self._batch:
+                return total
+            await asyncio.sleep(0)
+
+    async def run(self) -> PurgeReport:
+        sealed = await self._batches(
+            "UPDATE token.refresh_tokens SET successor_sealed = NULL WHERE token_hash IN ("
+            " SELECT token_hash FROM token.refresh_tokens WHERE successor_sealed IS NOT NULL"
+            " AND rotated_at < now() - $2::int * interval '1 second'"
+            " LIMIT $1 FOR UPDATE SKIP LOCKED)",
+            self._retry_window)
+        grants = await self._batches(
+            "DELETE FROM token.grants WHERE grant_id IN ("
+            " SELECT grant_id FROM token.grants"
+            " WHERE revoked_at < now() - $2::int * interval '1 second'"
+            " OR expires_at < now() - $2::int * interval '1 second'"
+            " LIMIT $1 FOR UPDATE SKIP LOCKED)",
+            self._dead_after)
+        refresh_tokens = await self._batches(
+            "DELETE FROM token.refresh_tokens WHERE token_hash IN ("
+            " SELECT token_hash FROM token.refresh_tokens WHERE expires_at < now()"
+            " LIMIT $1 FOR UPDATE SKIP LOCKED)")
+        revoked_access_tokens = await self._batches(
+            "DELETE FROM token.revoked_access_tokens WHERE jti IN ("
+            " SELECT jti FROM token.revoked_access_tokens"
+            " WHERE expires_at < now() - $2::int * interval '1 second'"
+            " LIMIT $1 FOR UPDATE SKIP LOCKED)",
+            CLOCK_SKEW_SECONDS)
+        signing_keys = await self._batches(
+            "DELETE FROM token.signing_keys WHERE kid IN ("
+            " SELECT kid FROM token.signing_keys WHERE state = 'previous' AND expires_at < now()"
+            " LIMIT $1 FOR UPDATE SKIP LOCKED)")
+        return PurgeReport(sealed_copies=sealed, refresh_tokens=refresh_tokens, grants=grants,
+                           revoked_access_tokens=revoked_access_tokens,
+                           signing_keys=signing_keys)

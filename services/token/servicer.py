@@ -1,0 +1,107 @@
+"""``TokenService`` over gRPC (DESIGN §5): validation for resource servers, grant management for
+the authorize service.
+
+Errors are raised as :mod:`services.common.rpc_errors`; the server interceptor maps them (and a
+Redis or Postgres that is down, to ``UNAVAILABLE``). An unusable token is not an error: it is
+``active=false`` with a reason.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc import aio
+
+from otesse.auth.v1 import token_pb2 as pb
+from otesse.auth.v1 import token_pb2_grpc
+from services.common.rpc_errors import InvalidArgument
+from services.token.denylist import DenyList
+from services.token.store import GrantStore
+from services.token.validation import AccessTokenValidator, Reason
+
+_REASONS: dict[Reason, pb.ValidationReason.ValueType] = {
+    "valid": pb.VALIDATION_REASON_VALID,
+    "malformed": pb.VALIDATION_REASON_MALFORMED,
+    "bad_signature": pb.VALIDATION_REASON_BAD_SIGNATURE,
+    "expired": pb.VALIDATION_REASON_EXPIRED,
+    "revoked": pb.VALIDATION_REASON_REVOKED,
+    "insufficient_scope": pb.VALIDATION_REASON_INSUFFICIENT_SCOPE,
+    "wrong_issuer_or_audience": pb.VALIDATION_REASON_WRONG_ISSUER_OR_AUDIENCE,
+}
+_MAX_ID_LENGTH = 128
+
+
+def _timestamp(value: datetime | int | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    if isinstance(value, int):
+        stamp.FromSeconds(value)
+    else:
+        stamp.FromDatetime(value)
+    return stamp
+
+
+def _optional_id(field: str, value: str) -> str | None:
+    if not value:
+        return None
+    if len(value) > _MAX_ID_LENGTH:
+        raise InvalidArgument(field, f"at most {_MAX_ID_LENGTH} characters")
+    return value
+
+
+class TokenServiceServicer(token_pb2_grpc.TokenServiceServicer):
+    def __init__(self, *, validator: AccessTokenValidator, store: GrantStore,
+                 denylist: DenyList) -> None:
+        self._validator = validator
+        self._store = store
+        self._denylist = denylist
+
+    async def ValidateToken(self, request: pb.ValidateTokenRequest,
+                            context: aio.ServicerContext[Any, Any]) -> pb.ValidateTokenResponse:
+        validation = await self._validator.validate(request.token, request.required_scopes)
+        response = pb.ValidateTokenResponse(active=validation.active,
+                                            reason=_REASONS[validation.reason])
+        claims = validation.claims
+        if claims is not None:
+            response.subject = claims.sub
+            response.client_id = claims.client_id
+            response.scopes.extend(claims.scopes)
+            response.expires_at.FromSeconds(claims.exp)
+            response.issued_at.FromSeconds(claims.iat)
+            response.grant_id = claims.grant_id
+            response.token_id = claims.jti
+        return response
+
+    async def RevokeGrant(self, request: pb.RevokeGrantRequest,
+                          context: aio.ServicerContext[Any, Any]) -> pb.RevokeGrantResponse:
+        grant_id = _optional_id("grant_id", request.grant_id)
+        if grant_id is not None:
+            try:
+                grant_id = str(uuid.UUID(grant_id))
+            except ValueError:
+                raise InvalidArgument("grant_id", "must be a grant id (a UUID)") from None
+        user_id = _optional_id("user_id", request.user_id)
+        client_id = _optional_id("client_id", request.client_id)
+        if grant_id is None and user_id is None and client_id is None:
+            raise InvalidArgument("grant_id", "give grant_id, or user_id and/or client_id")
+        result = await self._store.revoke_grants(grant_id=grant_id, user_id=user_id,
+                                                 client_id=client_id)
+        await self._denylist.deny(result.deny)
+        return pb.RevokeGrantResponse(revoked_grants=result.revoked)
+
+    async def ListGrants(self, request: pb.ListGrantsRequest,
+                         context: aio.ServicerContext[Any, Any]) -> pb.ListGrantsResponse:
+        user_id = _optional_id("user_id", request.user_id)
+        if user_id is None:
+            raise InvalidArgument("user_id", "is required")
+        grants = await self._store.list_grants(user_id=user_id)
+        return pb.ListGrantsResponse(grants=[
+            pb.Grant(grant_id=grant.grant_id, user_id=grant.user_id, client_id=grant.client_id,
+                     scopes=grant.scopes, created_at=_timestamp(grant.created_at),
+                     last_used_at=_timestamp(grant.last_used_at),
+                     expires_at=_timestamp(grant.expires_at))
+            for grant in grants])
