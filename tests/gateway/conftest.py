@@ -71,7 +71,8 @@ class FakeUpstream:
         answer: dict[str, Any] = {
             "upstream": self.name, "method": scope["method"], "path": scope["path"],
             "raw_path": scope["raw_path"].decode(), "query": scope["query_string"].decode(),
-            "headers": headers, "body_bytes": size, "body_sha256": body.hexdigest(),
+            "headers": headers, "peer_port": scope["client"][1],
+            "body_bytes": size, "body_sha256": body.hexdigest(),
         }
         out_headers = [(b"content-type", b"application/json"),
                        (b"x-request-id", b"upstream-must-not-leak")]
