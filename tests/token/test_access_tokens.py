@@ -1,0 +1,169 @@
+"""Access tokens as an independent JOSE library sees them (joserfc, not pyjwt) against the served
+JWKS, and signing-key rotation: a key is published before it signs, and tokens signed by a
+retired key stay valid until they expire."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import serialization
+from joserfc import jwt
+from joserfc.jwk import KeySet
+
+from otesse.auth.v1 import token_pb2
+from services.token.keys import KeyRing, PgKeyStore, open_private_key, public_jwk
+from tests.token.conftest import KEK, Client, TokenService, tokens_for
+
+
+def segments(access_token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    assert access_token.startswith("otesse_at_")
+    header, payload, _ = access_token[len("otesse_at_"):].split(".")
+
+    def decode(segment: str) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(base64.urlsafe_b64decode(segment + "==="))
+        return value
+
+    return decode(header), decode(payload)
+
+
+async def served_jwks(token: TokenService) -> dict[str, Any]:
+    response = await token.http.get("/.well-known/jwks.json")
+    assert response.status_code == 200
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def joserfc_claims(token: TokenService, access_token: str) -> dict[str, Any]:
+    keys = KeySet.import_key_set(await served_jwks(token))  # type: ignore[arg-type]
+    decoded = jwt.decode(access_token[len("otesse_at_"):], keys, algorithms=["ES256"])
+    assert decoded.header["typ"] == "at+jwt"
+    claims: dict[str, Any] = dict(decoded.claims)
+    return claims
+
+
+async def test_access_token_verifies_with_joserfc_against_the_jwks(
+        token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client) -> None:
+    before = int(time.time())
+    pair = await tokens_for(token, redis, redis_prefix, client, user_id="user-jose")
+    header, _ = segments(pair["access_token"])
+    assert header == {"alg": "ES256", "typ": "at+jwt", "kid": header["kid"]}
+    claims = await joserfc_claims(token, pair["access_token"])
+    assert set(claims) == {"iss", "sub", "aud", "client_id", "scope", "iat", "exp", "jti",
+                           "grant_id"}
+    assert claims["iss"] == token.settings.issuer == "http://localhost:8000"
+    assert claims["aud"] == "https://api.otesse.com"
+    assert claims["sub"] == "user-jose"
+    assert claims["client_id"] == client.client_id
+    assert claims["scope"] == pair["scope"]
+    assert before <= claims["iat"] <= int(time.time())
+    assert claims["exp"] == claims["iat"] + 3600
+    validated = await token.grpc.ValidateToken(
+        token_pb2.ValidateTokenRequest(token=pair["access_token"]))
+    assert (validated.grant_id, validated.token_id) == (claims["grant_id"], claims["jti"])
+
+
+async def test_jti_is_unique(token: TokenService, redis: aioredis.Redis, redis_prefix: str,
+                             client: Client) -> None:
+    first = await tokens_for(token, redis, redis_prefix, client)
+    second = await tokens_for(token, redis, redis_prefix, client)
+    assert segments(first["access_token"])[1]["jti"] != segments(second["access_token"])[1]["jti"]
+
+
+async def test_jwks_publishes_next_and_current_public_keys_only(token: TokenService) -> None:
+    jwks = await served_jwks(token)
+    states = {key.kid: key.state for key in
+              (token.components.ring.get(jwk["kid"]) for jwk in jwks["keys"]) if key}
+    assert "next" in states.values() and "current" in states.values()
+    for jwk in jwks["keys"]:
+        assert set(jwk) == {"kty", "crv", "x", "y", "kid", "use", "alg"}
+        assert (jwk["kty"], jwk["crv"], jwk["alg"], jwk["use"]) == ("EC", "P-256", "ES256",
+                                                                    "sig")
+        assert "d" not in jwk
+
+
+async def test_private_keys_are_stored_encrypted_under_the_kek(
+        token: TokenService, pool: asyncpg.Pool) -> None:
+    rows = await pool.fetch("SELECT kid, private_key FROM token.signing_keys")
+    assert rows
+    for row in rows:
+        with pytest.raises(ValueError):
+            serialization.load_der_private_key(row["private_key"], password=None)
+        with pytest.raises(InvalidTag):
+            open_private_key(row["private_key"], kek=os.urandom(32), kid=row["kid"])
+        # Bound to its kid: a sealed key moved to another row does not open.
+        with pytest.raises(InvalidTag):
+            open_private_key(row["private_key"], kek=base64.b64decode(KEK), kid="other")
+        opened = open_private_key(row["private_key"], kek=base64.b64decode(KEK), kid=row["kid"])
+        assert public_jwk(opened.public_key())["kid"] == row["kid"]
+
+
+async def test_rotation_keeps_old_tokens_valid_and_replicas_agree(
+        token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client,
+        pool: asyncpg.Pool) -> None:
+    ring = token.components.ring
+    old = await tokens_for(token, redis, redis_prefix, client)
+    old_kid = segments(old["access_token"])[0]["kid"]
+    next_kid = next(jwk["kid"] for jwk in (await served_jwks(token))["keys"]
+                    if ring.get(jwk["kid"]) and ring.get(jwk["kid"]).state == "next")  # type: ignore[union-attr]
+    store = PgKeyStore(pool)
+
+    assert await store.rotate(kek=base64.b64decode(KEK), retire_after_seconds=3700)
+    await ring.refresh()
+    replica = KeyRing(store, kek=base64.b64decode(KEK))
+    await replica.refresh()
+
+    new = await tokens_for(token, redis, redis_prefix, client)
+    new_kid = segments(new["access_token"])[0]["kid"]
+    # The key that signs now is the one published as "next" before the rotation.
+    assert new_kid == next_kid != old_kid
+    assert replica.current().kid == new_kid
+    assert replica.jwks() == ring.jwks()
+    published = {jwk["kid"] for jwk in (await served_jwks(token))["keys"]}
+    assert {old_kid, new_kid} < published and len(published) >= 3
+    for pair in (old, new):
+        await joserfc_claims(token, pair["access_token"])
+        result = await token.grpc.ValidateToken(
+            token_pb2.ValidateTokenRequest(token=pair["access_token"]))
+        assert result.active, result
+
+
+async def test_rotation_by_racing_replicas_happens_once(token: TokenService,
+                                                        pool: asyncpg.Pool) -> None:
+    store = PgKeyStore(pool)
+    await token.components.ring.refresh()
+    current = token.components.ring.current().kid
+    results = await asyncio.gather(*(store.rotate(kek=base64.b64decode(KEK),
+                                                  retire_after_seconds=3700,
+                                                  expected_current=current)
+                                     for _ in range(5)))
+    assert sorted(results) == [False] * 4 + [True]
+    counts = await pool.fetch("SELECT state, count(*) FROM token.signing_keys"
+                              " WHERE state IN ('next', 'current') GROUP BY state")
+    assert {row["state"]: row["count"] for row in counts} == {"next": 1, "current": 1}
+    await token.components.ring.refresh()
+
+
+async def test_retired_key_unpublished_after_its_tokens_expired(
+        token: TokenService, pool: asyncpg.Pool, redis: aioredis.Redis, redis_prefix: str,
+        client: Client) -> None:
+    ring = token.components.ring
+    await ring.refresh()
+    pair = await tokens_for(token, redis, redis_prefix, client)
+    kid = segments(pair["access_token"])[0]["kid"]
+    await PgKeyStore(pool).rotate(kek=base64.b64decode(KEK), retire_after_seconds=3700)
+    await pool.execute("UPDATE token.signing_keys SET expires_at = now() - interval '1 second'"
+                       " WHERE kid = $1", kid)
+    await ring.refresh()
+    assert kid not in {jwk["kid"] for jwk in (await served_jwks(token))["keys"]}
+    result = await token.grpc.ValidateToken(
+        token_pb2.ValidateTokenRequest(token=pair["access_token"]))
+    assert result.reason == token_pb2.VALIDATION_REASON_BAD_SIGNATURE
