@@ -1,0 +1,116 @@
+"""The gateway as its own process: two listeners, JSON logs, graceful stop, settings errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from services.common.settings import ConfigError, Env
+from services.gateway.settings import GatewaySettings, RateLimit
+from tests.conftest import free_port
+from tests.gateway.conftest import FakeUpstream
+
+
+async def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+    async with httpx.AsyncClient() as client:
+        for _ in range(200):
+            if process.poll() is not None:
+                raise AssertionError(f"gateway exited early ({process.returncode})")
+            try:
+                if (await client.get(url)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError("gateway did not become ready")
+
+
+@pytest_asyncio.fixture
+async def gateway_process(upstreams: tuple[FakeUpstream, str, FakeUpstream, str],
+                          test_env: dict[str, str],
+                          ) -> AsyncIterator[tuple[str, str, subprocess.Popen[bytes]]]:
+    _, authorize_url, _, token_url = upstreams
+    port, admin_port = free_port(), free_port()
+    env = {**os.environ, **test_env, "OTESSE_GATEWAY_PORT": str(port),
+           "OTESSE_GATEWAY_ADMIN_PORT": str(admin_port),
+           "OTESSE_GATEWAY_AUTHORIZE_URL": authorize_url, "OTESSE_GATEWAY_TOKEN_URL": token_url}
+    process = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        await _wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
+        yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()
+        process.stderr.close()
+
+
+async def test_process_serves_public_and_admin_ports_and_stops_on_sigterm(
+        gateway_process: tuple[str, str, subprocess.Popen[bytes]]) -> None:
+    public, admin, process = gateway_process
+    async with httpx.AsyncClient() as client:
+        proxied = await client.get(f"{public}/oauth/authorize?client_id=x",
+                                   headers={"X-Request-ID": "proc-test-1"})
+        hidden = await client.get(f"{public}/metrics")
+        health = await client.get(f"{admin}/healthz")
+        ready = await client.get(f"{admin}/readyz")
+        metrics = await client.get(f"{admin}/metrics")
+    assert proxied.status_code == 200 and proxied.json()["upstream"] == "authorize"
+    assert hidden.status_code == 404
+    assert health.json() == {"status": "ok"}
+    assert ready.status_code == 200 and ready.json()["checks"] == {"proxy": "ok"}
+    assert "otesse_gateway_rate_limit_fail_open_total" in metrics.text
+    assert 'service="gateway"' in metrics.text
+
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(process.wait, 10) == 0
+    assert process.stderr is not None
+    lines = [json.loads(line) for line in process.stderr.read().decode().splitlines()
+             if line.startswith("{")]
+    access = [line for line in lines if line["msg"] == "request" and line["path"] ==
+              "/oauth/authorize"]
+    assert access and access[0]["request_id"] == "proc-test-1"
+    assert access[0]["service"] == "gateway" and access[0]["status"] == 200
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("OTESSE_GATEWAY_RATE_TOKEN_PER_IP", "lots", "OTESSE_GATEWAY_RATE_TOKEN_PER_IP must be"),
+    ("OTESSE_GATEWAY_RATE_LOGIN_PER_IP", "10/0", "OTESSE_GATEWAY_RATE_LOGIN_PER_IP must be"),
+    ("OTESSE_GATEWAY_TOKEN_URL", "127.0.0.1:8002", "OTESSE_GATEWAY_TOKEN_URL must be"),
+    ("OTESSE_GATEWAY_TRUSTED_PROXIES", "10.0.0.0/33", "OTESSE_GATEWAY_TRUSTED_PROXIES must be"),
+    ("OTESSE_GATEWAY_MAX_BODY_BYTES", "-1", "OTESSE_GATEWAY_MAX_BODY_BYTES must be"),
+], ids=["rate-not-a-number", "rate-zero-window", "url-without-scheme", "bad-cidr",
+        "negative-cap"])
+def test_bad_settings_name_the_variable(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        GatewaySettings.from_env(Env({name: value}))
+
+
+def test_rate_limits_parse_and_turn_off() -> None:
+    settings = GatewaySettings.from_env(Env({"OTESSE_GATEWAY_RATE_TOKEN_PER_IP": "5/10",
+                                             "OTESSE_GATEWAY_RATE_LOGIN_PER_IP": "off",
+                                             "OTESSE_GATEWAY_RATE_TOKEN_PER_CLIENT": "0"}))
+    assert settings.rate_token_per_ip == RateLimit(5, 10.0)
+    assert settings.rate_login_per_ip is None and settings.rate_token_per_client is None
+
+
+def test_serve_command_reports_a_bad_setting_in_one_line() -> None:
+    env = {**os.environ, "OTESSE_GATEWAY_RATE_TOKEN_PER_IP": "lots"}
+    result = subprocess.run([sys.executable, "-m", "services.cli.main", "serve", "gateway"],
+                            env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "otesse-auth: configuration error: OTESSE_GATEWAY_RATE_TOKEN_PER_IP must be "
+        "COUNT/SECONDS (e.g. 30/60) or off, got 'lots'"]
