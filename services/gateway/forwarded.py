@@ -7,8 +7,9 @@ itself a trusted proxy (walking back from the peer), as RFC 7239 §5.2 describes
 
 Upstreams receive a clean set, whatever the client sent:
 
-* ``X-Forwarded-For``: the client first, then the trusted proxies it came through, then the
-  peer; so an upstream reads the client as the left-most entry and never sees spoofed ones;
+* ``X-Forwarded-For``: exactly one address, the client as resolved here. The gateway has done
+  the trust walk, so an upstream trusts the gateway alone and reads that one entry; nothing the
+  client wrote, and no load-balancer address it would have to know about, reaches it;
 * ``X-Forwarded-Proto``: ``https`` when the trusted proxy says so (or the gateway's own socket
   is TLS), else ``http``;
 * ``X-Forwarded-Host``: the ``Host`` the client asked for (already checked against the allow list).
@@ -37,7 +38,7 @@ class Client:
     via: tuple[str, ...]
 
     def forwarded_for(self) -> bytes:
-        return ", ".join((self.ip, *self.via)).encode()
+        return self.ip.encode()
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

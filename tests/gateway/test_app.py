@@ -189,29 +189,30 @@ async def test_cookies_and_authorization_pass_through(stack: Stack) -> None:
     assert _headers(answer)["authorization"] == "Basic Y2k6Y3M="
 
 
-@pytest.mark.parametrize(("proxies", "sent", "client_ip", "forwarded_for", "proto"), [
+@pytest.mark.parametrize(("proxies", "sent", "client_ip", "proto"), [
     ("127.0.0.0/8", {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"},
-     "203.0.113.7", "203.0.113.7, 127.0.0.1", "https"),
-    ("127.0.0.0/8", {"X-Forwarded-For": "198.51.100.1, 203.0.113.7"},
-     "203.0.113.7", "203.0.113.7, 127.0.0.1", "http"),
+     "203.0.113.7", "https"),
+    ("127.0.0.0/8", {"X-Forwarded-For": "198.51.100.1, 203.0.113.7"}, "203.0.113.7", "http"),
     ("127.0.0.0/8,10.0.0.0/8", {"X-Forwarded-For": "203.0.113.7, 10.1.2.3"},
-     "203.0.113.7", "203.0.113.7, 10.1.2.3, 127.0.0.1", "http"),
-    ("127.0.0.0/8", {"X-Forwarded-For": "not-an-ip"}, "127.0.0.1", "127.0.0.1", "http"),
-    ("127.0.0.0/8", {}, "127.0.0.1", "127.0.0.1", "http"),
+     "203.0.113.7", "http"),
+    ("127.0.0.0/8,10.0.0.0/8", {"X-Forwarded-For": "10.9.9.9, 10.1.2.3"}, "10.9.9.9", "http"),
+    ("127.0.0.0/8", {"X-Forwarded-For": "203.0.113.7, not-an-ip"}, "127.0.0.1", "http"),
+    ("127.0.0.0/8", {"X-Forwarded-Proto": "gopher"}, "127.0.0.1", "http"),
+    ("127.0.0.0/8", {}, "127.0.0.1", "http"),
     ("10.0.0.0/8", {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"},
-     "127.0.0.1", "127.0.0.1", "http"),
-], ids=["trusted-peer-believed", "spoofed-left-entries-dropped", "trusted-hops-kept",
-        "garbage-ignored", "no-header-peer-is-client", "untrusted-peer-ignored"])
+     "127.0.0.1", "http"),
+], ids=["trusted-peer-believed", "spoofed-left-entries-dropped", "trusted-hops-skipped",
+        "all-trusted-left-most-is-client", "garbage-stops-the-walk", "bad-proto-ignored",
+        "no-header-peer-is-client", "untrusted-peer-ignored"])
 async def test_forwarded_headers_trusted_only_from_proxies(
         gateway_factory: GatewayFactory, proxies: str, sent: dict[str, str], client_ip: str,
-        forwarded_for: str, proto: str) -> None:
+        proto: str) -> None:
     async with gateway_factory(OTESSE_GATEWAY_TRUSTED_PROXIES=proxies) as gw:
         async with httpx.AsyncClient(base_url=gw.url) as client:
             response = await client.get("/oauth/authorize", headers={
                 **sent, "Forwarded": "for=192.0.2.66", "X-Real-IP": "192.0.2.66"})
     seen = _headers(response.json())
-    assert seen["x-forwarded-for"] == forwarded_for
-    assert seen["x-forwarded-for"].split(", ")[0] == client_ip
+    assert seen["x-forwarded-for"] == client_ip
     assert seen["x-forwarded-proto"] == proto
     assert "forwarded" not in seen and "x-real-ip" not in seen
     assert ("strict-transport-security" in response.headers) is (proto == "https")
