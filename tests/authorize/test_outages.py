@@ -1,0 +1,110 @@
+"""A store or the registry going down: a clear 503 page, and recovery without a restart.
+
+Each dependency is reached through a :class:`FaultProxy` that the test cuts (the listener
+closes and every connection drops, like a crashed server) and restores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from services.authorize.app import create_app
+from services.authorize.settings import AuthorizeSettings
+from services.common.settings import Secret
+from tests.authorize.conftest import App, Person, authorize_params, sign_in
+from tests.conftest import REDIS_URL
+from tests.proxy import FaultProxy
+from tests.servers import serve_app
+
+
+@dataclass
+class Outages:
+    url: str
+    proxies: dict[str, FaultProxy]
+
+
+def _via(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)
+    host = f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2
+                                     else host))
+
+
+@pytest_asyncio.fixture(scope="module")
+async def outages(authorize_settings: AuthorizeSettings) -> AsyncIterator[Outages]:
+    stores = authorize_settings.stores
+    targets = {
+        "registry": authorize_settings.registry_addr.rsplit(":", 1),
+        "redis": [urlsplit(REDIS_URL).hostname, urlsplit(REDIS_URL).port or 6379],
+        "postgres": [urlsplit(stores.database_url.value).hostname,
+                     urlsplit(stores.database_url.value).port or 5432],
+    }
+    proxies = {name: FaultProxy(str(host), int(str(port)))
+               for name, (host, port) in targets.items()}
+    for proxy in proxies.values():
+        await proxy.start()
+    settings = replace(
+        authorize_settings, registry_addr=f"127.0.0.1:{proxies['registry'].port}",
+        client_cache_seconds=0.1,
+        stores=replace(stores,
+                       redis_url=Secret(_via(REDIS_URL, proxies["redis"].port)),
+                       database_url=Secret(_via(stores.database_url.value,
+                                                proxies["postgres"].port))))
+    async with serve_app(create_app(settings)) as url:
+        yield Outages(url, proxies)
+    for proxy in proxies.values():
+        await proxy.cut()
+
+
+async def _until_ok(call: object, deadline: float = 8.0) -> httpx.Response:
+    assert callable(call)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while True:
+        response: httpx.Response = await call()
+        if response.status_code != 503 or loop.time() > end:
+            return response
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("dependency", ["registry", "redis", "postgres"])
+async def test_a_dependency_down_is_a_503_page_and_service_resumes(
+        outages: Outages, app: App, person: Person, dependency: str) -> None:
+    async with httpx.AsyncClient(base_url=outages.url, follow_redirects=False,
+                                 timeout=10.0) as browser:
+        await sign_in(browser, person)
+
+        async def request_authorization() -> httpx.Response:
+            return await browser.get("/oauth/authorize",
+                                     params=authorize_params(app, prompt="none"))
+
+        assert (await request_authorization()).status_code == 302
+        proxy = outages.proxies[dependency]
+        await proxy.cut()
+        try:
+            await asyncio.sleep(0.15)  # past the client cache
+            down = await request_authorization()
+            assert down.status_code == 503
+            assert "location" not in down.headers
+            assert down.headers["content-type"].startswith("text/html")
+            assert down.headers["retry-after"]
+            assert "Otesse is temporarily unavailable" in down.text
+            assert "Traceback" not in down.text
+            assert down.headers["x-frame-options"] == "DENY"
+            ready = await browser.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"][dependency] != "ok"
+        finally:
+            await proxy.restore()
+        back = await _until_ok(request_authorization)
+        assert back.status_code == 302
+        assert "error=" in back.headers["location"] or "code=" in back.headers["location"]
+        assert (await _until_ok(lambda: browser.get("/readyz"))).status_code == 200
