@@ -7,7 +7,7 @@ closes and every connection drops, like a crashed server) and restores.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit, urlunsplit
 
@@ -41,14 +41,13 @@ def _via(url: str, port: int) -> str:
 @pytest_asyncio.fixture(scope="module")
 async def outages(authorize_settings: AuthorizeSettings) -> AsyncIterator[Outages]:
     stores = authorize_settings.stores
-    targets = {
-        "registry": authorize_settings.registry_addr.rsplit(":", 1),
-        "redis": [urlsplit(REDIS_URL).hostname, urlsplit(REDIS_URL).port or 6379],
-        "postgres": [urlsplit(stores.database_url.value).hostname,
-                     urlsplit(stores.database_url.value).port or 5432],
+    registry_host, registry_port = authorize_settings.registry_addr.rsplit(":", 1)
+    redis_at, database_at = urlsplit(REDIS_URL), urlsplit(stores.database_url.value)
+    proxies = {
+        "registry": FaultProxy(registry_host, int(registry_port)),
+        "redis": FaultProxy(redis_at.hostname or "127.0.0.1", redis_at.port or 6379),
+        "postgres": FaultProxy(database_at.hostname or "127.0.0.1", database_at.port or 5432),
     }
-    proxies = {name: FaultProxy(str(host), int(str(port)))
-               for name, (host, port) in targets.items()}
     for proxy in proxies.values():
         await proxy.start()
     settings = replace(
@@ -64,12 +63,12 @@ async def outages(authorize_settings: AuthorizeSettings) -> AsyncIterator[Outage
         await proxy.cut()
 
 
-async def _until_ok(call: object, deadline: float = 8.0) -> httpx.Response:
-    assert callable(call)
+async def _until_ok(call: Callable[[], Awaitable[httpx.Response]],
+                    deadline: float = 8.0) -> httpx.Response:
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline
     while True:
-        response: httpx.Response = await call()
+        response = await call()
         if response.status_code != 503 or loop.time() > end:
             return response
         await asyncio.sleep(0.1)
