@@ -153,6 +153,8 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
             log.warning("signing keys not loaded yet", extra={"error": type(exc).__name__})
         refresher = asyncio.create_task(ring.run(interval=settings.key_refresh_seconds,
                                                  **rotation))
+        syncer = asyncio.create_task(
+            components.denylist.run(interval=settings.denylist_sync_seconds))
         server = create_server(settings, components)
         await server.start()
         app.state.runtime = TokenRuntime(components=components, grpc_port=server.port)
@@ -174,9 +176,10 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
         finally:
             readiness.draining = True
             await server.stop(grace=10.0)
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
+            for task in (refresher, syncer):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await channel.close()
             await redis.aclose()
             await pool.close()

@@ -15,11 +15,19 @@ Postgres before answering, and the rebuilt keys and the marker are written in on
 ``MULTI``/``EXEC``, so the marker never claims a list it does not hold. If Redis (or, while
 rebuilding, Postgres) is down, the check raises: callers answer UNAVAILABLE / 503, never
 "active". Redis must not evict keys (``maxmemory-policy noeviction``).
+
+A revocation is written to Postgres first, then here. Should that second write fail (Redis
+unreachable but not emptied, so the marker survives), the caller gets 503 and may retry, and
+every replica also re-asserts recent revocations from Postgres in the background
+(:meth:`DenyList.run`): since the first failed write of this replica, and at least over the last
+:data:`SYNC_LOOKBACK_SECONDS`, so a revocation accepted by a replica that died meanwhile is
+carried over too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -28,8 +36,11 @@ import redis.asyncio as aioredis
 
 from services.token.settings import CLOCK_SKEW_SECONDS
 
+log = logging.getLogger("otesse.token.denylist")
 # The marker is re-asserted (by a rebuild) at least this often.
 MARKER_TTL_SECONDS = 24 * 3600
+# How far back the background sync re-asserts revocations from Postgres.
+SYNC_LOOKBACK_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -50,8 +61,9 @@ class Revocations:
     tokens: Sequence[TokenRevocation]
 
 
-# Reads the revocations that may still concern a live access token, from Postgres.
-RevocationSource = Callable[[], Awaitable[Revocations]]
+# Reads, from Postgres, the revocations that may still concern a live access token; with a
+# Unix time, only those recorded since then.
+RevocationSource = Callable[[float | None], Awaitable[Revocations]]
 
 
 class DenyList:
@@ -63,6 +75,8 @@ class DenyList:
         self._grant_life = access_token_ttl + CLOCK_SKEW_SECONDS
         self._source = source
         self._rebuilding = asyncio.Lock()
+        # Unix time of this replica's first deny-list write that failed, until a sync succeeds.
+        self._unsynced_since: float | None = None
 
     def _grant_key(self, grant_id: str) -> str:
         return f"{self._base}grant:{grant_id}"
@@ -83,7 +97,7 @@ class DenyList:
         async with self._rebuilding:
             if await self._redis.exists(self._marker):
                 return  # another request of this replica rebuilt it meanwhile
-            revocations = await self._source()
+            revocations = await self._source(None)
             async with self._redis.pipeline(transaction=True) as pipe:
                 self._queue(pipe, revocations)
                 pipe.set(self._marker, b"1", ex=MARKER_TTL_SECONDS)
@@ -93,9 +107,39 @@ class DenyList:
         """Adds revocations (already recorded in Postgres) to the deny-list."""
         if not revocations.grants and not revocations.tokens:
             return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            if self._queue(pipe, revocations):
-                await pipe.execute()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                if self._queue(pipe, revocations):
+                    await pipe.execute()
+        except Exception:
+            if self._unsynced_since is None:
+                self._unsynced_since = time.time() - CLOCK_SKEW_SECONDS
+            raise
+
+    async def sync(self) -> None:
+        """Re-asserts recent revocations recorded in Postgres (idempotent)."""
+        failed_since = self._unsynced_since
+        since = time.time() - SYNC_LOOKBACK_SECONDS
+        if failed_since is not None:
+            since = min(since, failed_since)
+        revocations = await self._source(since)
+        if revocations.grants or revocations.tokens:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                if self._queue(pipe, revocations):
+                    await pipe.execute()
+        if self._unsynced_since == failed_since:
+            self._unsynced_since = None
+
+    async def run(self, *, interval: float) -> None:
+        """Background loop of :meth:`sync`."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried at the next interval
+                log.warning("deny-list sync failed", extra={"error": type(exc).__name__})
 
     def _queue(self, pipe: aioredis.client.Pipeline, revocations: Revocations) -> int:
         now = time.time()

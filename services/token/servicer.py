@@ -50,6 +50,8 @@ def _optional_id(field: str, value: str) -> str | None:
         return None
     if len(value) > _MAX_ID_LENGTH:
         raise InvalidArgument(field, f"at most {_MAX_ID_LENGTH} characters")
+    if not value.isprintable():
+        raise InvalidArgument(field, "must be printable")
     return value
 
 

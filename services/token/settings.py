@@ -61,6 +61,8 @@ class TokenSettings:
     key_rotation_seconds: int
     # How often each replica re-reads the signing keys from Postgres.
     key_refresh_seconds: float
+    # How often each replica re-asserts recent revocations in the Redis deny-list.
+    denylist_sync_seconds: float
     # How long a successful client authentication is remembered in-process.
     client_auth_cache_seconds: float
     max_body_bytes: int
@@ -98,6 +100,8 @@ class TokenSettings:
                                              maximum=365 * DAY),
             key_refresh_seconds=env.number("OTESSE_TOKEN_KEY_REFRESH_SECONDS", 30.0,
                                            minimum=0.05),
+            denylist_sync_seconds=env.number("OTESSE_TOKEN_DENYLIST_SYNC_SECONDS", 10.0,
+                                             minimum=0.05),
             client_auth_cache_seconds=env.number("OTESSE_TOKEN_CLIENT_AUTH_CACHE_SECONDS", 5.0),
             max_body_bytes=env.integer("OTESSE_TOKEN_MAX_BODY_BYTES", 16 * 1024, minimum=1024,
                                        maximum=1024 * 1024),

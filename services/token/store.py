@@ -102,7 +102,7 @@ class GrantStore(Protocol):
 
     async def list_grants(self, *, user_id: str) -> list[GrantRecord]: ...
 
-    async def live_revocations(self) -> Revocations: ...
+    async def live_revocations(self, since: float | None = None) -> Revocations: ...
 
 
 def _revocations(rows: Sequence[asyncpg.Record]) -> Revocations:
@@ -240,13 +240,18 @@ class PgGrantStore:
                             created_at=row["created_at"], last_used_at=row["last_used_at"],
                             expires_at=row["expires_at"]) for row in rows]
 
-    async def live_revocations(self) -> Revocations:
+    async def live_revocations(self, since: float | None = None) -> Revocations:
+        """Revocations whose access tokens may still be alive; with ``since`` (Unix time), only
+        those recorded after it."""
+        after = float(since) if since is not None else 0.0
         grants = await self._pool.fetch(
             "SELECT grant_id, revoked_at FROM token.grants"
-            " WHERE revoked_at > now() - $1::int * interval '1 second'",
-            self._deny_window)
+            " WHERE revoked_at > greatest(now() - $1::int * interval '1 second',"
+            "  to_timestamp($2::float8))",
+            self._deny_window, after)
         tokens = await self._pool.fetch(
-            "SELECT jti, expires_at FROM token.revoked_access_tokens WHERE expires_at > now()")
+            "SELECT jti, expires_at FROM token.revoked_access_tokens"
+            " WHERE expires_at > now() AND revoked_at > to_timestamp($1::float8)", after)
         return Revocations(
             grants=_revocations(grants).grants,
             tokens=[TokenRevocation(row["jti"], row["expires_at"].timestamp())

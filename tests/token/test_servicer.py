@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 import pytest
@@ -319,6 +320,67 @@ async def test_registry_down_means_503_not_401(
         response = await refresh(token.http, client, pair["refresh_token"])
         assert (response.status_code, response.json()["error"]) == (
             503, "temporarily_unavailable")
+        await proxy.restore()
+
+        async def recovered() -> None:
+            again = await refresh(token.http, client, pair["refresh_token"])
+            assert again.status_code == 200, again.text
+
+        await eventually(recovered)
+    await proxy.cut()
+
+
+async def test_revocation_written_while_redis_unreachable_is_synced_later(
+        store_settings: StoreSettings, registry_address: str, redis: aioredis.Redis,
+        redis_prefix: str, client: Client) -> None:
+    proxy = FaultProxy("127.0.0.1", 6379)
+    await proxy.start()
+    stores = replace(store_settings, redis_url=Secret(f"redis://127.0.0.1:{proxy.port}/0"))
+    settings = make_settings(stores, registry_address, denylist_sync_seconds=0.1)
+    async with running(settings) as token:
+        pair = await tokens_for(token, redis, redis_prefix, client)
+        assert (await validate(token, pair["access_token"])).active  # the marker is set
+
+        await proxy.cut()
+        response = await token.http.post("/oauth/revoke", data={
+            "token": pair["refresh_token"], "client_id": client.client_id,
+            "client_secret": client.secret})
+        # Recorded in Postgres, but the deny-list could not be told: the caller hears 503.
+        assert (response.status_code, response.json()["error"]) == (
+            503, "temporarily_unavailable")
+        await proxy.restore()  # Redis comes back with its data (and the marker) intact
+        assert await redis.exists(f"{redis_prefix}token:deny:complete")
+
+        async def revoked() -> None:
+            result = await validate(token, pair["access_token"])
+            assert result.reason == token_pb2.VALIDATION_REASON_REVOKED
+
+        await eventually(revoked, timeout=3.0)
+    await proxy.cut()
+
+
+async def test_validation_needs_no_postgres(
+        store_settings: StoreSettings, registry_address: str, redis: aioredis.Redis,
+        redis_prefix: str, client: Client) -> None:
+    parts = urlsplit(store_settings.database_url.value)
+    proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await proxy.start()
+    proxied = parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}").geturl()
+    stores = replace(store_settings, database_url=Secret(proxied))
+    async with running(make_settings(stores, registry_address)) as token:
+        pair = await tokens_for(token, redis, redis_prefix, client)
+
+        await proxy.cut()
+
+        assert (await validate(token, pair["access_token"])).active
+        assert (await token.http.get("/.well-known/jwks.json")).status_code == 200
+        response = await refresh(token.http, client, pair["refresh_token"])
+        assert (response.status_code, response.json()["error"]) == (
+            503, "temporarily_unavailable")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await token.grpc.ListGrants(token_pb2.ListGrantsRequest(user_id="u"))
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
         await proxy.restore()
 
         async def recovered() -> None:
