@@ -43,7 +43,7 @@ from services.token.grants import Grant
 from services.token.grants.authorization_code import AuthorizationCodeGrant
 from services.token.grants.refresh_token import RefreshTokenGrant
 from services.token.introspection import Introspector
-from services.token.keys import KeyRing, NoSigningKey, PgKeyStore
+from services.token.keys import KeyRing, NoSigningKey, PgKeyStore, WrongKek
 from services.token.metadata import authorization_server_metadata
 from services.token.revocation import Revoker
 from services.token.servicer import TokenServiceServicer
@@ -150,7 +150,9 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
         try:
             await ring.start(**rotation)
         except Exception as exc:  # noqa: BLE001 - start anyway; the refresher retries
-            log.warning("signing keys not loaded yet", extra={"error": type(exc).__name__})
+            log.warning("signing keys not loaded yet", extra={
+                "error": type(exc).__name__, "detail": str(exc) if isinstance(
+                    exc, WrongKek) else ""})
         refresher = asyncio.create_task(ring.run(interval=settings.key_refresh_seconds,
                                                  **rotation))
         syncer = asyncio.create_task(

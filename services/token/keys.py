@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 import asyncpg
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -79,8 +80,15 @@ def seal_private_key(private_key: ec.EllipticCurvePrivateKey, *, kek: bytes, kid
     return nonce + AESGCM(kek).encrypt(nonce, der, kid.encode("ascii"))
 
 
+class WrongKek(Exception):
+    """A private key does not decrypt: OTESSE_TOKEN_KEK is not the key it was sealed under."""
+
+
 def open_private_key(sealed: bytes, *, kek: bytes, kid: str) -> ec.EllipticCurvePrivateKey:
-    der = AESGCM(kek).decrypt(sealed[:12], sealed[12:], kid.encode("ascii"))
+    try:
+        der = AESGCM(kek).decrypt(sealed[:12], sealed[12:], kid.encode("ascii"))
+    except InvalidTag:
+        raise WrongKek(f"signing key {kid} does not decrypt under OTESSE_TOKEN_KEK") from None
     key = serialization.load_der_private_key(der, password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return key
@@ -294,4 +302,6 @@ class KeyRing:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep serving with the keys we have
-                log.warning("signing keys not refreshed", extra={"error": type(exc).__name__})
+                log.warning("signing keys not refreshed", extra={
+                    "error": type(exc).__name__, "detail": str(exc) if isinstance(
+                        exc, WrongKek) else ""})

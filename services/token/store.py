@@ -80,6 +80,9 @@ class RevokeResult:
 
 
 class GrantStore(Protocol):
+    """Grants and refresh tokens. Stores only hashes; one grant per code; rotation succeeds for
+    exactly one caller; revocation marks and never deletes (see the module docstring)."""
+
     async def create_grant(self, *, grant_id: str, user_id: str, client_id: str,
                            scopes: Sequence[str], code_hash: bytes, refresh_hash: bytes,
                            refresh_ttl: int) -> None: ...

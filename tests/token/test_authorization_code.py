@@ -71,7 +71,7 @@ async def test_replay_by_another_client_also_revokes(
     assert result.reason == token_pb2.VALIDATION_REASON_REVOKED
 
 
-async def test_concurrent_exchanges_of_one_code_succeed_once(
+async def test_concurrent_exchanges_of_one_code_succeed_once_then_revoke(
         token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client) -> None:
     code = await issue_code(redis, redis_prefix, client)
     responses = await asyncio.gather(*(exchange(token.http, client, code) for _ in range(10)))
@@ -79,6 +79,11 @@ async def test_concurrent_exchanges_of_one_code_succeed_once(
     assert statuses == [200] + [400] * 9
     assert {response.json()["error"] for response in responses
             if response.status_code == 400} == {"invalid_grant"}
+    # The code was used more than once, even if at the same moment: what it issued is revoked.
+    winner = next(response.json() for response in responses if response.status_code == 200)
+    result = await token.grpc.ValidateToken(
+        token_pb2.ValidateTokenRequest(token=winner["access_token"]))
+    assert result.reason == token_pb2.VALIDATION_REASON_REVOKED
 
 
 async def test_failed_check_still_consumes_the_code(

@@ -8,6 +8,7 @@ presented again after it was exchanged revokes the grant it produced (RFC 6749 Â
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from services.token.store import CodeAlreadyExchanged, GrantStore
 
 log = logging.getLogger("otesse.token.grants")
 _MAX_CODE_LENGTH = 256
+# Far longer than an exchange takes between GETDEL and its commit.
+_REPLAY_RECHECK_SECONDS = 0.2
 _INVALID_CODE = "The authorization code is invalid, expired or already used."
 
 
@@ -125,6 +128,11 @@ class AuthorizationCodeGrant(Grant[CodeRequest]):
         # server MUST deny the request and SHOULD revoke (when possible) all tokens previously
         # issued based on that authorization code."
         result = await self._store.revoke_by_code(code_hash=code_hash)
+        if not result.deny.grants:
+            # Nothing found may mean an exchange of this same code is committing its grant
+            # right now (it took the code a moment ago): look once more, a moment later.
+            await asyncio.sleep(_REPLAY_RECHECK_SECONDS)
+            result = await self._store.revoke_by_code(code_hash=code_hash)
         if result.deny.grants:
             await self._denylist.deny(result.deny)
             log.warning("authorization code replayed; its grant is revoked", extra={
