@@ -79,14 +79,18 @@ class RedisSessionStore:
         raw = await self._redis.getex(key, ex=self._idle)
         if raw is None:
             return None
-        record = json.loads(raw)
-        created = float(record["created"])
-        if time.time() >= created + self._absolute:
+        try:
+            record = json.loads(raw)
+            created = float(record["created"])
+            session = Session(key=key, csrf_token=str(record["csrf"]), created_at=created,
+                              user_id=record.get("user"), email=record.get("email"),
+                              auth_time=record.get("auth_time"))
+        except (ValueError, KeyError, TypeError):
+            created, session = 0.0, None  # unreadable: as good as absent
+        if session is None or time.time() >= created + self._absolute:
             await self._redis.delete(key)
             return None
-        return Session(key=key, csrf_token=record["csrf"], created_at=created,
-                       user_id=record.get("user"), email=record.get("email"),
-                       auth_time=record.get("auth_time"))
+        return session
 
     async def delete(self, *, session_id: str) -> None:
         await self._redis.delete(self._key(session_id))

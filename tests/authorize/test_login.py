@@ -279,3 +279,14 @@ async def test_sessions_end_after_the_idle_timeout_and_use_renews_it(
     await redis.pexpire(key, 30)
     time.sleep(0.05)
     assert (await browser.get("/")).status_code == 303
+
+
+async def test_an_unreadable_session_record_counts_as_signed_out(
+        browser: httpx.AsyncClient, person: Person, redis: aioredis.Redis,
+        redis_prefix: str) -> None:
+    await sign_in(browser, person)
+    key = session_key(redis_prefix, browser.cookies[COOKIE])
+    await redis.set(key, b"\x00not json", keepttl=True)
+    response = await browser.get("/")
+    assert response.status_code == 303
+    assert not await redis.exists(key)
