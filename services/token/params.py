@@ -44,6 +44,10 @@ def _unique(pairs: list[tuple[str, str]]) -> dict[str, str]:
         # RFC 6749 §3.1: "Request and response parameters MUST NOT be included more than once."
         if name in params:
             raise InvalidRequest(f"The {name} parameter is repeated.")
+        # RFC 6749 Appendix A: every parameter of these endpoints is made of printable
+        # characters; a control character (a NUL above all) is never part of a valid value.
+        if not value.isprintable() or not name.isprintable():
+            raise InvalidRequest(f"The {name!r} parameter holds a control character.")
         params[name] = value
     # RFC 6749 §3.1: "Parameters sent without a value MUST be treated as if they were omitted
     # from the request."
@@ -66,8 +70,7 @@ def _from_json(body: bytes) -> dict[str, str]:
 def _from_form(body: bytes) -> dict[str, str]:
     try:
         text = body.decode("utf-8")
-        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text),
-                          errors="strict")
+        pairs = parse_qsl(text, keep_blank_values=True, errors="strict")
     except (UnicodeDecodeError, ValueError):
         raise InvalidRequest("The request body is not valid form data.") from None
     return _unique(pairs)

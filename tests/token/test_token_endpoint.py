@@ -98,6 +98,17 @@ async def test_confidential_client_with_pkce(token: TokenService, redis: aioredi
     assert_token_response(await exchange(token.http, client, code, code_verifier=VERIFIER))
 
 
+async def test_form_with_trailing_separator(token: TokenService, redis: aioredis.Redis,
+                                            redis_prefix: str, client: Client) -> None:
+    code = await issue_code(redis, redis_prefix, client)
+    fields = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT_URI,
+              "client_id": client.client_id, "client_secret": client.secret}
+    response = await token.http.post(
+        "/oauth/token", content=urlencode(fields) + "&",
+        headers={"Content-Type": "application/x-www-form-urlencoded; charset=UTF-8"})
+    assert_token_response(response)
+
+
 async def test_unknown_parameters_are_ignored(token: TokenService, redis: aioredis.Redis,
                                               redis_prefix: str, client: Client) -> None:
     code = await issue_code(redis, redis_prefix, client)
@@ -194,6 +205,9 @@ ERROR_CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
      "invalid_request"),
     ("form body not UTF-8", CONF, {"raw": ("application/x-www-form-urlencoded",
                                            b"grant_type=\xff\xfe")}, 400, "invalid_request"),
+    ("NUL in client_id", CONF, {"body": {"client_id": "otesse_ci_\x00"}}, 400,
+     "invalid_request"),
+    ("newline in code", CONF, {"body": {"code": "abc\ndef"}}, 400, "invalid_request"),
     ("body too large", CONF, {"raw": ("application/x-www-form-urlencoded",
                                       b"a=" + b"b" * 20000)}, 413, "invalid_request"),
 ]
