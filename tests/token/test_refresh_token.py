@@ -200,7 +200,7 @@ async def test_window_zero_concurrent_refreshes_revoke(
     ("bookings:write", 400, "invalid_scope"),
     ("bookings:read bookings:write", 400, "invalid_scope"),
     ("admin", 400, "invalid_scope"),
-    ("bookings:read\tcustomers:read", 400, "invalid_scope"),
+    ("bookings:read \"customers:read\"", 400, "invalid_scope"),
 ], ids=["narrower", "same set, any order", "wider", "partly wider", "unknown scope",
         "malformed scope"])
 async def test_scope_may_narrow_never_widen(
