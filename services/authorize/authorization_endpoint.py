@@ -23,7 +23,7 @@ from services.authorize.authorization_response import (
 )
 from services.authorize.components import Components, components
 from services.authorize.origins import csp_origin, display_host
-from services.authorize.pages import NO_STORE, error_page, page
+from services.authorize.pages import NO_STORE, page
 from services.authorize.sessions import Session
 from services.common import scopes as scope_catalogue
 from services.common.errors import (
@@ -135,15 +135,14 @@ async def decide(request: Request) -> Response:
     session = csrf.check(found[1] if found else None, form.get("csrf_token"))
     decision = form.get("decision")
     if decision not in DECISIONS:
-        return error_page(request, InvalidRequest("Choose Approve or Deny."))
+        raise InvalidRequest("Choose Approve or Deny.")
     request_id = form.get("request_id")
     auth_request = None
     if session.user_id is not None and isinstance(request_id, str):
         auth_request = await c.pending.take(request_id=request_id, session_key=session.key,
                                             user_id=session.user_id)
     if auth_request is None:
-        return error_page(request, InvalidRequest(
-            "This authorization request has expired or was already answered."))
+        raise InvalidRequest("This authorization request has expired or was already answered.")
     if decision == "deny":
         # RFC 6749 §4.1.2.1: access_denied — "The resource owner or authorization server
         # denied the request."

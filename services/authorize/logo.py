@@ -6,11 +6,11 @@ declared), ``nosniff`` so no browser second-guesses it, and the SHA-256 as a str
 
 from __future__ import annotations
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
 from services.authorize.components import components
-from services.authorize.pages import page
 
 _CONTENT_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
 
@@ -20,9 +20,7 @@ async def app_logo(request: Request) -> Response:
     client = await c.clients.get_with_logo(client_id=request.path_params["client_id"])
     if client is None or not client.HasField("logo") or \
             client.logo.content_type not in _CONTENT_TYPES:
-        return page(request, "error.html", {
-            "title": "Page not found", "status": 404,
-            "description": "There is nothing at this address."}, status=404)
+        raise HTTPException(404)
     etag = f'"{client.logo_sha256}"'
     headers = {"ETag": etag, "Cache-Control": "public, max-age=3600",
                "X-Content-Type-Options": "nosniff",

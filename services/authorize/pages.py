@@ -61,8 +61,8 @@ _TITLES = {
 }
 
 
-def error_page(request: Request, error: OAuthError, *, status: int | None = None) -> Response:
-    status = status or error.status_code
+def _error_page(request: Request, error: OAuthError) -> Response:
+    status = error.status_code
     headers = {"Retry-After": "5"} if isinstance(error, TemporarilyUnavailable) else {}
     title = _TITLES.get(error.error, "This request can't be completed")
     if isinstance(error, CsrfFailure):
@@ -91,7 +91,7 @@ async def _render(request: Request, exc: Exception) -> Response:
         return page(request, "error.html", {
             "title": "This request can't be completed", "status": exc.status_code,
             "description": "Please go back and try again."}, status=exc.status_code)
-    return error_page(request, classify(exc))
+    return _error_page(request, classify(exc))
 
 
 # Starlette picks a handler by the exception's class; the stores' and peers' failures are
