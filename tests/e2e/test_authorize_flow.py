@@ -133,3 +133,16 @@ async def test_on_a_phone_deny_returns_access_denied(
     assert params["state"] == ["phone"]
     assert "code" not in params
     assert not [m for m in console_messages(phone) if "Content Security Policy" in m]
+
+
+async def test_an_unregistered_redirect_uri_shows_an_error_page_and_goes_nowhere(
+        desktop: BrowserContext, stack: Stack, artifacts_dir: str) -> None:
+    page = await desktop.new_page()
+    url = authorization_url(stack, state="evil").replace(
+        urlencode({"redirect_uri": stack.callback.url}),
+        urlencode({"redirect_uri": "https://evil.example/callback"}))
+    response = await page.goto(url)
+    assert response is not None and response.status == 400
+    assert urlsplit(page.url).path == "/oauth/authorize"
+    await page.get_by_role("heading", name="This link can't be used").wait_for()
+    await page.screenshot(path=os.path.join(artifacts_dir, "error-desktop.png"))
