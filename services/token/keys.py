@@ -252,9 +252,15 @@ class KeyRing:
             if item.state == "current":
                 private_key = self._opened.get(item.kid) or open_private_key(
                     item.sealed_private_key, kek=self._kek, kid=item.kid)
-            key = SigningKey(kid=item.kid, state=item.state,
-                             public_key=_public_key(item.public_jwk), jwk=item.public_jwk,
-                             private_key=private_key, activated_at=item.activated_at)
+            try:
+                public_key = _public_key(item.public_jwk)
+            except (KeyError, TypeError, ValueError):
+                # One unreadable published key must not take the others down with it.
+                log.error("signing key has an unreadable public half", extra={"kid": item.kid})
+                continue
+            key = SigningKey(kid=item.kid, state=item.state, public_key=public_key,
+                             jwk=item.public_jwk, private_key=private_key,
+                             activated_at=item.activated_at)
             keys[item.kid] = key
             if item.state == "current":
                 current = key

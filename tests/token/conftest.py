@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest_asyncio
 import redis.asyncio as aioredis
+from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from otesse.auth.v1 import registry_pb2, registry_pb2_grpc, token_pb2_grpc
@@ -25,10 +26,13 @@ from services.common.grpc_client import create_channel
 from services.common.settings import Env, StoreSettings
 from services.token import pkce
 from services.token.app import TokenComponents, TokenRuntime, create_app
-from services.token.settings import TokenSettings
+from services.token.keys import SigningKey, public_jwk, seal_private_key
+from services.token.settings import DEV_KEK, TokenSettings
 from tests.servers import serve_app
 
-KEK = base64.b64encode(os.urandom(32)).decode("ascii")
+# Every test process shares one database of signing keys, so every test that runs the token
+# service uses the same KEK: the local-development default.
+KEK = DEV_KEK
 REDIRECT_URI = "https://app.example.com/callback"
 ALL_SCOPES = ("bookings:read", "bookings:write", "customers:read", "customers:write")
 SCOPES = ("bookings:read", "customers:read")
@@ -36,8 +40,7 @@ SCOPES = ("bookings:read", "customers:read")
 
 def make_settings(store_settings: StoreSettings, registry_address: str,
                   **overrides: Any) -> TokenSettings:
-    base = TokenSettings.from_env(Env({"OTESSE_TOKEN_KEK": KEK,
-                                       "OTESSE_REGISTRY_ADDR": registry_address}))
+    base = TokenSettings.from_env(Env({"OTESSE_REGISTRY_ADDR": registry_address}))
     return replace(base, stores=store_settings, http_port=0, grpc_port=0,
                    key_rotation_seconds=0, **overrides)
 
@@ -160,3 +163,19 @@ async def tokens_for(token: TokenService, redis: aioredis.Redis, prefix: str, cl
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+async def insert_previous_key(pool: asyncpg.Pool, *, expires_in_seconds: int) -> SigningKey:
+    """A real retired ("previous") signing key, sealed under the KEK, added beside the keys in
+    use (so tests never retire a key another test's service is signing with)."""
+    private_key = ec.generate_private_key(ec.SECP256R1())
+    jwk = public_jwk(private_key.public_key())
+    await pool.execute(
+        "INSERT INTO token.signing_keys (kid, state, public_jwk, private_key, retired_at,"
+        " expires_at) VALUES ($1, 'previous', $2::jsonb, $3, now(),"
+        " now() + $4::int * interval '1 second')",
+        jwk["kid"], json.dumps(jwk),
+        seal_private_key(private_key, kek=base64.b64decode(KEK), kid=jwk["kid"]),
+        expires_in_seconds)
+    return SigningKey(kid=jwk["kid"], state="previous", public_key=private_key.public_key(),
+                      jwk=jwk, private_key=private_key, activated_at=None)

@@ -19,8 +19,9 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from otesse.auth.v1 import token_pb2
+from services.token.access_tokens import AccessClaims, sign
 from services.token.keys import KeyRing, PgKeyStore, WrongKek, open_private_key, public_jwk
-from tests.token.conftest import KEK, Client, TokenService, tokens_for
+from tests.token.conftest import KEK, Client, TokenService, insert_previous_key, tokens_for
 
 
 def segments(access_token: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -151,18 +152,26 @@ async def test_rotation_by_racing_replicas_happens_once(token: TokenService,
     await token.components.ring.refresh()
 
 
-async def test_retired_key_unpublished_after_its_tokens_expired(
-        token: TokenService, pool: asyncpg.Pool, redis: aioredis.Redis, redis_prefix: str,
-        client: Client) -> None:
+async def test_previous_key_is_accepted_until_it_expires(
+        token: TokenService, pool: asyncpg.Pool) -> None:
     ring = token.components.ring
+    retired = await insert_previous_key(pool, expires_in_seconds=3600)
     await ring.refresh()
-    pair = await tokens_for(token, redis, redis_prefix, client)
-    kid = segments(pair["access_token"])[0]["kid"]
-    await PgKeyStore(pool).rotate(kek=base64.b64decode(KEK), retire_after_seconds=3700)
+    now = int(time.time())
+    signed = sign(AccessClaims(iss=token.settings.issuer, sub="user-prev",
+                               aud=token.settings.audience, client_id="otesse_ci_prev",
+                               scopes=("bookings:read",), iat=now, exp=now + 600,
+                               jti="jti-prev", grant_id="00000000-0000-0000-0000-000000000001"),
+                  retired)
+    assert retired.kid in {jwk["kid"] for jwk in (await served_jwks(token))["keys"]}
+    assert (await token.grpc.ValidateToken(
+        token_pb2.ValidateTokenRequest(token=signed))).active
+    assert ring.current().kid != retired.kid  # published and accepted, but never signing
+
     await pool.execute("UPDATE token.signing_keys SET expires_at = now() - interval '1 second'"
-                       " WHERE kid = $1", kid)
+                       " WHERE kid = $1", retired.kid)
     await ring.refresh()
-    assert kid not in {jwk["kid"] for jwk in (await served_jwks(token))["keys"]}
-    result = await token.grpc.ValidateToken(
-        token_pb2.ValidateTokenRequest(token=pair["access_token"]))
+
+    assert retired.kid not in {jwk["kid"] for jwk in (await served_jwks(token))["keys"]}
+    result = await token.grpc.ValidateToken(token_pb2.ValidateTokenRequest(token=signed))
     assert result.reason == token_pb2.VALIDATION_REASON_BAD_SIGNATURE

@@ -15,7 +15,14 @@ import redis.asyncio as aioredis
 from otesse.auth.v1 import token_pb2
 from services.common import credentials
 from services.token.purge import Purger
-from tests.token.conftest import KEK, Client, TokenService, refresh, tokens_for
+from tests.token.conftest import (
+    KEK,
+    Client,
+    TokenService,
+    insert_previous_key,
+    refresh,
+    tokens_for,
+)
 
 
 async def grant_of(token: TokenService, access_token: str) -> str:
@@ -84,17 +91,13 @@ async def test_purge_removes_the_dead_and_keeps_the_living(
 
 async def test_purge_removes_expired_keys_only(token: TokenService, pool: asyncpg.Pool) -> None:
     current = await pool.fetchval("SELECT kid FROM token.signing_keys WHERE state = 'current'")
-    await pool.execute(
-        "INSERT INTO token.signing_keys (kid, state, public_jwk, private_key, retired_at,"
-        " expires_at) VALUES ('purge-old-key', 'previous', '{}', '\\x00', now(), now()"
-        " - interval '1 second'), ('purge-live-key', 'previous', '{}', '\\x00', now(),"
-        " now() + interval '1 hour')")
+    expired = await insert_previous_key(pool, expires_in_seconds=-1)
+    live = await insert_previous_key(pool, expires_in_seconds=3600)
     report = await Purger(pool, access_token_ttl=3600, retry_window=10).run()
     assert report.signing_keys >= 1
-    assert not await exists(pool, "signing_keys", "kid", "purge-old-key")
-    assert await exists(pool, "signing_keys", "kid", "purge-live-key")
+    assert not await exists(pool, "signing_keys", "kid", expired.kid)
+    assert await exists(pool, "signing_keys", "kid", live.kid)
     assert await exists(pool, "signing_keys", "kid", current)
-    await pool.execute("DELETE FROM token.signing_keys WHERE kid = 'purge-live-key'")
 
 
 def cli(test_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
