@@ -226,3 +226,12 @@ async def test_hsts_and_nosniff_on_https(stack: Stack) -> None:
     assert response.headers["x-content-type-options"] == "nosniff"
     assert "strict-transport-security" not in plain.headers
     assert plain.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_refuses_websocket_upgrades(stack: Stack) -> None:
+    response = await _raw(stack.url, b"GET /login HTTP/1.1\r\nHost: localhost\r\n"
+                                     b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                                     b"Sec-WebSocket-Version: 13\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 403 ")
+    assert stack.authorize.hits == []
