@@ -52,6 +52,7 @@ class TokenService:
     components: TokenComponents
     settings: TokenSettings
     base_url: str
+    grpc_port: int
 
 
 @asynccontextmanager
@@ -66,7 +67,7 @@ async def running(settings: TokenSettings) -> AsyncIterator[TokenService]:
             async with httpx.AsyncClient(base_url=base_url, timeout=10.0) as http:
                 yield TokenService(http=http, grpc=token_pb2_grpc.TokenServiceStub(channel),
                                    components=runtime.components, settings=settings,
-                                   base_url=base_url)
+                                   base_url=base_url, grpc_port=runtime.grpc_port)
         finally:
             await channel.close()
 
