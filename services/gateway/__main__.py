@@ -20,8 +20,20 @@ from services.gateway.app import create_admin_app, create_app
 from services.gateway.settings import GatewaySettings
 
 
+def _loopback(host: str) -> str:
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
 async def serve(settings: GatewaySettings) -> None:
     readiness = Readiness()
+
+    async def listening() -> None:
+        # The admin port answers first: ready only once the public port takes connections.
+        _, writer = await asyncio.open_connection(_loopback(settings.host), settings.port)
+        writer.close()
+        await writer.wait_closed()
+
+    readiness.checks["listening"] = listening
     admin = uvicorn.Server(uvicorn.Config(
         create_admin_app(readiness), host=settings.admin_host, port=settings.admin_port,
         log_config=None, access_log=False, lifespan="off", loop="none", server_header=False))

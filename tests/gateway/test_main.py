@@ -70,7 +70,7 @@ async def test_process_serves_public_and_admin_ports_and_stops_on_sigterm(
     assert proxied.status_code == 200 and proxied.json()["upstream"] == "authorize"
     assert hidden.status_code == 404
     assert health.json() == {"status": "ok"}
-    assert ready.status_code == 200 and ready.json()["checks"] == {"proxy": "ok"}
+    assert ready.status_code == 200 and ready.json()["checks"] == {"proxy": "ok", "listening": "ok"}
     assert "otesse_gateway_rate_limit_fail_open_total" in metrics.text
     assert 'service="gateway"' in metrics.text
 
