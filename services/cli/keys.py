@@ -2,6 +2,8 @@
 
 ``rotate`` promotes the published ``next`` key to ``current``, keeps the old current key
 published as ``previous`` until every token it signed has expired, and publishes a new ``next``.
+It refuses while the next key is younger than the JWKS cache lifetime plus the replicas' refresh
+interval (a few minutes), unless ``--force`` (a leaked key must go at once).
 Running replicas pick the change up within ``OTESSE_TOKEN_KEY_REFRESH_SECONDS``; tokens signed
 by the old key stay valid meanwhile and after.
 """
@@ -10,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import asyncpg
 
 from services.cli.output import emit
-from services.token.keys import PgKeyStore, StoredKey
+from services.token.keys import NextKeyTooYoung, PgKeyStore, StoredKey
 from services.token.settings import TokenSettings
 
 T = TypeVar("T")
@@ -57,10 +60,17 @@ def _rotate(args: argparse.Namespace) -> int:
     async def rotate(store: PgKeyStore) -> list[StoredKey]:
         await store.ensure(kek=settings.kek_bytes)
         await store.rotate(kek=settings.kek_bytes,
-                           retire_after_seconds=settings.key_retirement_seconds)
+                           retire_after_seconds=settings.key_retirement_seconds,
+                           min_next_age_seconds=0.0 if args.force
+                           else settings.key_publish_lead_seconds)
         return await store.published()
 
-    keys = _with_store(settings, rotate)
+    try:
+        keys = _with_store(settings, rotate)
+    except NextKeyTooYoung as exc:
+        print(f"otesse-auth: not rotated: {exc}; use --force if the current key leaked",
+              file=sys.stderr)
+        return 1
     emit([_row(key) for key in keys], as_json=args.json)
     return 0
 
@@ -72,5 +82,8 @@ def register(subparsers: Any) -> None:
     list_.add_argument("--json", action="store_true")
     list_.set_defaults(handler=_list)
     rotate = commands.add_parser("rotate", help="next → current → previous, and a new next")
+    rotate.add_argument("--force", action="store_true",
+                        help="promote the next key even if JWKS caches may not hold it yet"
+                        " (when the current key leaked)")
     rotate.add_argument("--json", action="store_true")
     rotate.set_defaults(handler=_rotate)

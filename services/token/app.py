@@ -47,7 +47,7 @@ from services.token.keys import KeyRing, NoSigningKey, PgKeyStore, WrongKek
 from services.token.metadata import authorization_server_metadata
 from services.token.revocation import Revoker
 from services.token.servicer import TokenServiceServicer
-from services.token.settings import TokenSettings
+from services.token.settings import JWKS_MAX_AGE_SECONDS, TokenSettings
 from services.token.store import PgGrantStore
 from services.token.token_endpoint import TokenEndpoint
 from services.token.validation import AccessTokenValidator
@@ -57,7 +57,7 @@ SERVICE_NAME = token_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name
 REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["ClientRegistry"].full_name
 # Resource servers may cache the JWKS this long; a new key is published (as "next") for far
 # longer than this before it signs.
-PUBLIC_CACHE = {"Cache-Control": "public, max-age=300"}
+PUBLIC_CACHE = {"Cache-Control": f"public, max-age={JWKS_MAX_AGE_SECONDS}"}
 
 
 @dataclass(frozen=True)

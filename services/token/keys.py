@@ -80,6 +80,10 @@ def seal_private_key(private_key: ec.EllipticCurvePrivateKey, *, kek: bytes, kid
     return nonce + AESGCM(kek).encrypt(nonce, der, kid.encode("ascii"))
 
 
+class NextKeyTooYoung(Exception):
+    """Rotating now would sign with a key that caches of the JWKS may not hold yet."""
+
+
 class WrongKek(Exception):
     """A private key does not decrypt: OTESSE_TOKEN_KEK is not the key it was sealed under."""
 
@@ -130,7 +134,8 @@ class KeyStore(Protocol):
     async def ensure(self, *, kek: bytes) -> None: ...
 
     async def rotate(self, *, kek: bytes, retire_after_seconds: int,
-                     expected_current: str | None = None) -> bool: ...
+                     min_next_age_seconds: float, expected_current: str | None = None,
+                     ) -> bool: ...
 
 
 _COLUMNS = ("kid, state, public_jwk::text AS public_jwk, private_key, created_at, activated_at,"
@@ -190,16 +195,27 @@ class PgKeyStore:
                 await self._insert(connection, state="next", kek=kek)
 
     async def rotate(self, *, kek: bytes, retire_after_seconds: int,
-                     expected_current: str | None = None) -> bool:
+                     min_next_age_seconds: float, expected_current: str | None = None,
+                     ) -> bool:
         """next → current → previous, plus a new next. With ``expected_current``, rotates only
         if that key is still current (replicas racing to rotate rotate once). Returns whether
-        it rotated."""
+        it rotated. Raises :class:`NextKeyTooYoung` when the next key has been published for
+        less than ``min_next_age_seconds`` (0 forces the rotation)."""
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
             current = await connection.fetchval(
                 "SELECT kid FROM token.signing_keys WHERE state = 'current'")
             if expected_current is not None and current != expected_current:
                 return False
+            # DESIGN §3: "a new key is published before it signs anything (so caches of the
+            # JWKS already hold it)": every replica and every JWKS cache must have seen it.
+            age = await connection.fetchval(
+                "SELECT extract(epoch FROM now() - created_at)::float8 FROM token.signing_keys"
+                " WHERE state = 'next'")
+            if age is not None and age < min_next_age_seconds:
+                raise NextKeyTooYoung(
+                    f"the next key has been published for {int(age)} s only; it may sign after"
+                    f" {int(min_next_age_seconds)} s (JWKS caches and replicas must hold it)")
             await connection.execute(
                 "UPDATE token.signing_keys SET state = 'previous', retired_at = now(),"
                 " expires_at = now() + $1::int * interval '1 second' WHERE state = 'current'",
@@ -280,15 +296,23 @@ class KeyRing:
         await self.rotate_if_due(rotation_seconds=rotation_seconds,
                                  retire_after_seconds=retire_after_seconds)
 
-    async def rotate_if_due(self, *, rotation_seconds: int, retire_after_seconds: int) -> None:
+    async def rotate_if_due(self, *, rotation_seconds: int, retire_after_seconds: int,
+                            ) -> None:
         current = self._current
         if not rotation_seconds or current is None or current.activated_at is None:
             return
         age = (datetime.now(current.activated_at.tzinfo) - current.activated_at).total_seconds()
         if age < rotation_seconds:
             return
-        if await self._store.rotate(kek=self._kek, retire_after_seconds=retire_after_seconds,
-                                    expected_current=current.kid):
+        # The next key was published when the current one began to sign, a whole rotation
+        # period ago; a younger one (after a manual rotation) waits for the next check.
+        try:
+            rotated = await self._store.rotate(
+                kek=self._kek, retire_after_seconds=retire_after_seconds,
+                min_next_age_seconds=rotation_seconds / 2, expected_current=current.kid)
+        except NextKeyTooYoung:
+            return
+        if rotated:
             log.info("signing key rotated", extra={"retired_kid": current.kid})
         await self.refresh()
 

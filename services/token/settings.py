@@ -121,6 +121,14 @@ class TokenSettings:
         with it until its next refresh, then the token lives ``access_token_ttl``."""
         return self.access_token_ttl + int(self.key_refresh_seconds) + CLOCK_SKEW_SECONDS
 
+    @property
+    def key_publish_lead_seconds(self) -> float:
+        """How long a key must have been published before it may sign: every replica has
+        re-read the keys and every JWKS cache has expired since."""
+        return JWKS_MAX_AGE_SECONDS + self.key_refresh_seconds + CLOCK_SKEW_SECONDS
 
+
+# How long resource servers may cache the JWKS (its Cache-Control max-age).
+JWKS_MAX_AGE_SECONDS = 300
 # Allowance for clocks of replicas, Postgres and resource servers that disagree slightly.
 CLOCK_SKEW_SECONDS = 60

@@ -20,7 +20,14 @@ from joserfc.jwk import KeySet
 
 from otesse.auth.v1 import token_pb2
 from services.token.access_tokens import AccessClaims, sign
-from services.token.keys import KeyRing, PgKeyStore, WrongKek, open_private_key, public_jwk
+from services.token.keys import (
+    KeyRing,
+    NextKeyTooYoung,
+    PgKeyStore,
+    WrongKek,
+    open_private_key,
+    public_jwk,
+)
 from tests.token.conftest import KEK, Client, TokenService, insert_previous_key, tokens_for
 
 
@@ -116,7 +123,8 @@ async def test_rotation_keeps_old_tokens_valid_and_replicas_agree(
                     if ring.get(jwk["kid"]) and ring.get(jwk["kid"]).state == "next")  # type: ignore[union-attr]
     store = PgKeyStore(pool)
 
-    assert await store.rotate(kek=base64.b64decode(KEK), retire_after_seconds=3700)
+    assert await store.rotate(kek=base64.b64decode(KEK), retire_after_seconds=3700,
+                              min_next_age_seconds=0)
     await ring.refresh()
     replica = KeyRing(store, kek=base64.b64decode(KEK))
     await replica.refresh()
@@ -143,6 +151,7 @@ async def test_rotation_by_racing_replicas_happens_once(token: TokenService,
     current = token.components.ring.current().kid
     results = await asyncio.gather(*(store.rotate(kek=base64.b64decode(KEK),
                                                   retire_after_seconds=3700,
+                                                  min_next_age_seconds=0,
                                                   expected_current=current)
                                      for _ in range(5)))
     assert sorted(results) == [False] * 4 + [True]
@@ -175,3 +184,16 @@ async def test_previous_key_is_accepted_until_it_expires(
     assert retired.kid not in {jwk["kid"] for jwk in (await served_jwks(token))["keys"]}
     result = await token.grpc.ValidateToken(token_pb2.ValidateTokenRequest(token=signed))
     assert result.reason == token_pb2.VALIDATION_REASON_BAD_SIGNATURE
+
+
+async def test_a_next_key_too_young_for_jwks_caches_does_not_sign(
+        token: TokenService, pool: asyncpg.Pool) -> None:
+    store = PgKeyStore(pool)
+    await store.rotate(kek=base64.b64decode(KEK), retire_after_seconds=3700,
+                       min_next_age_seconds=0)  # a brand-new next key
+    before = {key.kid: key.state for key in await store.published()}
+    with pytest.raises(NextKeyTooYoung):
+        await store.rotate(kek=base64.b64decode(KEK), retire_after_seconds=3700,
+                           min_next_age_seconds=token.settings.key_publish_lead_seconds)
+    assert {key.kid: key.state for key in await store.published()} == before
+    await token.components.ring.refresh()
