@@ -121,3 +121,16 @@ def test_run_local_starts_everything_and_stops_on_ctrl_c(run_env: dict[str, str]
     assert _demo(printed_again)[:2] == (password, client_id)
     state = Path(run_env["OTESSE_RUN_DIR"]) / "demo.json"
     assert state.stat().st_mode & 0o077 == 0  # the demo secret is readable by its owner only
+
+
+def test_run_local_stops_everything_when_a_service_cannot_start(run_env: dict[str, str],
+                                                                 ) -> None:
+    env = {**run_env, "OTESSE_GATEWAY_RATE_TOKEN_PER_IP": "lots"}
+    result = subprocess.run([str(ROOT / "scripts" / "run-local")], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=90)
+    assert result.returncode == 1
+    assert ("configuration error: OTESSE_GATEWAY_RATE_TOKEN_PER_IP must be COUNT/SECONDS"
+            in result.stdout)
+    assert "run-local: gateway stopped while starting" in result.stdout
+    assert result.stdout.rstrip().endswith("run-local: stopped")
+    assert all(_port_free(int(run_env[name])) for name in PORT_VARIABLES)
