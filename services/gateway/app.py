@@ -14,7 +14,6 @@ Service or Ingress exposes publicly; on the public port those paths are 404.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
@@ -44,13 +43,6 @@ from services.gateway.settings import GatewaySettings
 log = logging.getLogger("otesse.gateway")
 
 NOSNIFF = (b"x-content-type-options", b"nosniff")
-
-
-@dataclass(frozen=True)
-class _RouteLabel:
-    """What ``RequestContextMiddleware`` reads from ``scope["route"]`` for its metric label."""
-
-    path: str
 
 
 class GatewayApp:
@@ -132,10 +124,12 @@ class GatewayApp:
         try:
             route = self._route(scope, headers)
             api = route.api
-            scope["route"] = _RouteLabel(route.path)
+            # RequestContextMiddleware labels its metric with scope["route"].path (bounded).
+            scope["route"] = route
             await self._forward(scope, receive, secure_send, route, client, headers)
         except GatewayError as exc:
-            await send_error(secure_send, exc, api=api)
+            if not started:
+                await send_error(secure_send, exc, api=api)
         except ClientDisconnected:
             return
         except Exception:

@@ -72,7 +72,10 @@ async def test_process_serves_public_and_admin_ports_and_stops_on_sigterm(
     assert health.json() == {"status": "ok"}
     assert ready.status_code == 200 and ready.json()["checks"] == {"proxy": "ok", "listening": "ok"}
     assert "otesse_gateway_rate_limit_fail_open_total" in metrics.text
-    assert 'service="gateway"' in metrics.text
+    # Proxied requests are labelled by route (a bounded set), never by raw path.
+    assert 'otesse_http_request_duration_seconds_count{method="GET",route="/*",service="gateway"' \
+        in metrics.text
+    assert "client_id" not in metrics.text
 
     process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(process.wait, 10) == 0
