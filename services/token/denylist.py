@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from services.token.metrics import DENYLIST_REBUILDS
 from services.token.settings import CLOCK_SKEW_SECONDS
 
 log = logging.getLogger("otesse.token.denylist")
@@ -97,6 +98,7 @@ class DenyList:
         async with self._rebuilding:
             if await self._redis.exists(self._marker):
                 return  # another request of this replica rebuilt it meanwhile
+            DENYLIST_REBUILDS.inc()
             revocations = await self._source(None)
             async with self._redis.pipeline(transaction=True) as pipe:
                 self._queue(pipe, revocations)

@@ -24,6 +24,7 @@ from services.token.access_tokens import TokenRejected
 from services.token.client_auth import AuthenticatedClient, ClientAuthenticator
 from services.token.denylist import DenyList, Revocations, TokenRevocation
 from services.token.keys import KeyRing
+from services.token.metrics import GRANTS_REVOKED
 from services.token.store import GrantStore
 
 
@@ -66,6 +67,7 @@ class Revoker:
         if info is None or info.client_id != client.client_id:
             return
         result = await self._store.revoke_grants(grant_id=info.grant_id)
+        GRANTS_REVOKED.labels("revocation").inc(result.revoked)
         await self._denylist.deny(result.deny)
 
     async def _revoke_access_token(self, token: str, client: AuthenticatedClient) -> None:

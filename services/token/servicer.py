@@ -19,6 +19,7 @@ from otesse.auth.v1 import token_pb2 as pb
 from otesse.auth.v1 import token_pb2_grpc
 from services.common.rpc_errors import InvalidArgument
 from services.token.denylist import DenyList
+from services.token.metrics import GRANTS_REVOKED
 from services.token.store import GrantStore
 from services.token.validation import AccessTokenValidator, Reason
 
@@ -92,6 +93,7 @@ class TokenServiceServicer(token_pb2_grpc.TokenServiceServicer):
             raise InvalidArgument("grant_id", "give grant_id, or user_id and/or client_id")
         result = await self._store.revoke_grants(grant_id=grant_id, user_id=user_id,
                                                  client_id=client_id)
+        GRANTS_REVOKED.labels("revoke_grant").inc(result.revoked)
         await self._denylist.deny(result.deny)
         return pb.RevokeGrantResponse(revoked_grants=result.revoked)
 

@@ -18,6 +18,7 @@ from services.common.http import NO_STORE
 from services.token import params
 from services.token.client_auth import ClientAuthenticator
 from services.token.grants import Grant
+from services.token.metrics import TOKENS_ISSUED
 
 
 class TokenEndpoint:
@@ -42,6 +43,7 @@ class TokenEndpoint:
         client = await self._authenticator.authenticate(
             authorization=request.headers.get("authorization"), params=values)
         body = await grant.handle(values, client)
+        TOKENS_ISSUED.labels(grant.grant_type).inc()
         # RFC 6749 §5.1: "The authorization server MUST include the HTTP "Cache-Control"
         # response header field with a value of "no-store" in any response containing tokens".
         return Response(body, media_type="application/json", headers=NO_STORE)

@@ -16,6 +16,7 @@ from typing import Literal
 from services.token.access_tokens import AccessClaims, TokenRejected, verify
 from services.token.denylist import DenyList
 from services.token.keys import KeyRing
+from services.token.metrics import VALIDATIONS
 
 Reason = Literal["valid", "malformed", "bad_signature", "expired", "revoked",
                  "insufficient_scope", "wrong_issuer_or_audience"]
@@ -40,6 +41,11 @@ class AccessTokenValidator:
         self._audience = audience
 
     async def validate(self, token: str, required_scopes: Iterable[str] = ()) -> Validation:
+        validation = await self._validate(token, required_scopes)
+        VALIDATIONS.labels(validation.reason).inc()
+        return validation
+
+    async def _validate(self, token: str, required_scopes: Iterable[str]) -> Validation:
         try:
             claims = verify(token, self._ring)
         except TokenRejected as exc:

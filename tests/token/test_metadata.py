@@ -3,8 +3,10 @@ health routes answer."""
 
 from __future__ import annotations
 
+import redis.asyncio as aioredis
+
 from services.common import scopes
-from tests.token.conftest import TokenService
+from tests.token.conftest import Client, TokenService, tokens_for
 
 
 async def test_metadata_lists_exactly_what_is_supported(token: TokenService) -> None:
@@ -47,6 +49,13 @@ async def test_jwks_shape(token: TokenService) -> None:
         assert key["kty"] == "EC" and key["crv"] == "P-256" and key["alg"] == "ES256"
         assert len(key["x"]) == len(key["y"]) == 43
         assert "d" not in key
+
+
+async def test_metrics_count_issuance(token: TokenService, redis: aioredis.Redis,
+                                      redis_prefix: str, client: Client) -> None:
+    await tokens_for(token, redis, redis_prefix, client)
+    text = (await token.http.get("/metrics")).text
+    assert 'otesse_token_issued_total{grant_type="authorization_code"}' in text
 
 
 async def test_health_routes(token: TokenService) -> None:

@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from otesse.auth.v1 import registry_pb2_grpc, token_pb2
 from services.common import credentials
@@ -107,8 +108,13 @@ async def test_reuse_after_the_window_revokes_the_grant(
     first = await tokens_for(token, redis, redis_prefix, client)
     second = (await refresh(token.http, client, first["refresh_token"])).json()
     await backdate_rotation(pool, first["refresh_token"], token.settings.refresh_retry_window)
+    reuses_before = REGISTRY.get_sample_value("otesse_token_grants_revoked_total",
+                                              {"cause": "refresh_reuse"}) or 0.0
 
     reuse = await refresh(token.http, client, first["refresh_token"])
+
+    assert REGISTRY.get_sample_value("otesse_token_grants_revoked_total",
+                                     {"cause": "refresh_reuse"}) == reuses_before + 1
 
     assert (reuse.status_code, reuse.json()["error"]) == (400, "invalid_grant")
     assert (await validate(token, second["access_token"])).reason == \

@@ -24,6 +24,7 @@ from services.token.access_tokens import AccessTokenIssuer
 from services.token.client_auth import AuthenticatedClient
 from services.token.denylist import DenyList
 from services.token.grants import Grant, mint_pair
+from services.token.metrics import GRANTS_REVOKED
 from services.token.store import CodeAlreadyExchanged, GrantStore
 
 log = logging.getLogger("otesse.token.grants")
@@ -134,6 +135,7 @@ class AuthorizationCodeGrant(Grant[CodeRequest]):
             await asyncio.sleep(_REPLAY_RECHECK_SECONDS)
             result = await self._store.revoke_by_code(code_hash=code_hash)
         if result.deny.grants:
+            GRANTS_REVOKED.labels("code_replay").inc(result.revoked)
             await self._denylist.deny(result.deny)
             log.warning("authorization code replayed; its grant is revoked", extra={
                 "grant_id": result.deny.grants[0].grant_id, "client_id": client.client_id})

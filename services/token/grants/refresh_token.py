@@ -22,6 +22,7 @@ from services.token.access_tokens import AccessTokenIssuer
 from services.token.client_auth import AuthenticatedClient
 from services.token.denylist import DenyList
 from services.token.grants import Grant, mint_pair
+from services.token.metrics import GRANTS_REVOKED, REFRESH_RETRIES
 from services.token.store import GrantStore, RefreshRecord
 
 log = logging.getLogger("otesse.token.grants")
@@ -113,9 +114,11 @@ class RefreshTokenGrant(Grant[RefreshRequest]):
                              token_hash: bytes, client: AuthenticatedClient) -> bytes:
         if self._retry_window and record.retry_allowed and record.successor_sealed:
             try:
-                return rotation_retry.open_sealed(record.successor_sealed,
+                body = rotation_retry.open_sealed(record.successor_sealed,
                                                   old_refresh_token=request.refresh_token,
                                                   old_hash=token_hash)
+                REFRESH_RETRIES.inc()
+                return body
             except InvalidTag:
                 log.error("sealed refresh response does not open", extra={
                     "grant_id": record.grant_id})
@@ -124,6 +127,7 @@ class RefreshTokenGrant(Grant[RefreshRequest]):
         # refresh token, which will inform the authorization server of the breach; the
         # authorization server revokes the active refresh token (here: the whole grant).
         result = await self._store.revoke_grants(grant_id=record.grant_id)
+        GRANTS_REVOKED.labels("refresh_reuse").inc(result.revoked)
         await self._denylist.deny(result.deny)
         log.warning("rotated refresh token reused; grant revoked", extra={
             "grant_id": record.grant_id, "client_id": client.client_id})

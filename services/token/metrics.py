@@ -1,0 +1,30 @@
+"""Prometheus metrics of the token service (``GET /metrics``), beside the shared request ones:
+what operators watch for abuse (reuse, replays) and for the deny-list's health."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+TOKENS_ISSUED = Counter(
+    "otesse_token_issued_total",
+    "Token responses issued, by grant type.",
+    ["grant_type"],
+)
+REFRESH_RETRIES = Counter(
+    "otesse_token_refresh_retries_total",
+    "Rotated refresh tokens presented again inside the retry window (the same pair returned).",
+)
+GRANTS_REVOKED = Counter(
+    "otesse_token_grants_revoked_total",
+    "Grants revoked, by cause: code_replay, refresh_reuse, revocation, revoke_grant.",
+    ["cause"],
+)
+VALIDATIONS = Counter(
+    "otesse_token_validations_total",
+    "Access-token validations (gRPC and introspection), by reason.",
+    ["reason"],
+)
+DENYLIST_REBUILDS = Counter(
+    "otesse_token_denylist_rebuilds_total",
+    "Deny-list rebuilds from Postgres after Redis lost it.",
+)
