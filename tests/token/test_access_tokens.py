@@ -197,3 +197,24 @@ async def test_a_next_key_too_young_for_jwks_caches_does_not_sign(
                            min_next_age_seconds=token.settings.key_publish_lead_seconds)
     assert {key.kid: key.state for key in await store.published()} == before
     await token.components.ring.refresh()
+
+
+async def test_keys_rotate_by_themselves_when_due(token: TokenService,
+                                                  pool: asyncpg.Pool) -> None:
+    ring = token.components.ring
+    await pool.execute("UPDATE token.signing_keys SET created_at = now() - interval '2 days',"
+                       " activated_at = CASE WHEN state = 'current' THEN now() - interval"
+                       " '2 days' END WHERE state IN ('current', 'next')")
+    await ring.refresh()
+    old = ring.current().kid
+    upcoming = next(kid for kid in (jwk["kid"] for jwk in ring.jwks()["keys"])
+                    if ring.get(kid) and ring.get(kid).state == "next")  # type: ignore[union-attr]
+
+    await ring.rotate_if_due(rotation_seconds=24 * 3600, retire_after_seconds=3700)
+
+    assert ring.current().kid == upcoming != old
+    previous = ring.get(old)
+    assert previous is not None and previous.state == "previous"
+    # Not due any more: a second check changes nothing.
+    await ring.rotate_if_due(rotation_seconds=24 * 3600, retire_after_seconds=3700)
+    assert ring.current().kid == upcoming
