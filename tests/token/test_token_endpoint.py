@@ -162,6 +162,8 @@ ERROR_CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("basic and post at once", CONF, {"basic": True}, 400, "invalid_request"),
     ("basic with wrong secret", CONF, {"basic_secret": "otesse_cs_wrong",
                                        "body": {"client_secret": None}}, 401, "invalid_client"),
+    ("basic with an empty secret", PUB, {"basic_secret": "", "body": {"client_secret": None}},
+     401, "invalid_client"),
     ("basic not base64", CONF, {"authorization": "Basic ***", "body": {"client_secret": None}},
      401, "invalid_client"),
     ("basic without colon", CONF, {"authorization": "Basic " + base64.b64encode(b"abc")
