@@ -93,11 +93,11 @@ async def test_login_posts_limited_per_ip_with_a_page(gateway_factory: GatewayFa
 
 async def test_bucket_refills_with_time(gateway_factory: GatewayFactory) -> None:
     async with gateway_factory(**{**NO_LIMITS,
-                                  "OTESSE_GATEWAY_RATE_TOKEN_PER_IP": "1/0.3"}) as gw:
+                                  "OTESSE_GATEWAY_RATE_TOKEN_PER_IP": "1/1"}) as gw:
         async with httpx.AsyncClient(base_url=gw.url) as client:
             first = await client.post("/oauth/token")
             denied = await client.post("/oauth/token")
-            await asyncio.sleep(0.35)
+            await asyncio.sleep(1.05)
             later = await client.post("/oauth/token")
     assert (first.status_code, denied.status_code, later.status_code) == (200, 429, 200)
     assert denied.headers["retry-after"] == "1"
