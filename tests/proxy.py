@@ -7,6 +7,14 @@ import asyncio
 import contextlib
 
 
+def _drop(writer: asyncio.StreamWriter) -> None:
+    """Resets the connection and closes the writer (an unclosed one warns when collected)."""
+    with contextlib.suppress(Exception):
+        writer.transport.abort()
+    with contextlib.suppress(Exception):
+        writer.close()
+
+
 class FaultProxy:
     def __init__(self, target_host: str, target_port: int) -> None:
         self._target = (target_host, target_port)
@@ -25,7 +33,7 @@ class FaultProxy:
             await self._server.wait_closed()
             self._server = None
         for writer in list(self._writers):
-            writer.transport.abort()
+            _drop(writer)
         self._writers.clear()
 
     async def restore(self) -> None:
@@ -35,7 +43,7 @@ class FaultProxy:
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:
-            writer.transport.abort()
+            _drop(writer)
             return
         self._writers.update((writer, up_writer))
 
@@ -44,8 +52,7 @@ class FaultProxy:
                 while data := await src.read(65536):
                     dst.write(data)
                     await dst.drain()
-            with contextlib.suppress(Exception):
-                dst.transport.abort()
+            _drop(dst)
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers.discard(writer)
