@@ -16,7 +16,11 @@ from starlette.responses import RedirectResponse, Response
 
 from otesse.auth.v1 import registry_pb2
 from services.authorize import csrf, session_cookie
-from services.authorize.authorization_request import AuthorizationRequest, validate
+from services.authorize.authorization_request import (
+    AuthorizationRequest,
+    BadClientRequest,
+    validate,
+)
 from services.authorize.authorization_response import (
     AuthorizationErrorRedirect,
     success_location,
@@ -143,6 +147,11 @@ async def decide(request: Request) -> Response:
                                             user_id=session.user_id)
     if auth_request is None:
         raise InvalidRequest("This authorization request has expired or was already answered.")
+    # The app may have been deleted, or this redirect URI removed, while the screen was open.
+    client = await c.clients.get(client_id=auth_request.client_id)
+    if client is None or auth_request.redirect_uri not in client.redirect_uris:
+        raise BadClientRequest("The app that sent you here is no longer registered for this "
+                               "return address.")
     if decision == "deny":
         # RFC 6749 §4.1.2.1: access_denied — "The resource owner or authorization server
         # denied the request."

@@ -38,7 +38,7 @@ def authorize_settings(store_settings: StoreSettings, registry_address: str,
                        ) -> AuthorizeSettings:
     return replace(
         AuthorizeSettings.from_env(Env({})), stores=store_settings,
-        registry_addr=registry_address, issuer=ISSUER,
+        registry_addr=registry_address, issuer=ISSUER, client_cache_seconds=0.3,
         login=LoginThrottleSettings(slowdown_after=3, slowdown_seconds=0.05,
                                     slowdown_max_seconds=0.2, account_lock_after=5,
                                     ip_lock_after=12, lock_seconds=60))

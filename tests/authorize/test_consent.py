@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from google.protobuf import field_mask_pb2
 
-from otesse.auth.v1 import authorization_code_pb2
+from otesse.auth.v1 import authorization_code_pb2, registry_pb2, registry_pb2_grpc
 from services.authorize.users import PgUserStore
 from services.common import credentials
 from tests.authorize.conftest import (
@@ -25,6 +27,7 @@ from tests.authorize.conftest import (
     csrf_token,
     new_person,
     query,
+    register,
     request_id,
     sign_in,
 )
@@ -306,6 +309,23 @@ async def test_a_pending_request_is_bound_to_its_session(
             "decision": "approve"})
     assert stolen.status_code == 400
     assert "location" not in stolen.headers
+
+
+async def test_a_redirect_uri_removed_while_the_screen_was_open_is_not_used(
+        browser: httpx.AsyncClient, person: Person,
+        registry: registry_pb2_grpc.ClientRegistryStub) -> None:
+    short_lived = await register(registry, name="Short Lived", redirect_uris=[
+        REDIRECT_URI, "https://other.example.com/cb"], scopes=["bookings:read"])
+    await sign_in(browser, person)
+    screen = await consent_screen(browser, short_lived, scope="bookings:read")
+    stub = cast("registry_pb2_grpc.ClientRegistryAsyncStub", registry)
+    await stub.UpdateClient(registry_pb2.UpdateClientRequest(
+        client_id=short_lived.client_id, redirect_uris=["https://other.example.com/cb"],
+        update_mask=field_mask_pb2.FieldMask(paths=["redirect_uris"])))
+    await asyncio.sleep(0.35)  # the test service's client cache (0.3 s) runs out
+    response = await decide(browser, screen, "approve")
+    assert response.status_code == 400
+    assert "location" not in response.headers
 
 
 async def test_an_unknown_decision_is_refused(browser: httpx.AsyncClient, app: App,
