@@ -103,6 +103,6 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
 
     app = Starlette(routes=routes(readiness), lifespan=lifespan,
                     exception_handlers=html_error_handlers())
-    app.add_middleware(SecurityHeadersMiddleware, hsts=settings.secure_cookies)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware, service="authorize")
     return app

@@ -1,5 +1,6 @@
 """Headers every response of the authorize service carries (RFC 7034 ``X-Frame-Options``;
-CSP Level 3 ``frame-ancestors``; Fetch ``nosniff``; Referrer Policy).
+CSP Level 3 ``frame-ancestors``; Fetch ``nosniff``; Referrer Policy). HSTS is the gateway's,
+which alone knows whether the browser's connection is HTTPS.
 
 Pages are never framed (clickjacking the Approve button), never leak their URL — which may
 hold a ``state`` or a ``code`` — in a ``Referer``, run no script at all, and are not cached.
@@ -27,7 +28,7 @@ _STATIC_CACHE = b"public, max-age=86400"
 
 
 class SecurityHeadersMiddleware:
-    def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.defaults: list[tuple[bytes, bytes]] = [
             (b"content-security-policy", DEFAULT_CSP.encode()),
@@ -36,8 +37,6 @@ class SecurityHeadersMiddleware:
             (b"x-content-type-options", b"nosniff"),
             (b"cross-origin-opener-policy", b"same-origin"),
         ]
-        if hsts:
-            self.defaults.append((b"strict-transport-security", b"max-age=31536000"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
