@@ -11,6 +11,7 @@ import time
 import zlib
 from urllib.parse import urlencode
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -72,6 +73,10 @@ async def _issue(c: Components, request: AuthorizationRequest, session: Session,
 
 
 async def authorize(request: Request) -> Response:
+    # Starlette answers HEAD on every GET route; here GET has effects (a code is issued for a
+    # user who already consented), so HEAD is refused rather than run.
+    if request.method == "HEAD":
+        raise HTTPException(405, headers={"Allow": "GET"})
     c = components(request)
     client, auth_request = await validate(request.query_params.multi_items(), clients=c.clients)
 
@@ -80,11 +85,14 @@ async def authorize(request: Request) -> Response:
                                           state=auth_request.state)
 
     here = f"{PATH}?{request.url.query}"
-    # OpenID Connect Core §3.1.2.1: prompt=login — "The Authorization Server SHOULD prompt the
-    # End-User for reauthentication."
-    if "login" in auth_request.prompt:
-        return login_redirect(_without_login_prompt(request))
     found = await session_cookie.current(request, c)
+    # OpenID Connect Core §3.1.2.1: prompt=login — "The Authorization Server SHOULD prompt the
+    # End-User for reauthentication." The session ends here, so the way back (the same request
+    # without prompt=login) cannot be taken without signing in again.
+    if "login" in auth_request.prompt:
+        if found is not None:
+            await c.sessions.delete(session_id=found[0])
+        return login_redirect(_without_login_prompt(request))
     standing = None
     if found is not None and found[1].user_id is not None:
         standing = await c.consents.standing(user_id=found[1].user_id,

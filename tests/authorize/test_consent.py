@@ -257,6 +257,10 @@ async def test_prompt_login_asks_for_a_fresh_sign_in(browser: httpx.AsyncClient,
     response = await authorize(browser, app, prompt="login")
     next_target = query(response.headers["location"])["next"][0]
     assert "prompt" not in query(next_target)
+    # Taking the way back without signing in again does not skip the fresh sign-in.
+    skipped = await browser.get(next_target)
+    assert skipped.status_code == 302
+    assert skipped.headers["location"].startswith("/login?next=")
     await sign_in(browser, person, next_target=next_target)
     back = await browser.get(next_target)
     record, _ = await code_record(redis, redis_prefix, code_of(back))
@@ -375,3 +379,15 @@ async def test_no_logo_is_a_404_page(browser: httpx.AsyncClient, public_app: App
     response = await browser.get(f"/apps/{client_id}/logo")
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("text/html")
+
+
+async def test_head_issues_no_code(browser: httpx.AsyncClient, app: App, person: Person,
+                                   redis: aioredis.Redis, redis_prefix: str) -> None:
+    await sign_in(browser, person)
+    await decide(browser, await consent_screen(browser, app), "approve")
+    pattern = f"{redis_prefix}authorize:code:*"
+    before = {key async for key in redis.scan_iter(match=pattern)}
+    response = await browser.head("/oauth/authorize", params=authorize_params(app))
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET"
+    assert {key async for key in redis.scan_iter(match=pattern)} - before == set()
