@@ -1,0 +1,161 @@
+"""The whole of Otesse Auth as real processes on loopback, once per test run (a pytest plugin).
+
+Registry, token, authorize, gateway and bookings each run as ``otesse-auth serve <svc>`` with
+this run's database and Redis prefix, every listener on a free port. The services are wired to
+each other by ``scripts/run-local``'s own ``plan()`` (so the tests start them exactly as
+``make run`` does), the issuer is the gateway's ``http://localhost:<port>``, and the fixture
+waits for every ``/readyz``. At the end each gets SIGTERM and must exit 0.
+
+The session fixture ``stack`` is in :mod:`tests.integration.fixtures`: test modules that need
+it say ``pytest_plugins = ["tests.integration.fixtures"]``, so the browser tests in
+``tests/e2e`` share the same single stack.
+
+Settings chosen for tests: the refresh retry window is ``RETRY_WINDOW`` seconds (short, so a
+reuse after it can be shown without a long wait); gateway rate limits are off except the
+per-client limit on ``/oauth/token`` (``CLIENT_RATE`` requests a minute), which only a client
+made for the rate-limit test comes near.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.machinery
+import importlib.util
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+OTESSE_AUTH = ROOT / ".venv" / "bin" / "otesse-auth"
+PORT_VARIABLES = ("OTESSE_GATEWAY_PORT", "OTESSE_GATEWAY_ADMIN_PORT", "OTESSE_AUTHORIZE_PORT",
+                  "OTESSE_TOKEN_HTTP_PORT", "OTESSE_TOKEN_GRPC_PORT",
+                  "OTESSE_REGISTRY_GRPC_PORT", "OTESSE_REGISTRY_HTTP_PORT",
+                  "OTESSE_BOOKINGS_PORT")
+RETRY_WINDOW = 2
+CLIENT_RATE = 40
+READY_SECONDS = 60.0
+STOP_SECONDS = 20.0
+_PR_SET_PDEATHSIG = 1
+
+
+def load_run_local() -> ModuleType:
+    """``scripts/run-local`` as a module (it is a Python script without a ``.py`` name)."""
+    path = str(ROOT / "scripts" / "run-local")
+    loader = importlib.machinery.SourceFileLoader("otesse_run_local", path)
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Where the running stack answers."""
+
+    # The public entry and issuer, ``http://localhost:<port>``.
+    gateway: str
+    # The example resource server, ``http://127.0.0.1:<port>``.
+    bookings: str
+    token_grpc: str
+    registry_grpc: str
+    env: dict[str, str]
+    logs: Path
+
+    @property
+    def issuer(self) -> str:
+        return self.gateway
+
+    def log_text(self, service: str) -> str:
+        return (self.logs / f"{service}.log").read_text(errors="replace")
+
+
+def stack_env(test_env: dict[str, str], logs: Path) -> dict[str, str]:
+    """This run's stores, free ports, and the test settings named in the module docstring."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OTESSE_")}
+    env.update(test_env)
+    env.update({name: str(free_port()) for name in PORT_VARIABLES})
+    env.update({
+        "PYTHONUNBUFFERED": "1",
+        "OTESSE_RUN_DIR": str(logs),
+        "OTESSE_ISSUER": f"http://localhost:{env['OTESSE_GATEWAY_PORT']}",
+        "OTESSE_GATEWAY_ALLOWED_HOSTS": "localhost",
+        "OTESSE_GATEWAY_RATE_LOGIN_PER_IP": "off",
+        "OTESSE_GATEWAY_RATE_TOKEN_PER_IP": "off",
+        "OTESSE_GATEWAY_RATE_TOKEN_PER_CLIENT": f"{CLIENT_RATE}/60",
+        "OTESSE_TOKEN_REFRESH_RETRY_WINDOW_SECONDS": str(RETRY_WINDOW),
+    })
+    return env
+
+
+def _die_with_parent() -> None:
+    # A test run that is killed must not leave services holding ports behind.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _wait_ready(name: str, url: str, process: subprocess.Popen[bytes], logs: Path) -> None:
+    deadline = time.monotonic() + READY_SECONDS
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode} while starting:\n"
+                                   + (logs / f"{name}.log").read_text(errors="replace")[-3000:])
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(url).status_code == 200:
+                    return
+            time.sleep(0.05)
+    raise RuntimeError(f"{name} was not ready after {READY_SECONDS:.0f} s ({url})")
+
+
+def _stop(processes: dict[str, subprocess.Popen[bytes]]) -> dict[str, int | None]:
+    """SIGTERM to each (the public entry first), then their exit codes (None: killed)."""
+    for process in reversed(list(processes.values())):
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    codes: dict[str, int | None] = {}
+    deadline = time.monotonic() + STOP_SECONDS
+    for name, process in processes.items():
+        try:
+            codes[name] = process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            codes[name] = None
+    return codes
+
+
+@contextlib.contextmanager
+def running_stack(test_env: dict[str, str], logs: Path) -> Iterator[Stack]:
+    """Starts every service, yields the stack, stops them; raises if any did not exit 0."""
+    env = stack_env(test_env, logs)
+    services = load_run_local().plan(env)
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    codes: dict[str, int | None] = {}
+    try:
+        for service in services:
+            with (logs / f"{service.name}.log").open("wb") as log:
+                processes[service.name] = subprocess.Popen(
+                    [str(OTESSE_AUTH), "serve", service.name], env=env, cwd=ROOT,
+                    stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        for service in services:
+            _wait_ready(service.name, service.ready_url, processes[service.name], logs)
+        yield Stack(gateway=env["OTESSE_ISSUER"],
+                    bookings=f"http://127.0.0.1:{env['OTESSE_BOOKINGS_PORT']}",
+                    token_grpc=env["OTESSE_TOKEN_GRPC_ADDR"],
+                    registry_grpc=env["OTESSE_REGISTRY_ADDR"], env=env, logs=logs)
+    finally:
+        codes = _stop(processes)
+    failed = {name: code for name, code in codes.items() if code != 0}
+    # DESIGN §7: SIGTERM stops accepting, finishes in-flight requests and exits cleanly.
+    assert not failed, f"services did not exit 0 on SIGTERM: {failed} (logs in {logs})"
