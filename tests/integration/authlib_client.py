@@ -11,9 +11,10 @@ import warnings
 
 from authlib.common.security import generate_token
 from authlib.deprecate import AuthlibDeprecationWarning
+from authlib.oauth2.rfc6749.errors import MismatchingStateException
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", AuthlibDeprecationWarning)
     from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
 
-__all__ = ["AsyncOAuth2Client", "OAuthError", "generate_token"]
+__all__ = ["AsyncOAuth2Client", "MismatchingStateException", "OAuthError", "generate_token"]
