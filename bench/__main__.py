@@ -1,0 +1,93 @@
+"""``python -m bench`` (``make bench``): the whole flow's throughput and latency.
+
+Starts the whole stack as real processes on loopback (:mod:`bench.stack`), signs a user in and
+approves an app once, measures each step of the flow (:mod:`bench.measure`), prints the results
+(``--json`` for JSON), writes them to ``bench/results/latest.json`` and stops everything. The
+exit code is 1 when any request failed (warm-ups included) or the stack would not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import uvloop
+
+from bench import report
+from bench.cpu import CpuMeter
+from bench.measure import Measurements, Options, measure_all
+from bench.stack import DATABASE_URL, REDIS_URL, StackFailed, running_stack
+from bench.stores import store_touches
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_REQUESTS = 2000
+DEFAULT_CONCURRENCY = 16
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, metavar="N",
+                        help=f"requests per measurement (default {DEFAULT_REQUESTS}; the "
+                             "direct-to-service ones make half as many)")
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="C",
+                        help=f"requests in flight at once, and refresh chains "
+                             f"(default {DEFAULT_CONCURRENCY})")
+    parser.add_argument("--warmup", type=int, default=None, metavar="W",
+                        help="requests before each measurement (default N/10, at least C)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--database-url", default=DATABASE_URL,
+                        help="the benchmark's own database: created, then dropped "
+                             f"(default {DATABASE_URL})")
+    parser.add_argument("--redis-url", default=REDIS_URL, help=f"default {REDIS_URL}")
+    args = parser.parse_args(argv)
+    if args.requests < 1 or args.concurrency < 1 or (args.warmup or 0) < 0:
+        parser.error("--requests and --concurrency must be at least 1, --warmup at least 0")
+    return args
+
+
+def say(text: str, *, quiet: bool) -> None:
+    """Progress: on standard error when standard output is JSON."""
+    print(text, file=sys.stderr if quiet else sys.stdout, flush=True)
+
+
+async def main(argv: list[str]) -> int:
+    args = parse(argv)
+    warmup = args.warmup if args.warmup is not None else max(args.concurrency,
+                                                             args.requests // 10)
+    options = Options(requests=args.requests, concurrency=args.concurrency, warmup=warmup)
+    before = report.machine()
+    say(f"bench: starting the stack (load average {before['load_average'][0]})",
+        quiet=args.json)
+    try:
+        async with running_stack(database_url=args.database_url, redis_url=args.redis_url,
+                                 log_path=RESULTS / "stack.log") as stack:
+            meter = CpuMeter(services=stack.pids, database_name=stack.database_name,
+                             database_url=args.database_url, redis_url=args.redis_url)
+            await meter.open()
+            try:
+                say("bench: measuring", quiet=args.json)
+                measured: Measurements = await measure_all(stack, options, meter)
+                say("bench: counting Redis commands per request", quiet=args.json)
+                touches = await store_touches(stack, redis_url=args.redis_url)
+            finally:
+                await meter.close()
+    except StackFailed as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    after = report.machine()
+    document = report.as_json(measured, options, before, after, touches)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(document, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print(report.text(measured, options, before, touches))
+        print(f"Load average after: {' '.join(map(str, after['load_average']))}; "
+              f"results in {RESULTS / 'latest.json'}")
+    return 1 if measured.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(uvloop.run(main(sys.argv[1:])))

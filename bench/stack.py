@@ -1,0 +1,233 @@
+"""The whole stack, started for one benchmark run and stopped after it.
+
+It is ``make run`` itself (``scripts/run-local``), steered by the services' own variables: its
+own database (``otesse_bench``, dropped before and after, so every run starts alike), its own
+Redis key space (``otesse-bench:``), free ports for every listener (so it runs beside ``make
+run``), gateway rate limits off, logs at WARNING (kept in ``bench/results/stack.log``), and a
+state folder of its own (the developer's ``.run/demo.json`` is left alone). A benchmark user and
+app are then created with the ``otesse-auth`` CLI, as a script would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from bench.flow import App, Person
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_LOCAL = ROOT / "scripts" / "run-local"
+CLI = ROOT / ".venv" / "bin" / "otesse-auth"
+DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/otesse_bench"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_PREFIX = "otesse-bench:"
+READY_MARKER = "Ctrl-C stops everything."
+START_SECONDS = 120.0
+STOP_SECONDS = 30.0
+SCOPE = "bookings:read customers:read"
+# Loopback, so the app may use plain http; nothing needs to listen there.
+REDIRECT_URI = "http://127.0.0.1:9/bench/callback"
+SERVICES = ("registry", "token", "authorize", "gateway", "bookings")
+PORT_VARIABLES = ("OTESSE_GATEWAY_PORT", "OTESSE_GATEWAY_ADMIN_PORT", "OTESSE_AUTHORIZE_PORT",
+                  "OTESSE_TOKEN_HTTP_PORT", "OTESSE_TOKEN_GRPC_PORT",
+                  "OTESSE_REGISTRY_GRPC_PORT", "OTESSE_REGISTRY_HTTP_PORT",
+                  "OTESSE_BOOKINGS_PORT")
+
+
+class StackFailed(Exception):
+    """The stack could not be started (the message says which step, the log says more)."""
+
+
+@dataclass(frozen=True)
+class Stack:
+    gateway_url: str
+    authorize_url: str
+    token_url: str
+    token_grpc: str
+    bookings_url: str
+    person: Person
+    app: App
+    database_name: str
+    # Service name → process id, to read each one's CPU time.
+    pids: dict[str, int]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _admin_url(database_url: str) -> tuple[str, str]:
+    """The maintenance database's URL on the same server, and the benchmark database's name."""
+    parts = urlsplit(database_url)
+    return urlunsplit(parts._replace(path="/postgres")), unquote(parts.path.lstrip("/"))
+
+
+async def drop_database(database_url: str) -> None:
+    admin_url, name = _admin_url(database_url)
+    try:
+        admin = await asyncpg.connect(admin_url)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise StackFailed(f"cannot connect to PostgreSQL ({type(exc).__name__}); is it "
+                          "running? (`make stores`)") from None
+    try:
+        quoted = name.replace('"', '""')
+        await admin.execute(f'DROP DATABASE IF EXISTS "{quoted}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def clear_redis(redis_url: str, prefix: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        async for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            await client.delete(key)
+    finally:
+        await client.aclose()
+
+
+def stack_env(database_url: str, redis_url: str, run_dir: str) -> dict[str, str]:
+    """The environment of ``run-local`` and the CLI: none of the caller's ``OTESSE_…``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTESSE_")}
+    env.update({name: str(free_port()) for name in PORT_VARIABLES})
+    env.update({
+        "OTESSE_DATABASE_URL": database_url,
+        "OTESSE_REDIS_URL": redis_url,
+        "OTESSE_REDIS_PREFIX": REDIS_PREFIX,
+        "OTESSE_LOG_LEVEL": "WARNING",
+        "OTESSE_GATEWAY_RATE_LOGIN_PER_IP": "off",
+        "OTESSE_GATEWAY_RATE_TOKEN_PER_IP": "off",
+        "OTESSE_GATEWAY_RATE_TOKEN_PER_CLIENT": "off",
+        "OTESSE_RUN_DIR": run_dir,
+        "PYTHONUNBUFFERED": "1",
+    })
+    # run-local wires its services from the ports; the CLI needs the registry's too.
+    env["OTESSE_REGISTRY_ADDR"] = f"127.0.0.1:{env['OTESSE_REGISTRY_GRPC_PORT']}"
+    return env
+
+
+async def _cli(env: dict[str, str], *args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        str(CLI), *args, env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate()
+    if process.returncode != 0:
+        lines = err.decode(errors="replace").strip().splitlines()
+        raise StackFailed(f"otesse-auth {args[0]} {args[1]} failed: "
+                          f"{lines[-1] if lines else process.returncode}")
+    return out.decode()
+
+
+def _children(parent: int) -> dict[str, int]:
+    """The services ``run-local`` started: ``otesse-auth serve NAME`` processes."""
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"serve" in cmdline:
+            name = cmdline[cmdline.index(b"serve") + 1].decode()
+            found[name] = int(entry.name)
+    return found
+
+
+class _Output:
+    """``run-local``'s output: written to the log file, watched for the ready line."""
+
+    def __init__(self, stream: asyncio.StreamReader, log_path: Path) -> None:
+        self.ready = asyncio.Event()
+        self.tail: list[str] = []
+        self._task = asyncio.create_task(self._pump(stream, log_path))
+
+    async def _pump(self, stream: asyncio.StreamReader, log_path: Path) -> None:
+        with log_path.open("w") as log:
+            while line := await stream.readline():
+                text = line.decode(errors="replace")
+                log.write(text)
+                log.flush()
+                self.tail = [*self.tail[-19:], text.rstrip()]
+                if READY_MARKER in text:
+                    self.ready.set()
+
+    async def closed(self) -> None:
+        await self._task
+
+
+@contextlib.asynccontextmanager
+async def running_stack(*, database_url: str = DATABASE_URL, redis_url: str = REDIS_URL,
+                        log_path: Path) -> AsyncIterator[Stack]:
+    await drop_database(database_url)
+    await clear_redis(redis_url, REDIS_PREFIX)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="otesse-bench-") as run_dir:
+        env = stack_env(database_url, redis_url, run_dir)
+        process = await asyncio.create_subprocess_exec(
+            str(RUN_LOCAL), env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        assert process.stdout is not None
+        output = _Output(process.stdout, log_path)
+        try:
+            started = asyncio.create_task(output.ready.wait())
+            exited = asyncio.create_task(process.wait())
+            await asyncio.wait({started, exited}, timeout=START_SECONDS,
+                               return_when=asyncio.FIRST_COMPLETED)
+            started.cancel()
+            exited.cancel()
+            if not output.ready.is_set():
+                tail = "\n  ".join(output.tail[-8:])
+                raise StackFailed(f"the stack did not start (see {log_path}):\n  {tail}")
+            yield await _prepare(env, process.pid, database_url)
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGINT)
+                try:
+                    await asyncio.wait_for(process.wait(), STOP_SECONDS)
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
+            await output.closed()
+            await drop_database(database_url)
+            await clear_redis(redis_url, REDIS_PREFIX)
+
+
+async def _prepare(env: dict[str, str], run_local_pid: int, database_url: str) -> Stack:
+    person = Person(email=f"bench-{secrets.token_hex(4)}@otesse.test",
+                    password=secrets.token_urlsafe(16))
+    await _cli(env, "users", "create", "--email", person.email, "--password", person.password)
+    created = json.loads(await _cli(
+        env, "clients", "create", "--name", "Otesse Bench", "--description",
+        "The app `make bench` drives.", "--redirect-uri", REDIRECT_URI, "--scope", SCOPE,
+        "--json"))
+    app = App(client_id=created["client_id"], client_secret=created["client_secret"],
+              redirect_uri=REDIRECT_URI, scope=SCOPE)
+    pids = _children(run_local_pid)
+    missing = [name for name in SERVICES if name not in pids]
+    if missing:
+        raise StackFailed(f"cannot find the process of {', '.join(missing)}")
+    return Stack(
+        gateway_url=f"http://127.0.0.1:{env['OTESSE_GATEWAY_PORT']}",
+        authorize_url=f"http://127.0.0.1:{env['OTESSE_AUTHORIZE_PORT']}",
+        token_url=f"http://127.0.0.1:{env['OTESSE_TOKEN_HTTP_PORT']}",
+        token_grpc=f"127.0.0.1:{env['OTESSE_TOKEN_GRPC_PORT']}",
+        bookings_url=f"http://127.0.0.1:{env['OTESSE_BOOKINGS_PORT']}",
+        person=person, app=app, database_name=_admin_url(database_url)[1], pids=pids)
