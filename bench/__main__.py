@@ -17,12 +17,13 @@ import uvloop
 
 from bench import report
 from bench.cpu import CpuMeter
+from bench.load import StepFailed
 from bench.measure import Measurements, Options, measure_all
 from bench.stack import DATABASE_URL, REDIS_URL, StackFailed, running_stack
 from bench.stores import store_touches
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_REQUESTS = 2000
+DEFAULT_REQUESTS = 5000
 DEFAULT_CONCURRENCY = 16
 
 
@@ -73,7 +74,7 @@ async def main(argv: list[str]) -> int:
                 touches = await store_touches(stack, redis_url=args.redis_url)
             finally:
                 await meter.close()
-    except StackFailed as exc:
+    except (StackFailed, StepFailed) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     after = report.machine()

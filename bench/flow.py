@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
+from bench.http1 import Client, Response
 from bench.load import StepFailed
 from otesse.auth.v1 import token_pb2, token_pb2_grpc
 
@@ -55,11 +56,16 @@ def hidden_fields(page: str) -> dict[str, str]:
     return {m["name"]: html.unescape(m["value"]) for m in _HIDDEN.finditer(page)}
 
 
-def _expect(response: httpx.Response, *statuses: int) -> None:
-    if response.status_code not in statuses:
+def _expect(response: httpx.Response | Response, *statuses: int) -> None:
+    if isinstance(response, httpx.Response):
+        status, method, path = (response.status_code, response.request.method,
+                                response.request.url.path)
+    else:
+        status, method, path = response.status, response.method, response.path
+    if status not in statuses:
         detail = response.text[:160].replace("\n", " ")
-        raise StepFailed(f"{response.request.method} {response.request.url.path} answered "
-                         f"{response.status_code}, not {'/'.join(map(str, statuses))}: {detail}")
+        raise StepFailed(f"{method} {path} answered {status}, not "
+                         f"{'/'.join(map(str, statuses))}: {detail}")
 
 
 def authorize_params(app: App, state: str) -> dict[str, str]:
@@ -68,7 +74,7 @@ def authorize_params(app: App, state: str) -> dict[str, str]:
             "response_type": "code", "scope": app.scope, "state": state}
 
 
-def _code_from(response: httpx.Response, app: App, state: str) -> str:
+def _code_from(response: httpx.Response | Response, app: App, state: str) -> str:
     _expect(response, 302, 303)
     location = response.headers.get("location", "")
     if not location.startswith(app.redirect_uri + "?"):
@@ -111,14 +117,20 @@ async def sign_in_and_consent(browser: httpx.AsyncClient, *, person: Person, app
     _code_from(decided, app, state)
 
 
-async def authorize(browser: httpx.AsyncClient, app: App) -> str:
-    """``GET /oauth/authorize`` for a user who already approved: the code it redirects with."""
+def session_cookie(browser: httpx.AsyncClient) -> dict[str, str]:
+    """The ``Cookie`` header that carries ``browser``'s session to another client."""
+    return {"Cookie": "; ".join(f"{c.name}={c.value}" for c in browser.cookies.jar)}
+
+
+async def authorize(browser: Client, app: App) -> str:
+    """``GET /oauth/authorize`` for a user who already approved: the code it redirects with.
+    ``browser`` sends the signed-in session's cookie (:func:`session_cookie`)."""
     state = secrets.token_urlsafe(12)
     response = await browser.get("/oauth/authorize", params=authorize_params(app, state))
     return _code_from(response, app, state)
 
 
-def _tokens(response: httpx.Response) -> Tokens:
+def _tokens(response: Response) -> Tokens:
     _expect(response, 200)
     body = response.json()
     access, refresh = body.get("access_token", ""), body.get("refresh_token", "")
@@ -128,16 +140,16 @@ def _tokens(response: httpx.Response) -> Tokens:
     return Tokens(access, refresh)
 
 
-async def exchange(api: httpx.AsyncClient, app: App, code: str) -> Tokens:
+async def exchange(api: Client, app: App, code: str) -> Tokens:
     """Step 4: the code for an access and a refresh token (the documented JSON body)."""
-    return _tokens(await api.post("/oauth/token", json={
+    return _tokens(await api.post_json("/oauth/token", {
         "grant_type": "authorization_code", "code": code, "redirect_uri": app.redirect_uri,
         "client_id": app.client_id, "client_secret": app.client_secret}))
 
 
-async def refresh(api: httpx.AsyncClient, app: App, refresh_token: str) -> Tokens:
+async def refresh(api: Client, app: App, refresh_token: str) -> Tokens:
     """Token Refresh: the next pair; ``refresh_token`` is spent."""
-    return _tokens(await api.post("/oauth/token", json={
+    return _tokens(await api.post_json("/oauth/token", {
         "grant_type": "refresh_token", "refresh_token": refresh_token,
         "client_id": app.client_id, "client_secret": app.client_secret}))
 
@@ -152,7 +164,7 @@ async def validate(stub: token_pb2_grpc.TokenServiceAsyncStub, access_token: str
         raise StepFailed(f"ValidateToken: inactive ({reason})")
 
 
-async def list_bookings(api: httpx.AsyncClient, access_token: str) -> None:
+async def list_bookings(api: Client, access_token: str) -> None:
     """Step 5: ``GET /v1/bookings`` with the access token."""
     response = await api.get("/v1/bookings", headers={"Authorization": f"Bearer {access_token}"})
     _expect(response, 200)

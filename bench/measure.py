@@ -24,6 +24,7 @@ import httpx
 
 from bench import flow, load
 from bench.cpu import CpuMeter, per_request
+from bench.http1 import Client
 from bench.load import Result, StepFailed
 from bench.stack import Stack
 from otesse.auth.v1 import token_pb2_grpc
@@ -79,10 +80,6 @@ class _Runner:
         return result
 
 
-def _client(base_url: str, concurrency: int, **options: object) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30.0,
-                             **options)  # type: ignore[arg-type]
 
 
 async def measure_all(stack: Stack, options: Options, meter: CpuMeter | None = None,
@@ -91,16 +88,18 @@ async def measure_all(stack: Stack, options: Options, meter: CpuMeter | None = N
     runner = _Runner(options, meter, out)
     n, w, c, d = options.requests, options.warmup, options.concurrency, options.direct_requests
     app = stack.app
-    async with (_client(stack.gateway_url, c) as browser,
-                _client(stack.gateway_url, c) as api,
-                _client(stack.token_url, c) as token_direct,
-                _client(stack.bookings_url, c) as bookings):
-        await flow.sign_in_and_consent(browser, person=stack.person, app=app)
-        async with _client(stack.authorize_url, c, cookies=browser.cookies) as authorize_direct:
-            # 1. Authorize, keeping the codes (the warm-up's feed the exchange's warm-up).
-            warm_codes = await _codes(runner, "authorize", browser, app, w, warm=True)
-            codes = await _codes(runner, "authorize", browser, app, n)
-            direct_codes = await _codes(runner, "authorize (direct)", authorize_direct, app, d)
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30.0) as signing_in:
+        await flow.sign_in_and_consent(signing_in, person=stack.person, app=app)
+        session = flow.session_cookie(signing_in)
+    async with (Client(stack.gateway_url, connections=c, headers=session) as browser,
+                Client(stack.authorize_url, connections=c, headers=session) as authorize_direct,
+                Client(stack.gateway_url, connections=c) as api,
+                Client(stack.token_url, connections=c) as token_direct,
+                Client(stack.bookings_url, connections=c) as bookings):
+        # 1. Authorize, keeping the codes (the warm-up's feed the exchange's warm-up).
+        warm_codes = await _codes(runner, "authorize", browser, app, w, warm=True)
+        codes = await _codes(runner, "authorize", browser, app, n)
+        direct_codes = await _codes(runner, "authorize (direct)", authorize_direct, app, d)
 
         # 2. Exchange those codes (60 s to live: they are spent right away).
         await _exchanges(runner, "exchange", api, app, warm_codes, warm=True)
@@ -142,7 +141,7 @@ async def measure_all(stack: Stack, options: Options, meter: CpuMeter | None = N
     return out
 
 
-async def _codes(runner: _Runner, name: str, browser: httpx.AsyncClient, app: flow.App,
+async def _codes(runner: _Runner, name: str, browser: Client, app: flow.App,
                  total: int, *, warm: bool = False) -> list[str | None]:
     codes: list[str | None] = [None] * total
 
@@ -156,7 +155,7 @@ async def _codes(runner: _Runner, name: str, browser: httpx.AsyncClient, app: fl
     return codes
 
 
-async def _exchanges(runner: _Runner, name: str, api: httpx.AsyncClient, app: flow.App,
+async def _exchanges(runner: _Runner, name: str, api: Client, app: flow.App,
                      codes: list[str | None], *, warm: bool = False) -> list[flow.Tokens | None]:
     tokens: list[flow.Tokens | None] = [None] * len(codes)
 
@@ -173,7 +172,7 @@ async def _exchanges(runner: _Runner, name: str, api: httpx.AsyncClient, app: fl
     return tokens
 
 
-def _refresh_step(api: httpx.AsyncClient, app: flow.App,
+def _refresh_step(api: Client, app: flow.App,
                   chains: asyncio.Queue[str]) -> Callable[[int], Awaitable[None]]:
     async def step(_: int) -> None:
         token = await chains.get()

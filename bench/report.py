@@ -47,8 +47,8 @@ def text(measured: Measurements, options: Options, before: dict[str, Any],
             lines.append(f"  {r.name:<26}" + "".join(f"{v:>10.3f}" for v in cells)
                          + f"{sum(cells):>10.3f}")
     if store_touches:
-        lines += ["", "Store work per request (a sequential sample): Postgres transactions, "
-                  "Redis commands by name:"]
+        lines += ["", "Redis commands per request on the benchmark's keys (a sequential "
+                  "sample watched with MONITOR):"]
         for name, touches in store_touches.items():
             parts = [f"{k} {v:.2f}" for k, v in touches.items()]
             lines.append(f"  {name:<26} " + (", ".join(parts) or "none"))

@@ -20,6 +20,7 @@ import httpx
 import redis.asyncio as aioredis
 
 from bench import flow
+from bench.http1 import Client
 from bench.stack import REDIS_PREFIX, Stack
 from otesse.auth.v1 import token_pb2_grpc
 from services.common.grpc_client import create_channel
@@ -73,10 +74,12 @@ async def store_touches(stack: Stack, *, redis_url: str) -> dict[str, dict[str, 
     """Redis commands per request, by command name, for each step of the flow."""
     app = stack.app
     touches: dict[str, dict[str, float]] = {}
-    async with (httpx.AsyncClient(base_url=stack.gateway_url, timeout=30.0) as browser,
-                httpx.AsyncClient(base_url=stack.gateway_url, timeout=30.0) as api,
-                httpx.AsyncClient(base_url=stack.bookings_url, timeout=30.0) as bookings):
-        await flow.sign_in_and_consent(browser, person=stack.person, app=app)
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30.0) as signing_in:
+        await flow.sign_in_and_consent(signing_in, person=stack.person, app=app)
+        session = flow.session_cookie(signing_in)
+    async with (Client(stack.gateway_url, connections=1, headers=session) as browser,
+                Client(stack.gateway_url, connections=1) as api,
+                Client(stack.bookings_url, connections=1) as bookings):
         codes: list[str] = []
         pairs: list[flow.Tokens] = []
 
