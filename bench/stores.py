@@ -34,7 +34,7 @@ class _Watch:
 
 
 @contextlib.asynccontextmanager
-async def _monitor(redis_url: str) -> AsyncIterator[_Watch]:
+async def _monitor(redis_url: str, prefix: str) -> AsyncIterator[_Watch]:
     client = aioredis.Redis.from_url(redis_url)
     watch = _Watch()
     try:
@@ -43,7 +43,7 @@ async def _monitor(redis_url: str) -> AsyncIterator[_Watch]:
             async def listen() -> None:
                 async for seen in monitor.listen():
                     words = seen["command"].split(" ", 1)
-                    if len(words) == 2 and REDIS_PREFIX in words[1]:
+                    if len(words) == 2 and prefix in words[1]:
                         lua = "lua:" if seen["client_type"] == "lua" else ""
                         watch.commands[lua + words[0].upper()] += 1
 
@@ -52,7 +52,7 @@ async def _monitor(redis_url: str) -> AsyncIterator[_Watch]:
                 yield watch
                 # MONITOR streams in order: once this ECHO is through, so is everything before it.
                 async with aioredis.Redis.from_url(redis_url) as probe:
-                    await probe.echo(f"{REDIS_PREFIX}bench-monitor-end")
+                    await probe.echo(f"{prefix}bench-monitor-end")
                 await asyncio.sleep(0.2)
             finally:
                 task.cancel()
@@ -62,16 +62,18 @@ async def _monitor(redis_url: str) -> AsyncIterator[_Watch]:
         await client.aclose()
 
 
-async def _per_request(redis_url: str, step: Callable[[int], Awaitable[None]]) -> dict[str, float]:
-    async with _monitor(redis_url) as watch:
-        for index in range(SAMPLE):
-            await step(index)
-    watch.commands.pop("ECHO", None)
-    return {name: round(count / SAMPLE, 2) for name, count in sorted(watch.commands.items())}
+async def store_touches(stack: Stack, *, redis_url: str, prefix: str = REDIS_PREFIX,
+                        sample: int = SAMPLE) -> dict[str, dict[str, float]]:
+    """Redis commands per request on keys starting with ``prefix``, by command name, for each
+    step of the flow (``sample`` requests of each, one at a time)."""
 
+    async def _per_request(step: Callable[[int], Awaitable[None]]) -> dict[str, float]:
+        async with _monitor(redis_url, prefix) as watch:
+            for index in range(sample):
+                await step(index)
+        watch.commands.pop("ECHO", None)
+        return {name: round(count / sample, 2) for name, count in sorted(watch.commands.items())}
 
-async def store_touches(stack: Stack, *, redis_url: str) -> dict[str, dict[str, float]]:
-    """Redis commands per request, by command name, for each step of the flow."""
     app = stack.app
     touches: dict[str, dict[str, float]] = {}
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30.0) as signing_in:
@@ -89,14 +91,14 @@ async def store_touches(stack: Stack, *, redis_url: str) -> dict[str, dict[str, 
         async def exchange(index: int) -> None:
             pairs.append(await flow.exchange(api, app, codes[index]))
 
-        touches["authorize"] = await _per_request(redis_url, authorize)
-        touches["exchange"] = await _per_request(redis_url, exchange)
+        touches["authorize"] = await _per_request(authorize)
+        touches["exchange"] = await _per_request(exchange)
         chain = [pairs[0].refresh_token]
 
         async def refresh(_: int) -> None:
             chain.append((await flow.refresh(api, app, chain[-1])).refresh_token)
 
-        touches["refresh"] = await _per_request(redis_url, refresh)
+        touches["refresh"] = await _per_request(refresh)
         channel = create_channel(stack.token_grpc, services=("otesse.auth.v1.TokenService",))
         try:
             stub = token_pb2_grpc.TokenServiceStub(channel)
@@ -105,12 +107,12 @@ async def store_touches(stack: Stack, *, redis_url: str) -> dict[str, dict[str, 
             async def validate(index: int) -> None:
                 await flow.validate(stub, pairs[index].access_token, scopes)
 
-            touches["validate (gRPC)"] = await _per_request(redis_url, validate)
+            touches["validate (gRPC)"] = await _per_request(validate)
         finally:
             await channel.close()
 
         async def call_api(index: int) -> None:
             await flow.list_bookings(bookings, pairs[index].access_token)
 
-        touches["GET /v1/bookings"] = await _per_request(redis_url, call_api)
+        touches["GET /v1/bookings"] = await _per_request(call_api)
     return touches
