@@ -41,6 +41,8 @@ PORT_VARIABLES = ("OTESSE_GATEWAY_PORT", "OTESSE_GATEWAY_ADMIN_PORT", "OTESSE_AU
                   "OTESSE_TOKEN_HTTP_PORT", "OTESSE_TOKEN_GRPC_PORT",
                   "OTESSE_REGISTRY_GRPC_PORT", "OTESSE_REGISTRY_HTTP_PORT",
                   "OTESSE_BOOKINGS_PORT")
+# Every service of the stack, in the order run-local starts them.
+SERVICES = ("registry", "token", "authorize", "gateway", "bookings")
 RETRY_WINDOW = 2
 CLIENT_RATE = 40
 READY_SECONDS = 60.0
@@ -140,6 +142,7 @@ def running_stack(test_env: dict[str, str], logs: Path) -> Iterator[Stack]:
     """Starts every service, yields the stack, stops them; raises if any did not exit 0."""
     env = stack_env(test_env, logs)
     services = load_run_local().plan(env)
+    assert tuple(service.name for service in services) == SERVICES
     processes: dict[str, subprocess.Popen[bytes]] = {}
     codes: dict[str, int | None] = {}
     try:
