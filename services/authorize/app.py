@@ -18,15 +18,27 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from otesse.auth.v1 import registry_pb2_grpc
-from services.authorize import authorization_endpoint, login, logo
+from otesse.auth.v1 import registry_pb2_grpc, token_pb2_grpc
+from services.authorize import (
+    account,
+    app_form,
+    authorization_endpoint,
+    authorized_apps,
+    login,
+    logo,
+    oauth_apps,
+)
 from services.authorize.clients import SERVICE_NAME, RegistryClients
 from services.authorize.codes import RedisCodeStore
 from services.authorize.components import Components
 from services.authorize.consents import PgConsentStore
+from services.authorize.developer_apps import RegistryDeveloperApps
+from services.authorize.grants import SERVICE_NAME as TOKEN_SERVICE_NAME
+from services.authorize.grants import TokenServiceGrants
 from services.authorize.login_throttle import RedisLoginThrottle
 from services.authorize.pages import html_error_handlers
 from services.authorize.pending import RedisPendingStore
+from services.authorize.secret_reveal import RedisRevealStore
 from services.authorize.security_headers import SecurityHeadersMiddleware
 from services.authorize.sessions import RedisSessionStore
 from services.authorize.settings import AuthorizeSettings
@@ -48,8 +60,29 @@ def routes(readiness: Readiness) -> list[Route | Mount]:
         Route("/logout", login.logout, methods=["POST"]),
         Route("/", login.home, methods=["GET"]),
         Route("/apps/{client_id}/logo", logo.app_logo, methods=["GET"]),
+        *settings_routes(),
         *health_routes(readiness),
         Mount("/static", StaticFiles(directory=_STATIC), name="static"),
+    ]
+
+
+def settings_routes() -> list[Route]:
+    """Settings > Integrations > OAuth Apps, and Settings > Authorized apps."""
+    apps = oauth_apps.BASE
+    return [
+        Route(apps, oauth_apps.list_apps, methods=["GET"]),
+        Route(f"{apps}/new", oauth_apps.new_form, methods=["GET"]),
+        Route(f"{apps}/new", oauth_apps.register, methods=["POST"]),
+        Route(f"{apps}/{{client_id}}", oauth_apps.show, methods=["GET"]),
+        Route(f"{apps}/{{client_id}}", oauth_apps.update, methods=["POST"]),
+        Route(f"{apps}/{{client_id}}/credentials", oauth_apps.credentials, methods=["GET"]),
+        Route(f"{apps}/{{client_id}}/rotate-secret", oauth_apps.rotate_secret,
+              methods=["POST"]),
+        Route(f"{apps}/{{client_id}}/delete", oauth_apps.confirm_delete, methods=["GET"]),
+        Route(f"{apps}/{{client_id}}/delete", oauth_apps.delete, methods=["POST"]),
+        Route(authorized_apps.PATH, authorized_apps.list_access, methods=["GET"]),
+        Route(f"{authorized_apps.PATH}/{{client_id}}/revoke", authorized_apps.revoke,
+              methods=["POST"]),
     ]
 
 
@@ -64,6 +97,8 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
             settings.registry_tls.ca_file else None
         channel = create_channel(settings.registry_addr, services=(SERVICE_NAME,), tls=tls)
         registry = registry_pb2_grpc.ClientRegistryStub(channel)
+        token_channel = create_channel(settings.token_addr, services=(TOKEN_SERVICE_NAME,),
+                                       tls=tls)
         health = health_pb2_grpc.HealthStub(channel)
         prefix = settings.stores.redis_prefix
         app.state.components = Components(
@@ -78,6 +113,9 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
             codes=RedisCodeStore(redis, prefix=prefix),
             pending=RedisPendingStore(redis, prefix=prefix),
             throttle=RedisLoginThrottle(redis, prefix=prefix, settings=settings.login),
+            apps=RegistryDeveloperApps(registry),
+            grants=TokenServiceGrants(token_pb2_grpc.TokenServiceStub(token_channel)),
+            reveals=RedisRevealStore(redis, prefix=prefix),
         )
 
         async def registry_serving() -> None:
@@ -98,11 +136,14 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
         finally:
             readiness.draining = True
             await channel.close()
+            await token_channel.close()
             await redis.aclose()
             await pool.close()
 
     app = Starlette(routes=routes(readiness), lifespan=lifespan,
-                    exception_handlers=html_error_handlers())
+                    exception_handlers={**html_error_handlers(),
+                                        account.SignInRequired: account.sign_in_redirect,
+                                        app_form.FormTooLarge: app_form.too_large_page})
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware, service="authorize")
     return app

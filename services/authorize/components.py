@@ -9,8 +9,11 @@ from starlette.requests import Request
 from services.authorize.clients import ClientDirectory
 from services.authorize.codes import CodeStore
 from services.authorize.consents import ConsentStore
+from services.authorize.developer_apps import DeveloperAppStore
+from services.authorize.grants import GrantDirectory
 from services.authorize.login_throttle import LoginThrottle
 from services.authorize.pending import PendingStore
+from services.authorize.secret_reveal import RevealStore
 from services.authorize.sessions import SessionStore
 from services.authorize.settings import AuthorizeSettings
 from services.authorize.users import UserStore
@@ -26,6 +29,10 @@ class Components:
     codes: CodeStore
     pending: PendingStore
     throttle: LoginThrottle
+    # The settings pages: a developer's apps, the user's grants, one-time secret reveals.
+    apps: DeveloperAppStore
+    grants: GrantDirectory
+    reveals: RevealStore
 
 
 def components(request: Request) -> Components:

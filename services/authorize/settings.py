@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from services.common.settings import (
     DEFAULT_ISSUER,
     DEFAULT_REGISTRY_ADDR,
+    DEFAULT_TOKEN_GRPC_ADDR,
     Env,
     GrpcTlsSettings,
     StoreSettings,
@@ -43,6 +44,9 @@ class AuthorizeSettings:
     issuer: str
     registry_addr: str
     registry_tls: GrpcTlsSettings
+    # The token service's gRPC address (TokenService: ListGrants and RevokeGrant for the
+    # settings pages); the same TLS settings as the registry channel apply.
+    token_addr: str
     session_idle_seconds: int
     session_absolute_seconds: int
     login: LoginThrottleSettings
@@ -68,6 +72,7 @@ class AuthorizeSettings:
             issuer=env.url("OTESSE_ISSUER", DEFAULT_ISSUER),
             registry_addr=env.text("OTESSE_REGISTRY_ADDR", DEFAULT_REGISTRY_ADDR),
             registry_tls=GrpcTlsSettings.from_env(env),
+            token_addr=env.text("OTESSE_TOKEN_GRPC_ADDR", DEFAULT_TOKEN_GRPC_ADDR),
             session_idle_seconds=env.integer("OTESSE_AUTHORIZE_SESSION_IDLE_SECONDS", 1800,
                                              minimum=60),
             session_absolute_seconds=env.integer("OTESSE_AUTHORIZE_SESSION_ABSOLUTE_SECONDS",
