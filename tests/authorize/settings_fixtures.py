@@ -29,11 +29,11 @@ async def pages(authorize_settings: AuthorizeSettings, store_settings: StoreSett
 
 @pytest_asyncio.fixture
 async def alice(pages: Pages, pool: asyncpg.Pool) -> AsyncIterator[User]:
-    async for user in signed_in(pages, pool):
+    async with signed_in(pages, pool) as user:
         yield user
 
 
 @pytest_asyncio.fixture
 async def mallory(pages: Pages, pool: asyncpg.Pool) -> AsyncIterator[User]:
-    async for user in signed_in(pages, pool):
+    async with signed_in(pages, pool) as user:
         yield user

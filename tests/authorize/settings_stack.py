@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -56,6 +57,7 @@ class User:
         return await self.http.post(path, data=fields, files=files)
 
 
+@asynccontextmanager
 async def signed_in(pages: Pages, pool: asyncpg.Pool) -> AsyncIterator[User]:
     person = await new_person(pool)
     async with httpx.AsyncClient(base_url=pages.url, follow_redirects=False,
