@@ -1,4 +1,4 @@
-"""The whole of Otesse Auth as real processes on loopback, once per test run (a pytest plugin).
+"""The whole of Otesse Auth as real processes on loopback, once per test run.
 
 Registry, token, authorize, gateway and bookings each run as ``otesse-auth serve <svc>`` with
 this run's database and Redis prefix, every listener on a free port. The services are wired to
@@ -19,10 +19,10 @@ made for the rate-limit test comes near.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.machinery
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -47,7 +47,6 @@ RETRY_WINDOW = 2
 CLIENT_RATE = 40
 READY_SECONDS = 60.0
 STOP_SECONDS = 20.0
-_PR_SET_PDEATHSIG = 1
 
 
 def load_run_local() -> ModuleType:
@@ -100,10 +99,13 @@ def stack_env(test_env: dict[str, str], logs: Path) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:
-    # A test run that is killed must not leave services holding ports behind.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _command(service: str) -> list[str]:
+    command = [str(OTESSE_AUTH), "serve", service]
+    # A test run that is killed must not leave services behind: setpriv (util-linux) asks the
+    # kernel to send SIGTERM when this process dies (a preexec_fn could deadlock in a process
+    # with threads, and gRPC has some).
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else command
 
 
 def _wait_ready(name: str, url: str, process: subprocess.Popen[bytes], logs: Path) -> None:
@@ -149,8 +151,8 @@ def running_stack(test_env: dict[str, str], logs: Path) -> Iterator[Stack]:
         for service in services:
             with (logs / f"{service.name}.log").open("wb") as log:
                 processes[service.name] = subprocess.Popen(
-                    [str(OTESSE_AUTH), "serve", service.name], env=env, cwd=ROOT,
-                    stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                    _command(service.name), env=env, cwd=ROOT, stdout=log,
+                    stderr=subprocess.STDOUT)
         for service in services:
             _wait_ready(service.name, service.ready_url, processes[service.name], logs)
         yield Stack(gateway=env["OTESSE_ISSUER"],
