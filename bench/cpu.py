@@ -7,6 +7,9 @@ a measurement.
 * ``postgres``: the server backends connected to the benchmark database (their own work only).
 * ``redis``: the whole Redis server, from ``INFO cpu``; it may also serve other users of the
   same server (other test runs), so read it as an upper bound.
+* ``other``: everything else the machine did meanwhile (``/proc/stat`` minus the above): the
+  kernel's loopback networking and Postgres's background processes (together about 0.5 ms per
+  request here), plus any other program; well above that, something competed for the cores.
 """
 
 from __future__ import annotations
@@ -20,6 +23,14 @@ import redis.asyncio as aioredis
 
 _TICK = os.sysconf("SC_CLK_TCK")
 Snapshot = dict[str, float]
+
+
+def machine_seconds() -> float:
+    """CPU seconds every core has spent busy since boot (``/proc/stat``, all but idle and
+    iowait)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _TICK
 
 
 def process_seconds(pid: int) -> float:
@@ -55,7 +66,7 @@ class CpuMeter:
 
     async def snapshot(self) -> Snapshot:
         assert self._db is not None and self._redis is not None
-        taken: Snapshot = {"client": time.process_time()}
+        taken: Snapshot = {"client": time.process_time(), "machine": machine_seconds()}
         for name, pid in self._services.items():
             taken[name] = process_seconds(pid)
         backends = await self._db.fetch(
@@ -77,4 +88,6 @@ def per_request(before: Snapshot, after: Snapshot, requests: int) -> dict[str, f
         name = "postgres" if key.startswith("pg:") else key
         # A backend that started during the measurement counts from zero.
         spent[name] = spent.get(name, 0.0) + max(0.0, value - before.get(key, 0.0))
+    machine = spent.pop("machine", 0.0)
+    spent["other"] = max(0.0, machine - sum(spent.values()))
     return {name: seconds * 1000 / requests for name, seconds in spent.items()}

@@ -7,8 +7,9 @@ from typing import Any
 
 from bench.measure import Measurements, Options
 
+# The last column is everything else the machine did meanwhile.
 CPU_COLUMNS = ("client", "gateway", "authorize", "token", "registry", "bookings", "postgres",
-               "redis")
+               "redis", "other")
 # Each measurement straight to its service, and the one through the gateway it compares with.
 DIRECT = {"authorize (direct)": "authorize", "exchange (direct)": "exchange",
           "refresh (direct)": "refresh"}
@@ -40,18 +41,20 @@ def text(measured: Measurements, options: Options, before: dict[str, Any],
                   + ", ".join(overhead)]
     if any(r.cpu_ms for r in measured.results):
         lines += ["", "CPU per request (ms), by process; 'client' is this load generator, "
-                  "'redis' the whole Redis server:"]
-        lines.append(f"  {'':<26}" + "".join(f"{c:>10}" for c in CPU_COLUMNS) + f"{'total':>10}")
+                  "'redis' the whole Redis server, 'other' everything else on the machine:"]
+        ours = CPU_COLUMNS[:-1]
+        lines.append(f"  {'':<19}" + "".join(f"{c:>10}" for c in ours) + f"{'total':>10}"
+                     + f"{'other':>10}")
         for r in measured.results:
-            cells = [r.cpu_ms.get(c, 0.0) for c in CPU_COLUMNS]
-            lines.append(f"  {r.name:<26}" + "".join(f"{v:>10.3f}" for v in cells)
-                         + f"{sum(cells):>10.3f}")
+            cells = [r.cpu_ms.get(c, 0.0) for c in ours]
+            lines.append(f"  {r.name:<19}" + "".join(f"{v:>10.3f}" for v in cells)
+                         + f"{sum(cells):>10.3f}{r.cpu_ms.get('other', 0.0):>10.3f}")
     if store_touches:
         lines += ["", "Redis commands per request on the benchmark's keys (a sequential "
                   "sample watched with MONITOR):"]
         for name, touches in store_touches.items():
             parts = [f"{k} {v:.2f}" for k, v in touches.items()]
-            lines.append(f"  {name:<26} " + (", ".join(parts) or "none"))
+            lines.append(f"  {name:<19} " + (", ".join(parts) or "none"))
     lines.append("")
     if measured.errors:
         lines.append(f"ERRORS: {measured.errors} (warm-ups included)")
