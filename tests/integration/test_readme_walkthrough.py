@@ -167,3 +167,19 @@ def test_the_matcher_refuses_what_differs() -> None:
     assert not matches({"a": 1}, {"a": 1, "b": 2})
     assert not matches({"expires_in": 3600}, {"expires_in": "3600"})
     assert not matches([1, 2], [1, 2, 3])
+
+
+def _variables(text: str) -> set[str]:
+    return set(re.findall(r"\bOTESSE_[A-Z0-9_]*[A-Z0-9]\b", text))
+
+
+def test_the_configuration_table_names_every_setting_and_no_other() -> None:
+    root = README.parent
+    sources = [*root.glob("services/**/*.py"), *(p for p in (root / "scripts").iterdir()
+                                                  if p.is_file())]
+    read = set().union(*(_variables(path.read_text(errors="replace")) for path in sources))
+    text = README.read_text()
+    start = text.index("\n## Configuration")
+    documented = _variables(text[start:text.index("\n## ", start + 1)])
+    assert read - documented == set(), "settings missing from the README's table"
+    assert documented - read == set(), "the README's table names settings nothing reads"
