@@ -56,15 +56,22 @@ async def authorized(stack: Stack, person: Person, app: RegisteredApp,
 
 async def exchange(stack: Stack, app: RegisteredApp, code: str, *,
                    verifier: str | None = None, redirect_uri: str | None = None,
-                   ) -> httpx.Response:
+                   basic: bool = False) -> httpx.Response:
+    """The code exchange with a form body; the client authenticates in the body
+    (``client_secret_post``) or, with ``basic``, by HTTP Basic (``client_secret_basic``)."""
     form = {"grant_type": "authorization_code", "code": code,
-            "redirect_uri": redirect_uri or app.redirect_uri, "client_id": app.client_id}
-    if app.client_secret:
-        form["client_secret"] = app.client_secret
+            "redirect_uri": redirect_uri or app.redirect_uri}
+    auth = None
+    if basic:
+        auth = (app.client_id, app.client_secret)
+    else:
+        form["client_id"] = app.client_id
+        if app.client_secret:
+            form["client_secret"] = app.client_secret
     if verifier is not None:
         form["code_verifier"] = verifier
     async with httpx.AsyncClient() as http:
-        return await http.post(stack.gateway + "/oauth/token", data=form)
+        return await http.post(stack.gateway + "/oauth/token", data=form, auth=auth)
 
 
 async def test_a_public_client_with_pkce_needs_no_secret(
@@ -131,6 +138,10 @@ MISUSES = {
         401, "invalid_client", lambda app, other, code, verifier: dict(
             app=replace(app, client_secret=other.client_secret), code=code,
             verifier=verifier)),
+    "fails because the client secret sent by HTTP Basic is wrong": Misuse(
+        401, "invalid_client", lambda app, other, code, verifier: dict(
+            app=replace(app, client_secret=other.client_secret), code=code,
+            verifier=verifier, basic=True)),
 }
 
 
@@ -145,6 +156,10 @@ async def test_a_code_is_exchanged_only_by_its_client_redirect_uri_and_verifier(
     assert refused.status_code == misuse.status, refused.text
     assert refused.json()["error"] == misuse.error
     assert "access_token" not in refused.json()
+    assert "no-store" in refused.headers["cache-control"]
+    if misuse.build(app, other, "", "").get("basic"):
+        # RFC 6749 §5.2: with HTTP Basic, 401 and a WWW-Authenticate matching the scheme.
+        assert refused.headers["www-authenticate"].startswith("Basic")
 
 
 async def test_a_replayed_code_is_refused_and_revokes_what_the_first_exchange_issued(
