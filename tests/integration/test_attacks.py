@@ -61,9 +61,9 @@ async def exchange(stack: Stack, app: RegisteredApp, code: str, *,
     (``client_secret_post``) or, with ``basic``, by HTTP Basic (``client_secret_basic``)."""
     form = {"grant_type": "authorization_code", "code": code,
             "redirect_uri": redirect_uri or app.redirect_uri}
-    auth = None
+    auth: httpx.Auth | None = None
     if basic:
-        auth = (app.client_id, app.client_secret)
+        auth = httpx.BasicAuth(app.client_id, app.client_secret)
     else:
         form["client_id"] = app.client_id
         if app.client_secret:
@@ -71,7 +71,8 @@ async def exchange(stack: Stack, app: RegisteredApp, code: str, *,
     if verifier is not None:
         form["code_verifier"] = verifier
     async with httpx.AsyncClient() as http:
-        return await http.post(stack.gateway + "/oauth/token", data=form, auth=auth)
+        return await http.post(stack.gateway + "/oauth/token", data=form,
+                               auth=auth or httpx.USE_CLIENT_DEFAULT)
 
 
 async def test_a_public_client_with_pkce_needs_no_secret(
