@@ -25,7 +25,7 @@ from tests.token.conftest import TokenService
 APPS = "/settings/integrations/oauth-apps"
 CALLBACK = "https://app.example.com/callback"
 _APP_LINK = re.compile(r'href="/settings/integrations/oauth-apps/(otesse_ci_[A-Za-z0-9_-]+)"')
-_SECRET = re.compile(r'id="client_secret"[^>]*value="([^"]+)"')
+_SECRET = re.compile(r'<textarea id="client_secret"[^>]*>([^<]+)</textarea>')
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,13 @@ async def register(user: User, *, logo: bytes | None = None, **fields: Any) -> R
     client_id = location.split("/")[-2]
     shown = await user.page(location)
     assert shown.status_code == 200
-    match = _SECRET.search(shown.text)
-    return Registered(client_id, html.unescape(match.group(1)) if match else "", shown.text)
+    return Registered(client_id, shown_secret(shown.text), shown.text)
+
+
+def shown_secret(page: str) -> str:
+    """The client secret on a credentials page (empty when none is shown)."""
+    match = _SECRET.search(page)
+    return html.unescape(match.group(1)) if match else ""
 
 
 def listed_app_ids(page: str) -> list[str]:

@@ -22,6 +22,7 @@ from tests.authorize.settings_stack import (
     input_value,
     listed_app_ids,
     register,
+    shown_secret,
     textarea,
 )
 from tests.images import image_bytes
@@ -351,7 +352,7 @@ async def test_rotate_shows_the_new_secret_once(alice: User, registry: Any, over
     location = response.headers["location"]
     assert location == f"{APPS}/{app.client_id}/credentials"
     page = await alice.page(location)
-    new_secret = page.text.split('id="client_secret"')[1].split('value="')[1].split('"')[0]
+    new_secret = shown_secret(page.text)
     assert new_secret.startswith("otesse_cs_") and new_secret != app.client_secret
     assert "A new secret for" in page.text
     assert ("keeps working until" in page.text) is old_still_works
