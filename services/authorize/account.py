@@ -66,6 +66,11 @@ async def _account(request: Request, c: Components) -> tuple[Account, Session]:
         raise SignInRequired(_come_back_to(request))
     session_id, session = found
     assert session.user_id is not None
+    # A user disabled since signing in loses the session here, as at /oauth/authorize.
+    user = await c.users.by_id(user_id=session.user_id)
+    if user is None or user.disabled:
+        await c.sessions.delete(session_id=session_id)
+        raise SignInRequired(_come_back_to(request))
     return Account(session_id=session_id, session_key=session.key, user_id=session.user_id,
                    email=session.email or "", csrf_token=session.csrf_token), session
 

@@ -5,6 +5,7 @@ within a second). Also: the settings pages while the registry or the token servi
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +26,7 @@ from tests.authorize.settings_stack import (
     User,
     grant_tokens,
     register,
+    shown_secret,
     signed_in,
 )
 from tests.images import image_bytes
@@ -138,6 +140,34 @@ async def test_the_header_nav_signs_out_with_csrf(alice: User, path: str) -> Non
     response = await alice.post("/logout")
     assert response.status_code == 303
     assert (await alice.http.get(path)).status_code == 302
+
+
+async def test_a_disabled_user_is_signed_out_of_the_settings_pages(alice: User,
+                                                                 pool: asyncpg.Pool) -> None:
+    assert (await alice.http.get(PAGE)).status_code == 200
+    await pool.execute("UPDATE authorize.users SET disabled_at = now() WHERE email = $1",
+                       alice.person.email)
+    for path in (PAGE, APPS):
+        response = await alice.http.get(path)
+        assert response.status_code == 302 and response.headers["location"].startswith(
+            "/login?next=")
+    refused = await alice.post(f"{APPS}/new", {"name": "x"})
+    assert refused.status_code == 303 and refused.headers["location"].startswith("/login")
+
+
+async def test_no_secret_reaches_a_log_line(alice: User, caplog: pytest.LogCaptureFixture,
+                                            ) -> None:
+    caplog.set_level(logging.DEBUG)
+    app = await register(alice, name="Quiet")
+    rotated = await alice.post(f"{APPS}/{app.client_id}/rotate-secret", {"overlap": "none"})
+    page = await alice.page(rotated.headers["location"])
+    new_secret = shown_secret(page.text)
+    assert app.client_secret and new_secret
+    # The access log saw these requests (so this test reads the real log lines).
+    assert any("/credentials" in str(r.__dict__) for r in caplog.records)
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert app.client_secret not in logged and new_secret not in logged
+    assert "otesse_cs_" not in logged
 
 
 # --- outages ---------------------------------------------------------------------------------
