@@ -134,7 +134,9 @@ async def _submitted(form: FormData) -> Submitted:
 def parse(submitted: Submitted, *, with_type: bool) -> AppForm:
     """What was typed, with the problems found before asking the registry."""
     form = AppForm(
-        name=submitted.get("name").strip(), description=submitted.get("description").strip(),
+        name=submitted.get("name").strip(),
+        # HTML §4.10.11: a textarea's value is submitted with CRLF line breaks.
+        description=submitted.get("description").replace("\r\n", "\n").strip(),
         redirect_uris="\n".join(uri_lines(submitted.get("redirect_uris"))),
         scopes=tuple(s for s in scope_catalogue.CATALOGUE if s in submitted.getlist("scope")),
         client_type=submitted.get("client_type") or "confidential")

@@ -304,7 +304,7 @@ async def test_edit_changes_the_app_and_keeps_what_was_typed_on_error(
     assert input_value(bad.text, "name") == "After"
     assert 'value="customers:write" checked' in bad.text
     saved = await alice.post(base, app_form(
-        name="After", description="New words", redirect_uris="https://new.example.com/cb",
+        name="After", description="New words\r\non two lines", redirect_uris="https://new.example.com/cb",
         scopes=["bookings:write", "customers:write"]),
         files={"logo": ("l.webp", image_bytes(fmt="WEBP"), "application/octet-stream")})
     assert saved.status_code == 303 and saved.headers["location"] == f"{base}?saved=1"
@@ -313,7 +313,7 @@ async def test_edit_changes_the_app_and_keeps_what_was_typed_on_error(
     stub: registry_pb2_grpc.ClientRegistryAsyncStub = registry
     client = (await stub.GetClient(registry_pb2.GetClientRequest(
         client_id=app.client_id))).client
-    assert (client.name, client.description) == ("After", "New words")
+    assert (client.name, client.description) == ("After", "New words\non two lines")
     assert list(client.redirect_uris) == ["https://new.example.com/cb"]
     assert list(client.allowed_scopes) == ["bookings:write", "customers:write"]
     assert client.logo_content_type == "image/webp"
