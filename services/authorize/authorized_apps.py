@@ -70,7 +70,7 @@ async def list_access(request: Request) -> Response:
                        for s, sentence in scope_catalogue.CATALOGUE.items()
                        if s in entry.scopes],
             "first": dates.day(entry.first), "first_iso": dates.iso(entry.first),
-            "last_used": dates.moment(entry.last_used) if entry.last_used else "Not yet",
+            "last_used": dates.moment(entry.last_used),
             "last_used_iso": dates.iso(entry.last_used),
         })
     return page(request, "authorized_apps.html", {

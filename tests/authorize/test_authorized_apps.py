@@ -116,7 +116,7 @@ async def test_a_consent_without_tokens_is_listed_and_revocable(alice: User, mal
                        " VALUES ($1::text::uuid, $2, $3)", alice.person.user_id, app.client_id,
                        ["bookings:read"])
     [row] = rows((await alice.page(PAGE)).text)
-    assert "Remembered" in row and "Last used Not yet" in row
+    assert "Remembered" in row and "Not used yet" in row
     assert (await alice.post(f"{PAGE}/{app.client_id}/revoke")).status_code == 303
     assert await pool.fetchval("SELECT count(*) FROM authorize.consents WHERE user_id ="
                                " $1::text::uuid", alice.person.user_id) == 0

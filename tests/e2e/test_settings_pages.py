@@ -14,6 +14,7 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 import asyncpg
@@ -247,24 +248,41 @@ async def test_the_pages_on_a_phone(phone: BrowserContext, stack: Stack, pool: a
     await page.get_by_role("heading", name="A new secret for Pocket Planner with a rather "
                                            "long name").wait_for()
     await page.get_by_text("The previous secret has stopped working.").wait_for()
+    client_id = await page.locator("#client_id").input_value()
     await page.goto(stack.gateway + APPS)
     await fits(page, 390)
     await page.screenshot(path=shot(artifacts_dir, "oauth-apps-phone"), full_page=True)
     await page.goto(stack.gateway + AUTHORIZED)
+    await page.get_by_role("heading", name="No authorized apps").wait_for()
     await fits(page, 390)
     await page.screenshot(path=shot(artifacts_dir, "authorized-apps-empty-phone"),
                           full_page=True)
+    # The developer uses the app too: consent on the phone, then it is listed.
+    await page.goto(stack.gateway + "/oauth/authorize?" + urlencode({
+        "client_id": client_id, "redirect_uri": callback_url, "response_type": "code",
+        "scope": "bookings:read", "state": "phone"}))
+    await page.get_by_role("button", name="Approve").click()
+    await page.get_by_text("Connected to Tide Calendar.").wait_for()
+    await page.goto(stack.gateway + AUTHORIZED)
+    await page.get_by_role("button", name="Revoke Pocket Planner with a rather long name") \
+        .wait_for()
+    await fits(page, 390)
+    await page.screenshot(path=shot(artifacts_dir, "authorized-apps-phone"), full_page=True)
     assert not [m for m in console_messages(phone) if "Content Security Policy" in m]
 
 
 async def test_a_20_mb_logo_through_the_gateway_is_a_413_page(
-        desktop: BrowserContext, stack: Stack, pool: asyncpg.Pool, artifacts_dir: str) -> None:
+        desktop: BrowserContext, stack: Stack, pool: asyncpg.Pool, artifacts_dir: str,
+        tmp_path: Path) -> None:
     developer = await new_person(pool)
     page = await desktop.new_page()
     await sign_in_at(page, stack, APPS + "/new", developer)
     await page.get_by_label("App name").fill("Huge logo")
-    await page.set_input_files("#logo", files=upload(
-        "huge.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 20_000_000))
+    huge = tmp_path / "huge.png"
+    with huge.open("wb") as file:
+        file.write(b"\x89PNG\r\n\x1a\n")
+        file.truncate(20_000_000)
+    await page.set_input_files("#logo", files=huge)
     async with page.expect_response(lambda r: r.request.method == "POST") as answer:
         await page.get_by_role("button", name="Register App").click()
     response = await answer.value
