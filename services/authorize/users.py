@@ -60,6 +60,8 @@ class PgUserStore:
         return _user(row)
 
     async def by_email(self, *, email: str) -> User | None:
+        if "\x00" in email:  # Postgres text cannot hold NUL, so no stored email has one
+            return None
         row = await self._pool.fetchrow(
             f"SELECT {_COLUMNS} FROM authorize.users WHERE lower(email) = lower($1)", email)
         return _user(row) if row is not None else None

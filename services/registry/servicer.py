@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,7 +37,7 @@ _PB_TYPES = {"confidential": pb.CLIENT_TYPE_CONFIDENTIAL, "public": pb.CLIENT_TY
 _UPDATE_PATHS = frozenset({"name", "description", "redirect_uris", "allowed_scopes", "logo"})
 # Compared against when the client is unknown, so that answer takes as long as a wrong secret.
 _DUMMY_HASH = hashlib.sha256(b"otesse-registry-unknown-client").digest()
-_MAX_CLIENT_ID = 128
+_CLIENT_ID_SHAPE = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 
 
 def _timestamp(value: datetime | None) -> Timestamp | None:
@@ -68,8 +69,10 @@ def to_proto(record: ClientRecord) -> pb.Client:
 
 
 def _client_id(value: str) -> str:
-    if not value or len(value) > _MAX_CLIENT_ID:
-        raise InvalidArgument("client_id", "is required")
+    # Ids are "otesse_ci_" + base64url; anything else (a NUL byte included, which Postgres
+    # cannot even compare) is refused before it reaches the store.
+    if not _CLIENT_ID_SHAPE.fullmatch(value):
+        raise InvalidArgument("client_id", "is required (letters, digits, '-' and '_')")
     return value
 
 

@@ -170,8 +170,11 @@ async def test_logo_is_detected_by_content_and_served_on_request(registry: Stub)
 async def test_get_unknown_client_is_not_found(registry: Stub) -> None:
     await expect_status(registry.GetClient(pb.GetClientRequest(client_id="otesse_ci_nope")),
                         grpc.StatusCode.NOT_FOUND)
-    await expect_status(registry.GetClient(pb.GetClientRequest(client_id="")),
-                        grpc.StatusCode.INVALID_ARGUMENT)
+    for malformed in ("", "otesse_ci_\x00", "a b", "x" * 129, "ü"):
+        await expect_status(registry.GetClient(pb.GetClientRequest(client_id=malformed)),
+                            grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_status(registry.AuthenticateClient(pb.AuthenticateClientRequest(
+        client_id="\x00", client_secret="x")), grpc.StatusCode.INVALID_ARGUMENT)
 
 
 async def test_owner_filter_hides_other_users_clients(registry: Stub) -> None:
