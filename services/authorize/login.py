@@ -171,5 +171,5 @@ async def home(request: Request) -> Response:
     found = await session_cookie.current(request, c)
     if found is None or found[1].user_id is None:
         return RedirectResponse("/login", status_code=303, headers=NO_STORE)
-    return page(request, "home.html", {"email": found[1].email,
-                                       "csrf_token": found[1].csrf_token})
+    nav = {"email": found[1].email or "", "csrf_token": found[1].csrf_token}
+    return page(request, "home.html", {**nav, "account": nav})

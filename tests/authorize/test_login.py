@@ -95,6 +95,8 @@ async def test_the_session_id_changes_at_sign_in_and_the_old_one_dies(
     assert "secure" not in cookie  # the issuer is plain-http local development
     home = await browser.get("/")
     assert home.status_code == 200 and person.email in home.text
+    assert 'href="/settings/integrations/oauth-apps"' in home.text
+    assert 'href="/settings/authorized-apps"' in home.text
 
 
 async def test_a_planted_session_id_is_worthless_after_the_victim_signs_in(
