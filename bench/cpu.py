@@ -7,9 +7,8 @@ a measurement.
 * ``postgres``: the server backends connected to the benchmark database (their own work only).
 * ``redis``: the whole Redis server, from ``INFO cpu``; it may also serve other users of the
   same server (other test runs), so read it as an upper bound.
-* ``other``: everything else the machine did meanwhile (``/proc/stat`` minus the above): the
-  kernel's loopback networking and Postgres's background processes (together about 0.5 ms per
-  request here), plus any other program; well above that, something competed for the cores.
+* ``other``: everything else the machine did meanwhile (``/proc/stat`` minus the above): below
+  about 0.1 ms per request on a quiet machine; above that, something competed for the cores.
 """
 
 from __future__ import annotations
