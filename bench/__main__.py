@@ -9,7 +9,9 @@ exit code is 1 when any request failed (warm-ups included) or the stack would no
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -55,6 +57,11 @@ def say(text: str, *, quiet: bool) -> None:
 
 async def main(argv: list[str]) -> int:
     args = parse(argv)
+    # SIGTERM (and Ctrl-C, which asyncio already turns into a cancellation) cancels the run,
+    # so the stack is stopped and its database dropped on the way out.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     warmup = args.warmup if args.warmup is not None else max(args.concurrency,
                                                              args.requests // 10)
     options = Options(requests=args.requests, concurrency=args.concurrency, warmup=warmup)
@@ -77,6 +84,10 @@ async def main(argv: list[str]) -> int:
     except (StackFailed, StepFailed) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
+    except asyncio.CancelledError:
+        print("bench: interrupted; the stack is stopped and its database dropped",
+              file=sys.stderr)
+        return 130
     after = report.machine()
     document = report.as_json(measured, options, before, after, touches)
     RESULTS.mkdir(exist_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -45,6 +46,15 @@ PORT_VARIABLES = ("OTESSE_GATEWAY_PORT", "OTESSE_GATEWAY_ADMIN_PORT", "OTESSE_AU
                   "OTESSE_TOKEN_HTTP_PORT", "OTESSE_TOKEN_GRPC_PORT",
                   "OTESSE_REGISTRY_GRPC_PORT", "OTESSE_REGISTRY_HTTP_PORT",
                   "OTESSE_BOOKINGS_PORT")
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # A benchmark killed outright (SIGKILL) must not leave the stack running: run-local gets
+    # SIGTERM and stops its services.
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class StackFailed(Exception):
@@ -151,26 +161,16 @@ def _children(parent: int) -> dict[str, int]:
     return found
 
 
-class _Output:
-    """``run-local``'s output: written to the log file, watched for the ready line."""
-
-    def __init__(self, stream: asyncio.StreamReader, log_path: Path) -> None:
-        self.ready = asyncio.Event()
-        self.tail: list[str] = []
-        self._task = asyncio.create_task(self._pump(stream, log_path))
-
-    async def _pump(self, stream: asyncio.StreamReader, log_path: Path) -> None:
-        with log_path.open("w") as log:
-            while line := await stream.readline():
-                text = line.decode(errors="replace")
-                log.write(text)
-                log.flush()
-                self.tail = [*self.tail[-19:], text.rstrip()]
-                if READY_MARKER in text:
-                    self.ready.set()
-
-    async def closed(self) -> None:
-        await self._task
+async def _wait_ready(log_path: Path, process: asyncio.subprocess.Process) -> bool:
+    """Whether ``run-local`` printed its ready line (False: it exited or took too long)."""
+    deadline = asyncio.get_running_loop().time() + START_SECONDS
+    while asyncio.get_running_loop().time() < deadline:
+        if READY_MARKER in log_path.read_text(errors="replace"):
+            return True
+        if process.returncode is not None:
+            return False
+        await asyncio.sleep(0.1)
+    return False
 
 
 @contextlib.asynccontextmanager
@@ -181,20 +181,16 @@ async def running_stack(*, database_url: str = DATABASE_URL, redis_url: str = RE
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="otesse-bench-") as run_dir:
         env = stack_env(database_url, redis_url, run_dir)
-        process = await asyncio.create_subprocess_exec(
-            str(RUN_LOCAL), env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT)
-        assert process.stdout is not None
-        output = _Output(process.stdout, log_path)
+        # Its output goes to a file, not a pipe: a pipe whose reader died (a benchmark killed
+        # outright) would break run-local's own shutdown.
+        with log_path.open("wb") as log:
+            process = await asyncio.create_subprocess_exec(
+                str(RUN_LOCAL), env=env, cwd=ROOT, stdout=log, stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=_die_with_parent)
         try:
-            started = asyncio.create_task(output.ready.wait())
-            exited = asyncio.create_task(process.wait())
-            await asyncio.wait({started, exited}, timeout=START_SECONDS,
-                               return_when=asyncio.FIRST_COMPLETED)
-            started.cancel()
-            exited.cancel()
-            if not output.ready.is_set():
-                tail = "\n  ".join(output.tail[-8:])
+            if not await _wait_ready(log_path, process):
+                lines = log_path.read_text(errors="replace").rstrip().splitlines()[-8:]
+                tail = "\n  ".join(lines)
                 raise StackFailed(f"the stack did not start (see {log_path}):\n  {tail}")
             yield await _prepare(env, process.pid, database_url)
         finally:
@@ -205,7 +201,6 @@ async def running_stack(*, database_url: str = DATABASE_URL, redis_url: str = RE
                 except TimeoutError:
                     process.kill()
                     await process.wait()
-            await output.closed()
             await drop_database(database_url)
             await clear_redis(redis_url, REDIS_PREFIX)
 
