@@ -4,9 +4,10 @@ A refresh token revokes its whole grant, and with it every access token of the g
 §2.1: the server "SHOULD also invalidate all access tokens based on the same authorization
 grant"); an access token is revoked on its own. Revocation is recorded in Postgres first, then
 put on the Redis deny-list, so it takes effect at once and survives the loss of Redis.
-Unknown, malformed, expired or another client's tokens change nothing and still answer 200
-(RFC 7009 §2.2: "invalid tokens do not cause an error response"), so the endpoint reveals
-nothing about tokens the caller does not own.
+Unknown, malformed or expired tokens change nothing and still answer 200 (RFC 7009 §2.2:
+"invalid tokens do not cause an error response"). A valid token issued to another client is
+refused with ``unauthorized_client`` and left alone (RFC 7009 §2.1): the caller already holds
+the token, so saying it is not theirs reveals nothing new.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.common import credentials
-from services.common.errors import InvalidRequest
+from services.common.errors import InvalidRequest, UnauthorizedClient
 from services.common.http import NO_STORE
 from services.token import access_tokens, params
 from services.token.access_tokens import TokenRejected
@@ -62,10 +63,9 @@ class Revoker:
         if not credentials.is_well_formed(token, credentials.REFRESH_TOKEN_PREFIX):
             return
         info = await self._store.refresh_token_info(token_hash=credentials.sha256(token))
-        # RFC 7009 §2.1: the server "verifies whether the token was issued to the client making
-        # the revocation request".
-        if info is None or info.client_id != client.client_id:
+        if info is None:
             return
+        _check_owner(info.client_id, client)
         result = await self._store.revoke_grants(grant_id=info.grant_id)
         GRANTS_REVOKED.labels("revocation").inc(result.revoked)
         await self._denylist.deny(result.deny)
@@ -75,11 +75,19 @@ class Revoker:
             claims = access_tokens.verify(token, self._ring)
         except TokenRejected:
             return
-        if (claims.client_id != client.client_id or claims.iss != self._issuer
-                or claims.exp <= time.time()):
+        if claims.iss != self._issuer or claims.exp <= time.time():
             return
+        _check_owner(claims.client_id, client)
         await self._store.revoke_access_token(jti=claims.jti, grant_id=claims.grant_id,
                                               client_id=claims.client_id,
                                               expires_at=claims.exp)
         await self._denylist.deny(Revocations(grants=[], tokens=[
             TokenRevocation(jti=claims.jti, expires_at=float(claims.exp))]))
+
+
+def _check_owner(owner_client_id: str, client: AuthenticatedClient) -> None:
+    # RFC 7009 §2.1: the server "verifies whether the token was issued to the client making the
+    # revocation request. If this validation fails, the request is refused and the client is
+    # informed of the error".
+    if owner_client_id != client.client_id:
+        raise UnauthorizedClient("The token was not issued to this client.")

@@ -67,12 +67,14 @@ async def test_public_client_revokes_its_own_token(
 
 
 @pytest.mark.parametrize("kind", ["refresh_token", "access_token"])
-async def test_another_clients_token_is_untouched(
+async def test_another_clients_token_is_refused_and_untouched(
         token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client,
         public_client: Client, kind: str) -> None:
     victim = await tokens_for(token, redis, redis_prefix, public_client)
     response = await revoke(token, client, victim[kind])
-    assert response.status_code == 200
+    # RFC 7009 §2.1: "If this validation fails, the request is refused".
+    assert response.status_code == 400
+    assert response.json()["error"] == "unauthorized_client"
     assert await reason(token, victim["access_token"]) == token_pb2.VALIDATION_REASON_VALID
 
 
