@@ -1,10 +1,11 @@
 """Forwarding one request to an upstream and its answer back, streaming both bodies.
 
-One pooled keep-alive ``httpx.AsyncClient`` per upstream, opened in the lifespan. Bodies are
-streamed chunk by chunk in both directions, so memory per request stays small whatever the size
-(the request body is counted against the cap as it arrives). Upstream keep-alive connections are
-dropped after 4 s idle, before uvicorn's 5 s on the other side closes them, so a request never
-lands on a connection that is being closed.
+One keep-alive connection pool per upstream (:mod:`services.gateway.upstream_client`), opened in
+the lifespan. Bodies are streamed chunk by chunk in both directions, so memory per request stays
+small whatever the size (the request body is counted against the cap as it arrives). Upstream
+keep-alive connections are dropped after 4 s idle, before uvicorn's 5 s on the other side closes
+them, so a request never lands on a connection that is being closed (and one that raced a close
+anyway is retried once when its body is in memory).
 
 What can go wrong, and what the client gets:
 
@@ -19,12 +20,10 @@ What can go wrong, and what the client gets:
 from __future__ import annotations
 
 import asyncio
-import http.cookiejar
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import httpx
 from starlette.types import Message, Receive, Send
 
 from services.gateway import hop_by_hop
@@ -38,23 +37,27 @@ from services.gateway.errors import (
 )
 from services.gateway.metrics import UPSTREAM_ERRORS
 from services.gateway.routing import Upstream
+from services.gateway.upstream_client import (
+    BadResponse,
+    BrokenBody,
+    ConnectFailed,
+    Response,
+    UpstreamPool,
+)
 
 log = logging.getLogger("otesse.gateway.proxy")
 
 # Response headers the gateway sets itself (the request id, security headers, the date).
 OWN_RESPONSE_HEADERS = frozenset({b"x-request-id", b"date", b"server",
                                   b"strict-transport-security", b"x-content-type-options"})
-_KEEPALIVE_EXPIRY = 4.0
+
+
+# How long the rest of an oversized body may keep arriving before the 413 is sent anyway.
+_LINGER_SECONDS = 1.0
 
 
 class ClientDisconnected(Exception):
     """The client went away before its request was complete; nothing is answered."""
-
-
-class _NoCookies(http.cookiejar.DefaultCookiePolicy):
-    # The pooled client is shared by every user: it must never keep anyone's cookies.
-    def set_ok(self, cookie: http.cookiejar.Cookie, request: object) -> bool:
-        return False
 
 
 class RequestBody:
@@ -72,11 +75,30 @@ class RequestBody:
             raise ClientDisconnected()
         chunk: bytes = message.get("body", b"")
         self.received += len(chunk)
-        if self.received > self._max_bytes:
-            raise PayloadTooLarge()
         if not message.get("more_body", False):
             self.complete = True
+        if self.received > self._max_bytes:
+            await self._linger()
+            raise PayloadTooLarge()
         return chunk
+
+    async def _linger(self) -> None:
+        # RFC 9112 §9.6: "If the server receives additional data from the client on a fully
+        # closed connection, [...] the server's TCP stack will send a reset packet to the
+        # client; unfortunately, the reset packet might erase the client's unacknowledged
+        # input buffers before they can be read". The 413 closes the connection, so the rest
+        # of a body still arriving is read and dropped first — a bounded amount, briefly.
+        budget = self._max_bytes
+        try:
+            async with asyncio.timeout(_LINGER_SECONDS):
+                while not self.complete and budget > 0:
+                    message = await self._receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    budget -= len(message.get("body", b""))
+                    self.complete = not message.get("more_body", False)
+        except TimeoutError:
+            pass
 
     async def chunks(self) -> AsyncIterator[bytes]:
         while not self.complete:
@@ -96,38 +118,28 @@ class UpstreamOptions:
 
 
 class Upstreams:
-    """The pooled HTTP clients, one per upstream service."""
+    """The connection pools, one per upstream service. They keep no cookies: nothing is
+    shared between the users whose requests pass through them but the connections."""
 
     def __init__(self, urls: dict[Upstream, str], options: UpstreamOptions) -> None:
-        self._urls = {name: httpx.URL(url) for name, url in urls.items()}
+        self._urls = urls
         self._options = options
-        self._clients: dict[Upstream, httpx.AsyncClient] = {}
+        self._pools: dict[Upstream, UpstreamPool] = {}
 
     @property
     def is_open(self) -> bool:
-        return bool(self._clients)
+        return bool(self._pools)
 
     def open(self) -> None:
         options = self._options
-        for name in self._urls:
-            self._clients[name] = httpx.AsyncClient(
-                timeout=httpx.Timeout(options.timeout, connect=options.connect_timeout,
-                                      pool=options.connect_timeout),
-                limits=httpx.Limits(max_connections=options.max_connections,
-                                    max_keepalive_connections=options.max_connections,
-                                    keepalive_expiry=_KEEPALIVE_EXPIRY),
-                cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
-                follow_redirects=False,
-                trust_env=False,
-            )
+        for name, url in self._urls.items():
+            self._pools[name] = UpstreamPool(url, max_connections=options.max_connections,
+                                             connect_timeout=options.connect_timeout)
 
     async def close(self) -> None:
-        clients, self._clients = self._clients, {}
-        for client in clients.values():
-            await client.aclose()
-
-    def url(self, name: Upstream, raw_target: bytes) -> httpx.URL:
-        return self._urls[name].copy_with(raw_path=raw_target)
+        pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            await pool.aclose()
 
     async def forward(self, name: Upstream, *, method: str, target: bytes,
                       headers: list[tuple[bytes, bytes]], body: RequestBody | bytes | None,
@@ -136,49 +148,43 @@ class Upstreams:
 
         Raises a :class:`GatewayError` (before anything is sent) when there is no answer.
         """
-        content: bytes | AsyncIterator[bytes] | None
         content = body.chunks() if isinstance(body, RequestBody) else body
-        request = httpx.Request(method, self.url(name, target), headers=headers, content=content)
-        client = self._clients[name]
+        pool = self._pools[name]
         try:
             async with asyncio.timeout(self._options.timeout):
-                response = await client.send(request, stream=True)
+                response = await pool.request(method, target, headers, content)
         except GatewayError:
             raise
         except TimeoutError:
             if isinstance(body, RequestBody) and not body.complete:
                 raise RequestTimeout() from None
             raise self._failed(name, "timeout", GatewayTimeout()) from None
-        except httpx.TimeoutException as exc:
-            if isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)):
-                raise self._failed(name, "unavailable", UpstreamUnavailable()) from None
-            raise self._failed(name, "timeout", GatewayTimeout()) from None
-        except httpx.ConnectError:
-            raise self._failed(name, "unavailable", UpstreamUnavailable()) from None
-        except httpx.TransportError as exc:
+        except ConnectFailed as exc:
+            raise self._failed(name, "unavailable", UpstreamUnavailable(), exc) from None
+        except BadResponse as exc:
             raise self._failed(name, "bad_response", BadGateway(), exc) from None
         try:
             await self._relay(name, response, send)
         finally:
-            await response.aclose()
-        return response.status_code
+            response.close()
+        return response.status
 
-    async def _relay(self, name: Upstream, response: httpx.Response, send: Send) -> None:
-        headers = hop_by_hop.strip(
-            ((key.lower(), value) for key, value in response.headers.raw),
-            also=OWN_RESPONSE_HEADERS)
-        start: Message = {"type": "http.response.start", "status": response.status_code,
+    async def _relay(self, name: Upstream, response: Response, send: Send) -> None:
+        headers = hop_by_hop.strip(response.headers, also=OWN_RESPONSE_HEADERS)
+        start: Message = {"type": "http.response.start", "status": response.status,
                           "headers": headers}
         await send(start)
+        more = True
         try:
-            async for chunk in response.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except httpx.TransportError as exc:
+            while more:
+                chunk, more = await response.read()
+                if chunk or not more:
+                    await send({"type": "http.response.body", "body": chunk,
+                                "more_body": more})
+        except BrokenBody as exc:
             # Ending the body now would make a truncated answer look complete: leave it
             # unfinished, so the server closes the connection instead.
             self._failed(name, "broken_body", BadGateway(), exc)
-            return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     @staticmethod
     def _failed(name: Upstream, kind: str, error: GatewayError,
