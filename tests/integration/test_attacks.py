@@ -251,3 +251,21 @@ async def test_a_client_library_refuses_a_callback_whose_state_is_not_its_own(
             await client.fetch_token(metadata["token_endpoint"],
                                      authorization_response=forged, state=state,
                                      code_verifier=verifier)
+
+
+async def test_another_client_cannot_revoke_a_token_it_was_not_issued(
+        stack: Stack, pool: asyncpg.Pool, apis: Resources) -> None:
+    app = await register_app(stack.registry_grpc, redirect_uri=CALLBACK, scopes=SCOPE)
+    other = await register_app(stack.registry_grpc, redirect_uri=CALLBACK, scopes=SCOPE)
+    verifier = generate_token(48)
+    code = (await authorized(stack, await new_person(pool), app, verifier))["code"]
+    tokens = (await exchange(stack, app, code, verifier=verifier)).json()
+    async with httpx.AsyncClient() as http:
+        for token in (tokens["access_token"], tokens["refresh_token"]):
+            refused = await http.post(stack.gateway + "/oauth/revoke", data={"token": token},
+                                      auth=(other.client_id, other.client_secret))
+            # RFC 7009 §2.1: the server verifies the token was issued to the client revoking it.
+            assert (refused.status_code, refused.json()["error"]) == (
+                400, "unauthorized_client")
+    assert (await apis.validate(tokens["access_token"])).active
+    assert (await apis.bookings(tokens["access_token"])).status_code == 200
