@@ -19,6 +19,7 @@ Upstreams receive a clean set, whatever the client sent:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -41,6 +42,8 @@ class Client:
         return self.ip.encode()
 
 
+# Every request parses its peer (and any forwarded chain): the same few addresses, over and over.
+@functools.lru_cache(maxsize=4096)
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     text = text.strip()
     if text.startswith("[") and "]" in text:  # "[2001:db8::1]:443"
