@@ -133,8 +133,10 @@ class Upstreams:
     def open(self) -> None:
         options = self._options
         for name, url in self._urls.items():
+            # A body that stalls for the whole upstream timeout is broken off.
             self._pools[name] = UpstreamPool(url, max_connections=options.max_connections,
-                                             connect_timeout=options.connect_timeout)
+                                             connect_timeout=options.connect_timeout,
+                                             read_timeout=options.timeout)
 
     async def close(self) -> None:
         pools, self._pools = self._pools, {}

@@ -75,8 +75,10 @@ class Response:
     Also the ``httptools`` parser's callback target, fed by its connection.
     """
 
-    def __init__(self, connection: _Connection, *, head_only: bool) -> None:
+    def __init__(self, connection: _Connection, *, head_only: bool,
+                 read_timeout: float | None) -> None:
         self._connection = connection
+        self._read_timeout = read_timeout
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = head_only
         self.status = 0
@@ -214,7 +216,11 @@ class Response:
             if self._error is not None:
                 raise self._error if isinstance(self._error, BrokenBody) else BrokenBody(
                     str(self._error))
-            await self._wait()
+            try:
+                async with asyncio.timeout(self._read_timeout):
+                    await self._wait()
+            except TimeoutError:
+                self._fail(BrokenBody("the upstream sent nothing more in time"))
         chunks = self._chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._chunks = []
@@ -312,7 +318,7 @@ class _Connection(asyncio.Protocol):
                        *, content_length: int | None, head_only: bool) -> Response:
         """Sends one request and waits for the head of its answer."""
         assert self._transport is not None
-        response = Response(self, head_only=head_only)
+        response = Response(self, head_only=head_only, read_timeout=self._pool.read_timeout)
         self._response = response
         transport = self._transport
         try:
@@ -365,6 +371,7 @@ class UpstreamPool:
     """Keep-alive connections to one upstream (``http://host:port`` or ``https://…``)."""
 
     def __init__(self, url: str, *, max_connections: int, connect_timeout: float,
+                 read_timeout: float | None = None,
                  keepalive_expiry: float = KEEPALIVE_EXPIRY) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -376,6 +383,8 @@ class UpstreamPool:
         self._max = max_connections
         self._connect_timeout = connect_timeout
         self._expiry = keepalive_expiry
+        # The longest wait for the next piece of a response body (None: no limit).
+        self.read_timeout = read_timeout
         self._idle: deque[_Connection] = deque()
         # Connections open or opening, idle or busy: never more than ``max_connections``.
         self._count = 0

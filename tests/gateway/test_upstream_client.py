@@ -342,6 +342,23 @@ async def test_a_body_broken_mid_way_raises_and_closes() -> None:
         assert pool.connections == 0
 
 
+async def test_a_body_that_stalls_past_the_read_timeout_is_broken_off() -> None:
+    async def stalls(server: Server, index: int, request: Request,
+                     writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        return False
+
+    async with serve(stalls) as server, pool_for(server, read_timeout=0.1) as pool:
+        response = await pool.request("GET", b"/a", HOST)
+        assert await response.read() == (b"abc", True)
+        with pytest.raises(BrokenBody):
+            await response.read()
+        response.close()
+        assert pool.connections == 0
+
+
 async def test_a_refused_connection_is_connect_failed() -> None:
     pool = UpstreamPool(f"http://127.0.0.1:{free_port()}", max_connections=2,
                         connect_timeout=1.0)
