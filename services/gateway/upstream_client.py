@@ -159,6 +159,9 @@ class Response:
             self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self._complete:
+            # A body after an answer to HEAD: not relayed, and the parser stops here.
+            raise _UnaskedAnswer()
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _READ_HIGH_WATER and not self._paused:

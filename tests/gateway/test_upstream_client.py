@@ -287,6 +287,19 @@ async def test_head_and_interim_answers_have_no_body() -> None:
         assert [len(requests) for requests in server.connections] == [2]
 
 
+async def test_a_body_sent_after_a_head_answer_is_dropped_with_its_connection() -> None:
+    async def wrong(server: Server, index: int, request: Request,
+                    writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        return True
+
+    async with serve(wrong) as server, pool_for(server) as pool:
+        for _ in range(2):
+            head = await pool.request("HEAD", b"/a", HOST)
+            assert (head.status, await read_all(head)) == (200, b"")
+        assert len(server.connections) == 2
+
+
 async def test_the_pool_bound_makes_requests_wait_then_fail() -> None:
     release = asyncio.Event()
 
