@@ -448,9 +448,13 @@ class UpstreamPool:
         except _Stale:
             if streamed:
                 raise
-        # RFC 9112 §9.3.1: "A user agent MAY automatically retry a request with an idempotent
-        # method"; a keep-alive connection the upstream closed before reading anything is
-        # retried for any method here, once, on a new connection, when the body is at hand.
+        # RFC 9112 §9.3.1: "A user agent MUST NOT automatically retry a request with a
+        # non-idempotent method unless it has some means to know that the request semantics
+        # are actually idempotent, regardless of the method, or some means to detect that the
+        # original request was never applied." A connection the upstream had kept alive and
+        # closed without a byte of answer is the idle-close race (or a graceful restart):
+        # uvicorn closes only connections with no request in progress, so the request was never
+        # read. Sent once more, on a new connection, and only when its body is in memory.
         connection = await self._acquire(fresh=True)
         return await connection.exchange(head, payload, content_length=content_length,
                                          head_only=head_only)
