@@ -42,9 +42,20 @@ class Client:
         return self.ip.encode()
 
 
-# Every request parses its peer (and any forwarded chain): the same few addresses, over and over.
-@functools.lru_cache(maxsize=4096)
+# The longest address form read here, "[" IPv6 with a zone "]:port", fits in this.
+_MAX_ADDRESS = 96
+
+
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if len(text) > _MAX_ADDRESS:
+        return None
+    return _parsed_address(text)
+
+
+# Every request parses its peer (and any forwarded chain): the same few addresses, over and
+# over. Only short strings are remembered, so a client cannot fill the cache with large ones.
+@functools.lru_cache(maxsize=4096)
+def _parsed_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     text = text.strip()
     if text.startswith("[") and "]" in text:  # "[2001:db8::1]:443"
         text = text[1:text.index("]")]
