@@ -21,7 +21,9 @@ _SECRET_SHAPES = re.compile(
     r"|(?i:bearer)\s+[A-Za-z0-9_\-\.~+/]+=*"  # any bearer credential
 )
 # Attributes every LogRecord has; anything else passed in ``extra=`` becomes a JSON field.
-_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+# uvicorn's "color_message" repeats "msg" with terminal colour codes.
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {
+    "message", "asctime", "color_message"}
 
 
 def scrub(text: str) -> str:

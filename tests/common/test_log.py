@@ -33,6 +33,12 @@ def test_one_json_object_per_line_with_request_id() -> None:
     assert "\n" not in line
 
 
+def test_uvicorn_colour_duplicates_are_dropped() -> None:
+    entry = json.loads(JsonFormatter("gateway").format(
+        record("Finished server process [1]", color_message="Finished \x1b[36m1\x1b[0m")))
+    assert "color_message" not in entry
+
+
 @pytest.mark.parametrize("secret", [
     credentials.new_credential("otesse_rt_"),
     credentials.new_credential("otesse_cs_"),
