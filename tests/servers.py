@@ -6,17 +6,19 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Literal
+from typing import Any, Literal
 
 import uvicorn
 from starlette.types import ASGIApp
 
 
 @asynccontextmanager
-async def serve_app(app: ASGIApp, *, lifespan: Literal["on", "off"] = "on") -> AsyncIterator[str]:
-    """Runs ``app`` under uvicorn on 127.0.0.1 and a free port; yields its base URL."""
+async def serve_app(app: ASGIApp, *, lifespan: Literal["on", "off"] = "on",
+                    **options: Any) -> AsyncIterator[str]:
+    """Runs ``app`` under uvicorn on 127.0.0.1 and a free port; yields its base URL.
+    ``options`` are more ``uvicorn.Config`` arguments."""
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False,
-                            lifespan=lifespan, loop="none")
+                            lifespan=lifespan, loop="none", **options)
     server = uvicorn.Server(config)
     # The test runner owns the process's signals.
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]

@@ -10,7 +10,6 @@ request header ``x-test-action`` asks for something else: ``slow`` (answer after
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import secrets
@@ -21,7 +20,6 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.common.http import Readiness
@@ -103,23 +101,9 @@ class FakeUpstream:
 async def serve_gateway(app: ASGIApp) -> AsyncIterator[str]:
     """Like ``serve_app``, with the server options production uses (``serve_http``): above
     all no ``proxy_headers``, which would rewrite the peer before the gateway judges it."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False,
-                            lifespan="on", loop="none", http="httptools", proxy_headers=False,
-                            server_header=False)
-    server = uvicorn.Server(config)
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("gateway stopped before it started")
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+    async with serve_app(app, http="httptools", proxy_headers=False,
+                         server_header=False) as url:
+        yield url
 
 
 @dataclass
