@@ -31,6 +31,7 @@ class PurgeReport:
     grants: int
     revoked_access_tokens: int
     signing_keys: int
+    authorization_revocations: int
 
 
 def _count(status: str) -> int:
@@ -82,6 +83,13 @@ class Purger:
             "DELETE FROM token.signing_keys WHERE kid IN ("
             " SELECT kid FROM token.signing_keys WHERE state = 'previous' AND expires_at < now()"
             " LIMIT $1 FOR UPDATE SKIP LOCKED)")
+        # A revocation bars codes issued before it; codes live 60 s, so a day is ample.
+        authorization_revocations = await self._batches(
+            "DELETE FROM token.authorization_revocations WHERE (user_id, client_id) IN ("
+            " SELECT user_id, client_id FROM token.authorization_revocations"
+            " WHERE revoked_at < now() - interval '1 day'"
+            " LIMIT $1 FOR UPDATE SKIP LOCKED)")
         return PurgeReport(sealed_copies=sealed, refresh_tokens=refresh_tokens, grants=grants,
                            revoked_access_tokens=revoked_access_tokens,
-                           signing_keys=signing_keys)
+                           signing_keys=signing_keys,
+                           authorization_revocations=authorization_revocations)

@@ -25,6 +25,10 @@ from services.token.denylist import GrantRevocation, Revocations, TokenRevocatio
 from services.token.settings import CLOCK_SKEW_SECONDS
 
 
+class AuthorizationRevoked(Exception):
+    """The user revoked this client after the code was issued: the code is void."""
+
+
 class CodeAlreadyExchanged(Exception):
     """A grant already exists for this authorization code."""
 
@@ -85,7 +89,7 @@ class GrantStore(Protocol):
 
     async def create_grant(self, *, grant_id: str, user_id: str, client_id: str,
                            scopes: Sequence[str], code_hash: bytes, refresh_hash: bytes,
-                           refresh_ttl: int) -> None: ...
+                           refresh_ttl: int, code_issued_at: float) -> None: ...
 
     async def revoke_by_code(self, *, code_hash: bytes) -> RevokeResult: ...
 
@@ -122,20 +126,27 @@ class PgGrantStore:
 
     async def create_grant(self, *, grant_id: str, user_id: str, client_id: str,
                            scopes: Sequence[str], code_hash: bytes, refresh_hash: bytes,
-                           refresh_ttl: int) -> None:
+                           refresh_ttl: int, code_issued_at: float) -> None:
+        # One statement: the grant is written only if the user has not revoked this client
+        # since the code was issued, and its first refresh token with it.
         try:
-            await self._pool.execute(
+            status = await self._pool.execute(
                 "WITH g AS ("
                 " INSERT INTO token.grants (grant_id, user_id, client_id, scopes, code_hash,"
                 "  expires_at)"
-                " VALUES ($1, $2, $3, $4, $5, now() + $7::int * interval '1 second')"
+                " SELECT $1, $2, $3, $4, $5, now() + $7::int * interval '1 second'"
+                " WHERE NOT EXISTS (SELECT 1 FROM token.authorization_revocations a"
+                "  WHERE a.user_id = $2 AND a.client_id = $3"
+                "  AND a.revoked_at > to_timestamp($8))"
                 " RETURNING grant_id, expires_at)"
                 " INSERT INTO token.refresh_tokens (token_hash, grant_id, expires_at)"
                 " SELECT $6, grant_id, expires_at FROM g",
                 uuid.UUID(grant_id), user_id, client_id, list(scopes), code_hash, refresh_hash,
-                refresh_ttl)
+                refresh_ttl, code_issued_at)
         except asyncpg.UniqueViolationError:
             raise CodeAlreadyExchanged() from None
+        if status.endswith(" 0"):
+            raise AuthorizationRevoked()
 
     async def revoke_by_code(self, *, code_hash: bytes) -> RevokeResult:
         rows = await self._pool.fetch(
@@ -207,7 +218,14 @@ class PgGrantStore:
         # The CTE's UPDATE and the second SELECT see the same snapshot, so "already revoked"
         # rows are only those revoked before this call.
         rows = await self._pool.fetch(
-            "WITH matched AS ("
+            # A user revoking one client also bars the codes already issued to it (see
+            # create_grant); the data-modifying CTE runs even though nothing reads it.
+            "WITH barred AS ("
+            " INSERT INTO token.authorization_revocations (user_id, client_id, revoked_at)"
+            " SELECT $2, $3, now() WHERE $1::uuid IS NULL AND $2::text IS NOT NULL"
+            "  AND $3::text IS NOT NULL"
+            " ON CONFLICT (user_id, client_id) DO UPDATE SET revoked_at = excluded.revoked_at),"
+            " matched AS ("
             " SELECT grant_id FROM token.grants"
             " WHERE ($1::uuid IS NULL OR grant_id = $1)"
             "  AND ($2::text IS NULL OR user_id = $2) AND ($3::text IS NULL OR client_id = $3)),"

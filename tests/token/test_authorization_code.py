@@ -8,7 +8,7 @@ import asyncio
 import asyncpg
 import redis.asyncio as aioredis
 
-from otesse.auth.v1 import token_pb2
+from otesse.auth.v1 import registry_pb2_grpc, token_pb2
 from services.common import credentials
 from tests.token.conftest import (
     SCOPES,
@@ -17,6 +17,7 @@ from tests.token.conftest import (
     exchange,
     issue_code,
     refresh,
+    register_client,
 )
 
 
@@ -101,3 +102,22 @@ async def test_expired_code_is_invalid_grant(
     await redis.delete(credentials.authorization_code_key(redis_prefix, code))  # TTL ran out
     response = await exchange(token.http, client, code)
     assert (response.status_code, response.json()["error"]) == (400, "invalid_grant")
+
+
+async def test_a_code_issued_before_the_user_revoked_the_app_is_void(
+        token: TokenService, redis: aioredis.Redis, redis_prefix: str,
+        registry: registry_pb2_grpc.ClientRegistryAsyncStub) -> None:
+    app = await register_client(registry)
+    user_id = f"user-{credentials.random_urlsafe(6)}"
+    before = await issue_code(redis, redis_prefix, app, user_id=user_id)
+    other_user = await issue_code(redis, redis_prefix, app)
+    await token.grpc.RevokeGrant(token_pb2.RevokeGrantRequest(user_id=user_id,
+                                                              client_id=app.client_id))
+    # Issued before the revocation: refused, so revoking leaves the app no way back in.
+    refused = await exchange(token.http, app, before)
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+    # Another user's code and a code issued after the revocation still work.
+    assert (await exchange(token.http, app, other_user)).status_code == 200
+    await asyncio.sleep(1.01)  # the test's code records carry whole seconds
+    after = await issue_code(redis, redis_prefix, app, user_id=user_id)
+    assert (await exchange(token.http, app, after)).status_code == 200

@@ -65,6 +65,11 @@ async def test_purge_removes_the_dead_and_keeps_the_living(
             "INSERT INTO token.revoked_access_tokens (jti, grant_id, client_id, expires_at)"
             f" VALUES ($1, $2::uuid, 'c', now() {when})", jti, ids["live"])
 
+    for user_id, when in (("purge-old-user", "2 days"), ("purge-new-user", "1 hour")):
+        await pool.execute(
+            "INSERT INTO token.authorization_revocations (user_id, client_id, revoked_at)"
+            f" VALUES ($1, 'purge-client', now() - interval '{when}')", user_id)
+
     report = await Purger(pool, access_token_ttl=3600, retry_window=10, batch_size=2).run()
 
     assert report.grants >= 2 and report.refresh_tokens >= 1
@@ -82,6 +87,10 @@ async def test_purge_removes_the_dead_and_keeps_the_living(
                                " WHERE token_hash = $1", sealed_hash) is None
     assert not await exists(pool, "revoked_access_tokens", "jti", "purge-old-jti")
     assert await exists(pool, "revoked_access_tokens", "jti", "purge-live-jti")
+    # A revocation bars older codes for a day, then goes.
+    assert report.authorization_revocations >= 1
+    assert not await exists(pool, "authorization_revocations", "user_id", "purge-old-user")
+    assert await exists(pool, "authorization_revocations", "user_id", "purge-new-user")
     # The living still work.
     assert (await refresh(token.http, client, successor["refresh_token"])).status_code == 200
     # Purging again finds nothing more of what it just removed.
@@ -135,4 +144,5 @@ async def test_cli_keys_rotate_list_and_purge(
     purged = await asyncio.to_thread(cli, test_env, "purge", "--json")
     assert purged.returncode == 0, purged.stderr
     assert set(json.loads(purged.stdout)) == {"sealed_copies", "refresh_tokens", "grants",
-                                              "revoked_access_tokens", "signing_keys"}
+                                              "revoked_access_tokens", "signing_keys",
+                                              "authorization_revocations"}

@@ -25,7 +25,7 @@ from services.token.client_auth import AuthenticatedClient
 from services.token.denylist import DenyList
 from services.token.grants import Grant, mint_pair
 from services.token.metrics import GRANTS_REVOKED
-from services.token.store import CodeAlreadyExchanged, GrantStore
+from services.token.store import AuthorizationRevoked, CodeAlreadyExchanged, GrantStore
 
 log = logging.getLogger("otesse.token.grants")
 _MAX_CODE_LENGTH = 256
@@ -101,8 +101,9 @@ class AuthorizationCodeGrant(Grant[CodeRequest]):
                 grant_id=grant_id, user_id=record.user_id, client_id=client.client_id,
                 scopes=scopes, code_hash=code_hash,
                 refresh_hash=credentials.sha256(response.refresh_token),
-                refresh_ttl=self._refresh_ttl)
-        except CodeAlreadyExchanged:
+                refresh_ttl=self._refresh_ttl,
+                code_issued_at=record.issued_at.ToMicroseconds() / 1e6)
+        except (CodeAlreadyExchanged, AuthorizationRevoked):
             raise InvalidGrant(_INVALID_CODE) from None
         return response.to_json()
 
