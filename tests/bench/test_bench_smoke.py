@@ -56,15 +56,23 @@ async def test_every_step_of_the_flow_is_measured_without_errors(
 async def test_redis_commands_are_counted_per_request(stack: Stack, pool: asyncpg.Pool,
                                                       redis_prefix: str) -> None:
     target = await bench_target(stack, pool)
-
-    touches = await store_touches(target, redis_url=REDIS_URL, prefix=redis_prefix, sample=3)
-
     # DESIGN §8: "a token exchange is one Redis GETDEL"; "a validation is … one Redis round
     # trip". The test stack keeps the gateway's per-client limit on /oauth/token: one EVALSHA
     # (the token bucket, its commands run by Lua) per exchange, absent from `make bench`.
-    round_trips = {k: v for k, v in touches["exchange"].items() if not k.startswith("lua:")}
-    assert round_trips == {"GETDEL": 1.0, "EVALSHA": 1.0}
-    assert sum(touches["validate (gRPC)"].values()) == 1
+    expected = {"GETDEL": 1.0, "EVALSHA": 1.0}
+    # The whole test session shares this key prefix, and its token services re-assert recent
+    # revocations in the background every few seconds: a sample that catches one of those
+    # writes is taken again. A command the hot path really sends shows up in every sample.
+    seen = []
+    for _ in range(3):
+        touches = await store_touches(target, redis_url=REDIS_URL, prefix=redis_prefix,
+                                      sample=3)
+        round_trips = {k: v for k, v in touches["exchange"].items() if not k.startswith("lua:")}
+        validation = sum(touches["validate (gRPC)"].values())
+        seen.append((round_trips, validation))
+        if round_trips == expected and validation == 1:
+            break
+    assert seen[-1] == (expected, 1), seen
     assert touches["authorize"]
 
 
