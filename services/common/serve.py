@@ -16,8 +16,59 @@ from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from services.common.http import Readiness
+
+
+class _HeaderCap(Exception):
+    """The request line and headers passed the cap while still arriving."""
+
+
+def header_capped_protocol(limit: int) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with a cap on the request line plus headers.
+
+    httptools sets no limit of its own, so without this a client can make the server hold
+    megabytes of headers before the application sees any. Past ``limit`` bytes the parser stops,
+    the client gets ``431`` and the connection closes.
+    """
+
+    class HeaderCappedProtocol(HttpToolsProtocol):
+        _header_bytes = 0
+        _over_cap = False
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._header_bytes = 0
+
+        def _count(self, size: int) -> None:
+            self._header_bytes += size
+            if self._header_bytes > limit:
+                self._over_cap = True
+                raise _HeaderCap()
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4)  # ": " and CRLF, as on the wire
+            super().on_header(name, value)
+
+        def send_400_response(self, msg: str) -> None:
+            if not self._over_cap:
+                super().send_400_response(msg)
+                return
+            body = (b'{"error":"invalid_request",'
+                    b'"error_description":"The request headers are too large."}')
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                b"content-type: application/json\r\ncache-control: no-store\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\n"
+                b"connection: close\r\n\r\n" + body)
+            self.transport.close()
+
+    return HeaderCappedProtocol
 
 
 class _DrainingServer(uvicorn.Server):
@@ -52,7 +103,10 @@ async def serve_http(
     readiness: Readiness,
     drain_seconds: float = 0.0,
     graceful_seconds: float = 20.0,
+    max_header_bytes: int | None = None,
 ) -> None:
+    """Serves ``app`` until SIGTERM or SIGINT; ``max_header_bytes`` caps the request line and
+    headers while they arrive (see :func:`header_capped_protocol`)."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -60,7 +114,7 @@ async def serve_http(
         log_config=None,
         access_log=False,
         lifespan="on",
-        http="httptools",
+        http=header_capped_protocol(max_header_bytes) if max_header_bytes else "httptools",
         loop="none",
         server_header=False,
         proxy_headers=False,

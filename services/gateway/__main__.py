@@ -46,8 +46,11 @@ async def serve(settings: GatewaySettings) -> None:
             raise SystemExit(1)
         await asyncio.sleep(0.01)
     try:
+        # Headers up to a few times the cap reach the app, which answers 431 as a page or JSON
+        # by path; beyond that they are refused while still arriving, never held whole.
         await serve_http(create_app(settings, readiness), host=settings.host, port=settings.port,
-                         readiness=readiness, drain_seconds=settings.drain_seconds)
+                         readiness=readiness, drain_seconds=settings.drain_seconds,
+                         max_header_bytes=4 * settings.max_header_bytes)
     finally:
         admin.should_exit = True
         await admin_task

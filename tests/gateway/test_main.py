@@ -64,11 +64,18 @@ async def test_process_serves_public_and_admin_ports_and_stops_on_sigterm(
         proxied = await client.get(f"{public}/oauth/authorize?client_id=x",
                                    headers={"X-Request-ID": "proc-test-1"})
         hidden = await client.get(f"{public}/metrics")
+        # Headers far past the cap are refused by the server while they arrive (the process
+        # runs with the transport-level cap), never held whole.
+        flood = await client.get(f"{public}/oauth/authorize",
+                                 headers={"X-Flood": "a" * (1024 * 1024)})
         health = await client.get(f"{admin}/healthz")
         ready = await client.get(f"{admin}/readyz")
         metrics = await client.get(f"{admin}/metrics")
     assert proxied.status_code == 200 and proxied.json()["upstream"] == "authorize"
     assert hidden.status_code == 404
+    assert flood.status_code == 431
+    assert flood.json()["error"] == "invalid_request"
+    assert flood.headers["connection"] == "close"
     assert health.json() == {"status": "ok"}
     assert ready.status_code == 200 and ready.json()["checks"] == {"proxy": "ok", "listening": "ok"}
     assert "otesse_gateway_rate_limit_fail_open_total" in metrics.text
