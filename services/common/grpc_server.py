@@ -4,6 +4,17 @@
 service and one interceptor that carries the request id, records metrics, and maps errors to
 status codes: :mod:`services.common.rpc_errors` to their codes, a store or peer that is down
 to ``UNAVAILABLE``, anything else to ``INTERNAL`` with the story in the log only.
+
+Stopping is two steps, so that clients balancing per call (:mod:`services.common.grpc_client`)
+move away without a failed call: :meth:`GrpcServer.drain` turns the health service
+``NOT_SERVING`` (on SIGTERM, while the server keeps answering), and :meth:`GrpcServer.stop`
+later sends GOAWAY and finishes the calls in flight within a grace period. Calls that reach a
+server as it stops are cancelled by gRPC, not retried: only a drain long enough for every
+client to see ``NOT_SERVING`` avoids them.
+
+Every connection is closed after ``MAX_CONNECTION_AGE_SECONDS`` (with a grace for the calls on
+it): clients reconnect and resolve the service's name again, so replicas added by a scale-up
+get their share of calls from clients that were already connected.
 """
 
 from __future__ import annotations
@@ -30,6 +41,12 @@ log = logging.getLogger("otesse.grpc")
 
 # A logo is at most 1 MiB; leave room for the rest of a message.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# How long a stopping server lets calls in flight finish (unary calls have 2 s deadlines).
+STOP_GRACE_SECONDS = 10.0
+# Connections are closed (GOAWAY) after this long, ±10 % jitter, so clients re-resolve the
+# service's name; calls on a closing connection get the grace to finish.
+MAX_CONNECTION_AGE_SECONDS = 30.0
+MAX_CONNECTION_AGE_GRACE_SECONDS = 5.0
 
 
 class ServiceInterceptor(aio.ServerInterceptor):
@@ -98,7 +115,8 @@ def server_credentials(tls: GrpcTlsSettings) -> grpc.ServerCredentials:
 
 @dataclass
 class GrpcServer:
-    """A built server: start it, and stop it gracefully (health turns NOT_SERVING first)."""
+    """A built server: start it, drain it (health NOT_SERVING, calls still answered), and stop
+    it gracefully (GOAWAY, calls in flight finish within the grace)."""
 
     server: aio.Server
     port: int
@@ -109,8 +127,13 @@ class GrpcServer:
         await self.server.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
-    async def stop(self, grace: float) -> None:
+    async def drain(self) -> None:
+        """Reports ``NOT_SERVING``: clients watching health stop sending new calls here, and a
+        readiness probe fails, while calls that still arrive are answered."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        await self.drain()
         await self.server.stop(grace)
 
     async def _set_health(self, status: Any) -> None:
@@ -125,11 +148,14 @@ def create_server(
     host: str,
     port: int,
     tls: GrpcTlsSettings | None = None,
+    max_connection_age: float = MAX_CONNECTION_AGE_SECONDS,
+    max_connection_age_grace: float = MAX_CONNECTION_AGE_GRACE_SECONDS,
 ) -> GrpcServer:
     """Builds a server with the health service, bound to ``host:port`` (0 picks a free port).
 
     ``add_servicers`` registers the service's servicers and returns their full names, which the
-    health service reports as SERVING once the server starts.
+    health service reports as SERVING once the server starts. ``max_connection_age`` (seconds)
+    is shortened only by tests.
     """
     server = aio.server(
         interceptors=[ServiceInterceptor(service)],
@@ -137,6 +163,8 @@ def create_server(
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(max_connection_age_grace * 1000)),
         ],
     )
     names = tuple(add_servicers(server))
