@@ -142,10 +142,12 @@ def json_error_handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[
 
 @dataclass
 class Readiness:
-    """What ``/readyz`` checks. ``draining`` turns true on SIGTERM, before the server stops."""
+    """What ``/readyz`` checks. ``draining`` turns true on SIGTERM, before the server stops;
+    ``on_drain`` runs then too (a gRPC server turns its health ``NOT_SERVING``)."""
 
     checks: dict[str, Callable[[], Awaitable[object]]] = field(default_factory=dict)
     draining: bool = False
+    on_drain: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
 
     async def probe(self) -> dict[str, str]:
         results: dict[str, str] = {}

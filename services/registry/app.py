@@ -1,8 +1,8 @@
 """Wiring of the registry: the gRPC server, plus a small HTTP app for health and metrics.
 
 The gRPC server starts and stops inside the HTTP app's lifespan, so one process has one graceful
-stop: on SIGTERM readiness turns false, the gRPC server stops with a grace period, then the pool
-closes.
+stop: on SIGTERM readiness turns false and the gRPC health ``NOT_SERVING`` (clients move to the
+other replicas), after the drain the gRPC server stops with a grace period, then the pool closes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 
 from otesse.auth.v1 import registry_pb2, registry_pb2_grpc
 from services.common import db
-from services.common.grpc_server import GrpcServer
+from services.common.grpc_server import STOP_GRACE_SECONDS, GrpcServer
 from services.common.grpc_server import create_server as create_grpc_server
 from services.common.http import Readiness, RequestContextMiddleware, health_routes
 from services.registry.servicer import ClientRegistryServicer
@@ -52,12 +52,13 @@ def create_app(settings: RegistrySettings, readiness: Readiness | None = None) -
         readiness.checks["postgres"] = lambda: db.ping(pool)
         server = create_server(settings, pool)
         await server.start()
+        readiness.on_drain.append(server.drain)
         log.info("registry serving", extra={"grpc_port": server.port})
         try:
             yield
         finally:
             readiness.draining = True
-            await server.stop(grace=10.0)
+            await server.stop(grace=STOP_GRACE_SECONDS)
             await pool.close()
 
     app = Starlette(routes=health_routes(readiness), lifespan=lifespan)

@@ -2,8 +2,9 @@
 health) and the gRPC ``TokenService`` server.
 
 The lifespan opens the Postgres pool, Redis and the registry channel, loads the signing keys
-(and keeps refreshing them), and starts the gRPC server; on shutdown readiness turns false, the
-gRPC server stops with a grace period, then everything closes.
+(and keeps refreshing them), and starts the gRPC server. On SIGTERM readiness turns false and the
+gRPC health ``NOT_SERVING`` (clients move to the other replicas); after the drain the gRPC server
+stops with a grace period, then everything closes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from starlette.routing import Route
 from otesse.auth.v1 import registry_pb2, registry_pb2_grpc, token_pb2, token_pb2_grpc
 from services.common import db, redis_client
 from services.common.grpc_client import create_channel
-from services.common.grpc_server import GrpcServer
+from services.common.grpc_server import STOP_GRACE_SECONDS, GrpcServer
 from services.common.grpc_server import create_server as create_grpc_server
 from services.common.http import (
     Readiness,
@@ -159,6 +160,7 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
             components.denylist.run(interval=settings.denylist_sync_seconds))
         server = create_server(settings, components)
         await server.start()
+        readiness.on_drain.append(server.drain)
         app.state.runtime = TokenRuntime(components=components, grpc_port=server.port)
         health = health_pb2_grpc.HealthStub(channel)
 
@@ -177,7 +179,7 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
             yield
         finally:
             readiness.draining = True
-            await server.stop(grace=10.0)
+            await server.stop(grace=STOP_GRACE_SECONDS)
             for task in (refresher, syncer):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
