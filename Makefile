@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: run test lint proto lock venv stores browser bench clean
+.PHONY: run test lint proto lock venv stores browser haproxy bench clean
 
 run: venv stores ## start every service locally and print how to try the flow
 	@scripts/run-local
 
-test: venv stores browser ## ruff, mypy, import contracts and the whole pytest suite
+test: venv stores browser haproxy ## ruff, mypy, import contracts and the whole pytest suite
 	@scripts/run-tests
 
 venv: $(STAMP)
@@ -26,6 +26,9 @@ stores: ## make sure PostgreSQL and Redis answer (start them if installed but st
 
 browser: ## make sure headless Chromium is installed (browser tests)
 	@scripts/ensure-chromium
+
+haproxy: ## make sure HAProxy is installed (the replica tests put it in front of the services)
+	@scripts/ensure-haproxy
 
 lint: venv
 	@$(BIN)/ruff check .

@@ -99,7 +99,7 @@ def stack_env(test_env: dict[str, str], logs: Path) -> dict[str, str]:
     return env
 
 
-def _command(service: str) -> list[str]:
+def service_command(service: str) -> list[str]:
     command = [str(OTESSE_AUTH), "serve", service]
     # A test run that is killed must not leave services behind: setpriv (util-linux) asks the
     # kernel to send SIGTERM when this process dies (a preexec_fn could deadlock in a process
@@ -108,7 +108,7 @@ def _command(service: str) -> list[str]:
     return [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else command
 
 
-def _wait_ready(name: str, url: str, process: subprocess.Popen[bytes], logs: Path) -> None:
+def wait_ready(name: str, url: str, process: subprocess.Popen[bytes], logs: Path) -> None:
     deadline = time.monotonic() + READY_SECONDS
     with httpx.Client(timeout=2.0) as client:
         while time.monotonic() < deadline:
@@ -151,10 +151,10 @@ def running_stack(test_env: dict[str, str], logs: Path) -> Iterator[Stack]:
         for service in services:
             with (logs / f"{service.name}.log").open("wb") as log:
                 processes[service.name] = subprocess.Popen(
-                    _command(service.name), env=env, cwd=ROOT, stdout=log,
+                    service_command(service.name), env=env, cwd=ROOT, stdout=log,
                     stderr=subprocess.STDOUT)
         for service in services:
-            _wait_ready(service.name, service.ready_url, processes[service.name], logs)
+            wait_ready(service.name, service.ready_url, processes[service.name], logs)
         yield Stack(gateway=env["OTESSE_ISSUER"],
                     bookings=f"http://127.0.0.1:{env['OTESSE_BOOKINGS_PORT']}",
                     token_grpc=env["OTESSE_TOKEN_GRPC_ADDR"],
