@@ -1,6 +1,10 @@
 """The Kubernetes manifests: valid for a fixed Kubernetes version (offline, strict), and what an
-operator relies on — probes, resources, non-root read-only pods, one image, real settings,
-network policies that let exactly the documented callers in."""
+operator relies on — probes, resources, non-root read-only pods, one pinned image, real settings,
+drain timings that fit the grace period, gRPC through headless Services, and network policies
+that let exactly the documented callers in.
+
+Most checks read the manifests as ``kubectl apply -k`` renders them (:func:`rendered`: the
+kustomization's resources, its namespace and its image override applied)."""
 
 from __future__ import annotations
 
@@ -12,11 +16,23 @@ import kubernetes_validate  # type: ignore[import-untyped]  # ships no type info
 import pytest
 import yaml
 
+from services.common.grpc_server import (
+    MAX_CONNECTION_AGE_GRACE_SECONDS,
+    MAX_CONNECTION_AGE_SECONDS,
+    STOP_GRACE_SECONDS,
+)
+from services.common.serve import GRACEFUL_SECONDS
+from services.gateway.upstream_client import KEEPALIVE_EXPIRY
+
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.33.0"
 IMAGE = re.compile(r"^ghcr\.io/otesse/otesse-auth:[0-9][\w.-]*$")
 SERVICES = ("gateway", "authorize", "token", "registry")
+NAMESPACE = "otesse-auth"
+# gRPC is reached through headless Services only (per-call balancing over every pod).
+GRPC_SERVICES = {"token-grpc": ("token", 50052, "OTESSE_TOKEN_GRPC_ADDR"),
+                 "registry-grpc": ("registry", 50051, "OTESSE_REGISTRY_ADDR")}
 
 
 def _documents() -> list[tuple[str, dict[str, Any]]]:
@@ -72,8 +88,10 @@ def test_kustomization_lists_every_manifest() -> None:
 
 
 def test_each_service_has_its_deployment_service_hpa_and_pdb() -> None:
-    for kind in ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"):
+    for kind in ("Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"):
         assert set(_of_kind(kind)) == set(SERVICES), kind
+    # HTTP through plain Services (the gateway's one the Ingress uses), gRPC through headless.
+    assert set(_of_kind("Service")) == {"gateway", "authorize", "token", *GRPC_SERVICES}
     for name, hpa in _of_kind("HorizontalPodAutoscaler").items():
         assert hpa["spec"]["scaleTargetRef"]["name"] == name
         assert hpa["spec"]["minReplicas"] >= 2
@@ -172,37 +190,6 @@ def test_ingress_sends_auth_otesse_com_over_tls_to_the_gateway_only() -> None:
     assert config["OTESSE_ISSUER"] == "https://auth.otesse.com"
 
 
-def _allowed(policy: dict[str, Any], port: int) -> list[dict[str, Any]]:
-    return [peer for rule in policy["spec"].get("ingress", [])
-            if any(p["port"] == port for p in rule["ports"]) for peer in rule["from"]]
-
-
-def _pods(peers: list[dict[str, Any]]) -> set[str]:
-    return {peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for peer in peers
-            if "podSelector" in peer and "namespaceSelector" not in peer}
-
-
-def test_network_policies_let_in_only_the_documented_callers() -> None:
-    policies = _of_kind("NetworkPolicy")
-    deny = policies["default-deny-ingress"]["spec"]
-    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"]
-    assert "ingress" not in deny
-    gateway_public = _allowed(policies["gateway"], 8000)
-    assert gateway_public == [{"namespaceSelector": {"matchLabels": {
-        "kubernetes.io/metadata.name": "ingress-nginx"}}}]
-    assert _pods(_allowed(policies["authorize"], 8001)) == {"gateway"}
-    assert _pods(_allowed(policies["token"], 8002)) == {"gateway"}
-    assert _pods(_allowed(policies["token"], 50052)) == {"authorize"}
-    assert _pods(_allowed(policies["registry"], 50051)) == {"token", "authorize"}
-    assert all("namespaceSelector" not in peer for peer in _allowed(policies["registry"], 50051))
-    # The internal services are never reachable from the ingress controller's namespace.
-    for name in ("authorize", "token", "registry"):
-        for rule in policies[name]["spec"]["ingress"]:
-            for peer in rule["from"]:
-                labels = peer.get("namespaceSelector", {}).get("matchLabels", {})
-                assert labels.get("kubernetes.io/metadata.name") != "ingress-nginx"
-
-
 def test_migration_job_and_purge_cronjob_run_the_cli() -> None:
     (job,) = _of_kind("Job").values()
     (cronjob,) = _of_kind("CronJob").values()
@@ -210,3 +197,257 @@ def test_migration_job_and_purge_cronjob_run_the_cli() -> None:
     purge = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert purge["args"] == ["purge"]
     assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+
+
+# -- the manifests as ``kubectl apply -k deploy/kubernetes`` renders them -------------------------
+
+_CLUSTER_SCOPED = {"Namespace"}
+
+
+def _split_image(image: str) -> tuple[str, str | None, str | None]:
+    """``name[:tag][@digest]`` → (name, tag, digest); a port in the registry host is no tag."""
+    name, _, digest = image.partition("@")
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    tag = None
+    if colon > slash:
+        name, tag = name[:colon], name[colon + 1:]
+    return name, tag, digest or None
+
+
+def _containers(document: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = document.get("spec", {})
+    template = (spec.get("jobTemplate", {}).get("spec", {}).get("template")
+                or spec.get("template"))
+    if template is None:
+        return []
+    pod = template["spec"]
+    containers: list[dict[str, Any]] = [*pod.get("initContainers", []), *pod["containers"]]
+    return containers
+
+
+def rendered() -> list[dict[str, Any]]:
+    """The kustomization's resources with its namespace and ``images`` override applied (what
+    kustomize does for the fields this kustomization uses; anything else fails here)."""
+    kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
+    assert set(kustomization) <= {"apiVersion", "kind", "namespace", "resources", "images"}
+    documents = []
+    for resource in kustomization["resources"]:
+        for document in yaml.safe_load_all((MANIFESTS / resource).read_text()):
+            if document:
+                documents.append(document)
+    for document in documents:
+        if document["kind"] not in _CLUSTER_SCOPED:
+            document["metadata"]["namespace"] = kustomization["namespace"]
+        for container in _containers(document):
+            name, tag, digest = _split_image(container["image"])
+            for override in kustomization.get("images", []):
+                if override["name"] != name:
+                    continue
+                name = override.get("newName", name)
+                tag = override.get("newTag", tag)
+                digest = override.get("digest", digest)
+                container["image"] = name + (f":{tag}" if tag else "") + (
+                    f"@{digest}" if digest else "")
+    return documents
+
+
+RENDERED = rendered()
+
+
+def _rendered(kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for doc in RENDERED if doc["kind"] == kind}
+
+
+def _all_containers() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(``kind/name/container``, the container, its pod spec) for every workload."""
+    found = []
+    for document in RENDERED:
+        for container in _containers(document):
+            spec = document["spec"]
+            pod = (spec["jobTemplate"]["spec"]["template"]["spec"] if "jobTemplate" in spec
+                   else spec["template"]["spec"])
+            found.append((f"{document['kind']}/{document['metadata']['name']}/"
+                          f"{container['name']}", container, pod))
+    return found
+
+
+CONTAINERS = _all_containers()
+
+
+@pytest.mark.parametrize(("where", "container", "pod"), CONTAINERS,
+                         ids=[where for where, _, _ in CONTAINERS])
+def test_every_rendered_container_is_bounded_hardened_and_pinned(
+        where: str, container: dict[str, Any], pod: dict[str, Any]) -> None:
+    resources = container["resources"]
+    assert {"cpu", "memory"} <= resources["requests"].keys()
+    assert {"cpu", "memory"} <= resources["limits"].keys()
+    context = container["securityContext"]
+    assert context.get("runAsNonRoot", pod["securityContext"].get("runAsNonRoot")) is True
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    name, tag, digest = _split_image(container["image"])
+    assert digest or (tag and tag != "latest"), f"{where}: {container['image']} is not pinned"
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_every_rendered_deployment_has_probes_a_pdb_and_an_hpa(name: str) -> None:
+    deployment = _rendered("Deployment")[name]
+    for container in deployment["spec"]["template"]["spec"]["containers"]:
+        assert {"readinessProbe", "livenessProbe"} <= container.keys()
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    budgets = [pdb for pdb in _rendered("PodDisruptionBudget").values()
+               if pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+    assert len(budgets) == 1
+    # One pod at a time, whatever the HPA has scaled to.
+    assert budgets[0]["spec"] == {**budgets[0]["spec"], "maxUnavailable": 1}
+    scalers = [hpa for hpa in _rendered("HorizontalPodAutoscaler").values()
+               if hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1",
+                                                   "kind": "Deployment", "name": name}]
+    assert len(scalers) == 1 and scalers[0]["spec"]["minReplicas"] >= 2
+
+
+def _setting(container: dict[str, Any], variable: str) -> str:
+    """A container's environment variable, from its ``env`` or the ConfigMaps it loads."""
+    for entry in container.get("env", []):
+        if entry["name"] == variable:
+            value: str = entry["value"]
+            return value
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            data = _rendered("ConfigMap")[source["configMapRef"]["name"]]["data"]
+            if variable in data:
+                found: str = data[variable]
+                return found
+    raise AssertionError(f"{container['name']} does not set {variable}")
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_drain_timings_fit_in_the_grace_period(name: str) -> None:
+    """SIGKILL comes ``terminationGracePeriodSeconds`` after the pod starts terminating; before
+    it, the preStop pause, then the drain, the HTTP graceful stop and the gRPC grace must fit."""
+    spec = _rendered("Deployment")[name]["spec"]
+    assert spec["strategy"] == {"type": "RollingUpdate",
+                                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    drain = float(_setting(container, "OTESSE_SHUTDOWN_DRAIN_SECONDS"))
+    serves_grpc = any(port["name"] == "grpc" for port in container["ports"])
+    grpc_grace = STOP_GRACE_SECONDS if serves_grpc else 0.0
+    assert pod["terminationGracePeriodSeconds"] > pause + drain + GRACEFUL_SECONDS + grpc_grace
+    # The gateway's keep-alive connections to a pod (a Service pins them) expire during the
+    # drain, which closes each one after an answer: none is left for the stop to close.
+    assert drain > KEEPALIVE_EXPIRY
+    if serves_grpc:
+        # Callers learn a new pod when they resolve the headless Service again, which every
+        # closed connection makes them do: before the next old pod goes, all have.
+        age = MAX_CONNECTION_AGE_SECONDS * 1.1 + MAX_CONNECTION_AGE_GRACE_SECONDS
+        assert spec["minReadySeconds"] >= age
+
+
+@pytest.mark.parametrize("service", list(GRPC_SERVICES))
+def test_grpc_addresses_name_headless_services_of_the_serving_pods(service: str) -> None:
+    deployment_name, port, variable = GRPC_SERVICES[service]
+    headless = _rendered("Service")[service]["spec"]
+    assert headless["clusterIP"] == "None"
+    assert [(p["port"], p["targetPort"]) for p in headless["ports"]] == [(port, "grpc")]
+    deployment = _rendered("Deployment")[deployment_name]
+    assert headless["selector"].items() <= deployment["spec"]["template"]["metadata"][
+        "labels"].items()
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert {"name": "grpc", "containerPort": port} in container["ports"]
+    config = _rendered("ConfigMap")["otesse-auth-config"]["data"]
+    assert config[variable] == f"dns:///{service}.{NAMESPACE}.svc.cluster.local:{port}"
+    # No plain Service offers the gRPC port: its one virtual IP would pin callers to a pod.
+    for other in _rendered("Service").values():
+        if other["spec"].get("clusterIP") != "None":
+            assert port not in [p["port"] for p in other["spec"]["ports"]]
+
+
+# Every connection the network policies allow into the namespace: (from, to, port). "pods X"
+# are pods of this namespace named X; "namespace N" any pod of namespace N; "labelled" a pod
+# labelled otesse.com/validates-tokens=true in a namespace labelled the same.
+INGRESS = "namespace ingress-nginx"
+MONITORING = "namespace monitoring"
+LABELLED = "labelled resource servers"
+ALLOWED = {
+    (INGRESS, "gateway", 8000),
+    (MONITORING, "gateway", 8010),
+    ("pods gateway", "authorize", 8001),
+    (MONITORING, "authorize", 8001),
+    ("pods gateway", "token", 8002),
+    (MONITORING, "token", 8002),
+    ("pods authorize", "token", 50052),
+    (LABELLED, "token", 50052),
+    ("pods token", "registry", 50051),
+    ("pods authorize", "registry", 50051),
+    (MONITORING, "registry", 8003),
+}
+VALIDATES = {"otesse.com/validates-tokens": "true"}
+
+
+def _peer(peer: dict[str, Any]) -> str:
+    """One ``from`` entry as a row of the table; anything broader fails the test."""
+    assert set(peer) <= {"podSelector", "namespaceSelector"}, peer
+    pods = peer.get("podSelector")
+    namespaces = peer.get("namespaceSelector")
+    if namespaces is None:
+        assert pods is not None and set(pods) == {"matchLabels"}, peer
+        (label, value), = pods["matchLabels"].items()
+        assert label == "app.kubernetes.io/name", peer
+        return f"pods {value}"
+    assert set(namespaces) == {"matchLabels"} and namespaces["matchLabels"], peer
+    if pods is None:
+        (label, value), = namespaces["matchLabels"].items()
+        assert label == "kubernetes.io/metadata.name", peer
+        return f"namespace {value}"
+    assert namespaces["matchLabels"] == VALIDATES and pods == {"matchLabels": VALIDATES}, peer
+    return LABELLED
+
+
+def test_network_policies_allow_exactly_the_table() -> None:
+    policies = _rendered("NetworkPolicy")
+    deny = policies.pop("default-deny-ingress")["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    allowed: set[tuple[str, str, int]] = set()
+    for policy in policies.values():
+        spec = policy["spec"]
+        assert spec["policyTypes"] == ["Ingress"]
+        (target,) = spec["podSelector"]["matchLabels"].values()
+        for rule in spec["ingress"]:
+            ports = [port["port"] for port in rule["ports"]]
+            assert all(port["protocol"] == "TCP" for port in rule["ports"]) and ports
+            for peer in rule["from"]:
+                allowed.update((_peer(peer), target, port) for port in ports)
+    assert allowed == ALLOWED
+    # From outside the namespace: the gateway from the ingress controller, metrics from
+    # Prometheus, and the token service's gRPC from labelled resource servers — nothing else.
+    outside = {(source, target, port) for source, target, port in allowed
+               if not source.startswith("pods ")}
+    assert {(target, port) for source, target, port in outside if source != MONITORING} == {
+        ("gateway", 8000), ("token", 50052)}
+    metrics = {name: int(doc["spec"]["template"]["metadata"]["annotations"]
+                         ["prometheus.io/port"]) for name, doc in _rendered("Deployment").items()}
+    assert {(target, port) for source, target, port in outside if source == MONITORING} == set(
+        metrics.items())
+
+
+BROADER = {
+    "fails because any namespace's labelled pod would pass":
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": VALIDATES}},
+    "fails because a pod label alone is not a namespace":
+        {"podSelector": {"matchLabels": VALIDATES}},
+    "fails because every pod of a labelled namespace would pass":
+        {"namespaceSelector": {"matchLabels": VALIDATES}},
+    "fails because an address block is no caller": {"ipBlock": {"cidr": "0.0.0.0/0"}},
+    "fails because every pod of this namespace would pass": {"podSelector": {}},
+}
+
+
+@pytest.mark.parametrize("peer", BROADER.values(), ids=BROADER.keys())
+def test_a_broader_peer_is_not_in_the_table(peer: dict[str, Any]) -> None:
+    # The table check above fails on any of these rather than reading them as allowed callers.
+    with pytest.raises(AssertionError):
+        _peer(peer)
