@@ -1,8 +1,10 @@
 """Validation by asking the token service (``TokenService.ValidateToken`` over gRPC).
 
-One channel per process; every call has a deadline; ``UNAVAILABLE`` is retried by the channel's
-retry policy (a restarting token service is invisible to callers) and, when it persists, raised
-as :class:`TokenServiceUnavailable`. The request id of the current request travels along.
+One channel per process, balanced per call over every replica the target names (a headless
+Service's ``dns:///`` name; see :mod:`services.common.grpc_client`); every call has a deadline;
+``UNAVAILABLE`` is retried by the channel's retry policy (a restarting or draining token replica
+is invisible to callers) and, when it persists, raised as :class:`TokenServiceUnavailable`. The
+request id of the current request travels along.
 """
 
 from __future__ import annotations

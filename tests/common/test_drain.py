@@ -100,10 +100,12 @@ async def test_sigterm_turns_readiness_and_grpc_health_off_then_stops(
             assert b"connection: close" not in head and not closed
             process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
-            await asyncio.sleep(0.5)
-            ready = await http.get("/readyz")
+            # Both turn within a tick of the signal; a busy machine gets a generous margin.
+            while (ready := await http.get("/readyz")).status_code == 200 \
+                    or await statuses() != {NOT_SERVING}:
+                assert time.monotonic() - signalled < DRAIN_SECONDS - 1, "no drain seen"
+                await asyncio.sleep(0.05)
             assert ready.status_code == 503 and ready.json()["draining"] is True
-            assert await statuses() == {NOT_SERVING}
             # The keep-alive connection opened before SIGTERM is answered, then closed.
             head, closed = await _http_get(reader, writer)
             writer.close()

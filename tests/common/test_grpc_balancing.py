@@ -109,6 +109,18 @@ async def _until(condition: Any, seconds: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def _until_steady(count: Any, seconds: float = 10.0) -> None:
+    """Until ``count()`` has not changed for half a second."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    last, since = count(), loop.time()
+    while loop.time() - since < 0.5:
+        assert loop.time() < deadline, "never steady"
+        await asyncio.sleep(0.05)
+        if count() != last:
+            last, since = count(), loop.time()
+
+
 async def test_calls_spread_over_every_address_of_the_target() -> None:
     async with replicas(2) as servers:
         channel = create_channel(target(servers), services=(SERVICE,))
@@ -134,8 +146,9 @@ async def test_a_draining_server_gets_no_new_calls_and_stops_without_failing_one
                 await _until(lambda: min(load.served.get(f"replica-{i}", 0)
                                          for i in (0, 1)) >= 50)
                 await servers[0].drain()
-                # Clients learn NOT_SERVING from their health watch; give them a moment.
-                await asyncio.sleep(1.0)
+                # Clients learn NOT_SERVING from their health watch: calls already sent finish,
+                # then the count stops.
+                await _until_steady(lambda: load.served["replica-0"])
                 at_drain = load.served["replica-0"]
                 others = load.served["replica-1"]
                 await asyncio.sleep(1.0)

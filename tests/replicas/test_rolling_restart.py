@@ -130,7 +130,7 @@ async def test_a_killed_token_replica_loses_no_refresh_token(
     for failure in tally.failures:
         assert failure.step in ("exchange", "refresh"), failure
         assert failure.what.startswith(("502", "503")), failure
-        assert abs(failure.at - killed_at) < 2.0, failure
+        assert abs(failure.at - killed_at) < 5.0, failure
     # No refresh token answered with 200 was lost: each client's latest one still works (and
     # the grant was not taken for stolen by the retries), as does the access token it gets.
     check = load.phase()
