@@ -104,7 +104,8 @@ class _CloseWhileDraining:
 
         async def close_after(message: Message) -> None:
             # RFC 9112 §9.6: "A client that receives a "close" connection option MUST cease
-            # sending requests on that connection and close it after reading the response".
+            # sending requests on that connection and close it after reading the response
+            # message containing the "close" connection option".
             if message["type"] == "http.response.start" and self._readiness.draining:
                 message = {**message, "headers": [*message.get("headers", ()),
                                                   (b"connection", b"close")]}
