@@ -4,13 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: run test lint proto lock venv stores browser haproxy bench clean
+.PHONY: run test test-containers lint proto lock venv stores browser haproxy bench clean
 
 run: venv stores ## start every service locally and print how to try the flow
 	@scripts/run-local
 
 test: venv stores browser haproxy ## ruff, mypy, import contracts and the whole pytest suite
 	@scripts/run-tests
+
+test-containers: venv ## build the image, run docker-compose.yml and check it (scripts/test-containers)
+	@scripts/test-containers
 
 venv: $(STAMP)
 

@@ -12,6 +12,7 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -114,3 +115,17 @@ def artifacts_dir() -> Iterator[str]:
     path = os.path.join(os.path.dirname(__file__), "artifacts")
     os.makedirs(path, exist_ok=True)
     yield path
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--compose-project", default="", metavar="NAME",
+                     help="the docker-compose.yml project that tests/containers drive "
+                          "(scripts/test-containers starts it and passes this)")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    # tests/containers need the containers `make test-containers` starts; elsewhere there is
+    # nothing for them to test, so they are not collected (rather than skipped).
+    if collection_path.name == "containers" and collection_path.parent == Path(__file__).parent:
+        return not config.getoption("--compose-project")
+    return None

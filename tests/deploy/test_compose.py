@@ -1,4 +1,5 @@
-"""docker-compose.yml and the Dockerfile, checked structurally (no container is started)."""
+"""docker-compose.yml and the Dockerfile, checked structurally (no container is started;
+``make test-containers`` runs them for real)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from services.cli.serve import SERVICES as SERVABLE
 from tests.deploy.test_manifests import settings_names
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
+# ${NAME:-default}, the only interpolation the file uses (Compose v2 and docker-compose 1.29).
+_VARIABLE = re.compile(r"\$\{([A-Z0-9_]+):-([^}]*)\}")
+COMPOSE: dict[str, Any] = yaml.safe_load(_VARIABLE.sub(lambda m: m.group(2), COMPOSE_TEXT))
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 # The README's default ports (DESIGN §7): what each service listens on.
 DEFAULT_PORTS = {"gateway": 8000, "authorize": 8001, "token": 8002, "registry": 50051,
@@ -46,12 +50,17 @@ def test_compose_dependencies_exist_and_wait_for_migrations() -> None:
         condition = services[name]["depends_on"]["migrate"]["condition"]
         assert condition == "service_completed_successfully"
     assert set(services["gateway"]["depends_on"]) >= {"authorize", "token"}
+    # Compose stops a service after its dependents: the stores must outlive every service
+    # that drains into them.
+    for name in ("registry", "token", "authorize"):
+        assert set(services[name]["depends_on"]) >= {"postgres", "redis"}, name
 
 
-def test_compose_publishes_only_the_public_entries_on_default_ports() -> None:
+def test_compose_publishes_only_the_public_entries_on_loopback_default_ports() -> None:
     published = {name: service["ports"] for name, service in COMPOSE["services"].items()
                  if "ports" in service}
-    assert published == {"gateway": ["8000:8000"], "bookings": ["8100:8100"]}
+    assert published == {"gateway": ["127.0.0.1:8000:8000"],
+                         "bookings": ["127.0.0.1:8100:8100"]}
     environment = {name: service.get("environment", {})
                    for name, service in COMPOSE["services"].items()}
     assert environment["gateway"]["OTESSE_GATEWAY_AUTHORIZE_URL"] == (
@@ -81,9 +90,16 @@ def test_compose_containers_are_locked_down() -> None:
 
 
 def test_dockerfile_installs_the_lock_with_hashes_and_runs_as_non_root() -> None:
+    # The base is a build argument (a stand-in where no registry answers), the official
+    # python:3.11-slim by default, the same for both stages.
+    assert re.findall(r"^ARG BASE_IMAGE=(\S+)$", DOCKERFILE, re.M) == ["python:3.11-slim"]
     stages = re.findall(r"^FROM (\S+)", DOCKERFILE, re.M)
-    assert stages and all(image == "python:3.11-slim" for image in stages)
+    assert len(stages) == 2 and set(stages) == {"${BASE_IMAGE}"}
     assert "--require-hashes" in DOCKERFILE and "runtime.lock" in DOCKERFILE
+    # With a wheelhouse in the context the install reads nothing else.
+    assert "--no-index --find-links deploy/docker/wheelhouse" in DOCKERFILE
+    final = DOCKERFILE[DOCKERFILE.rindex("\nFROM "):]
+    assert "PYTHONDONTWRITEBYTECODE=1" in final
     user = re.findall(r"^USER (\S+)", DOCKERFILE, re.M)
     assert user and not user[-1].startswith(("root", "0"))
     assert re.search(r'^ENTRYPOINT \["otesse-auth"\]$', DOCKERFILE, re.M)
@@ -95,7 +111,38 @@ def test_dockerfile_installs_the_lock_with_hashes_and_runs_as_non_root() -> None
     allowed = [rule[1:].rstrip("/") for rule in rules if rule.startswith("!")]
     for copied in re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE, re.M):
         for source in copied.split():
-            assert any(source == a or source.startswith(f"{a}/") for a in allowed), source
+            assert any(source.rstrip("/") == a or source.startswith(f"{a}/")
+                       for a in allowed), source
+
+
+def test_compose_works_with_docker_compose_1_29() -> None:
+    # docker-compose 1.29 (Debian's) refuses a top-level `name:`; the project comes from -p or
+    # COMPOSE_PROJECT_NAME.
+    assert set(COMPOSE) == {"x-otesse", "services", "networks", "volumes"}
+    for name in (*APP_SERVICES, "migrate"):
+        condition = COMPOSE["services"][name].get("depends_on", {})
+        assert all(set(rule) == {"condition"} for rule in condition.values())
+
+
+def test_compose_moves_ports_images_and_subnet_together() -> None:
+    variables = dict(_VARIABLE.findall(COMPOSE_TEXT))
+    assert variables == {
+        "OTESSE_IMAGE": "otesse-auth:local", "OTESSE_BASE_IMAGE": "python:3.11-slim",
+        "OTESSE_POSTGRES_IMAGE": "postgres:16-alpine", "OTESSE_REDIS_IMAGE": "redis:7-alpine",
+        "OTESSE_COMPOSE_GATEWAY_PORT": "8000", "OTESSE_COMPOSE_BOOKINGS_PORT": "8100",
+        "OTESSE_COMPOSE_SUBNET": "172.30.0.0/24"}
+    # Every ${NAME} has its default: nothing depends on the caller's environment.
+    assert "${" not in _VARIABLE.sub("", COMPOSE_TEXT)
+    raw: dict[str, Any] = yaml.safe_load(COMPOSE_TEXT)
+    gateway = raw["services"]["gateway"]
+    # The issuer is the published gateway, wherever it is published.
+    assert gateway["ports"] == ["127.0.0.1:${OTESSE_COMPOSE_GATEWAY_PORT:-8000}:8000"]
+    assert gateway["environment"]["OTESSE_ISSUER"] == (
+        "http://localhost:${OTESSE_COMPOSE_GATEWAY_PORT:-8000}")
+    # The authorize service believes X-Forwarded-For from its network only, wherever it is.
+    subnet = raw["networks"]["otesse"]["ipam"]["config"][0]["subnet"]
+    assert raw["services"]["authorize"]["environment"][
+        "OTESSE_AUTHORIZE_TRUSTED_PROXIES"] == subnet == "${OTESSE_COMPOSE_SUBNET:-172.30.0.0/24}"
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,9 @@ class Stack:
 
 def stack_env(test_env: dict[str, str], logs: Path) -> dict[str, str]:
     """This run's stores, free ports, and the test settings named in the module docstring."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("OTESSE_")}
+    # Services import only what the environment running them installed.
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("OTESSE_") and key not in ("PYTHONPATH", "PYTHONHOME")}
     env.update(test_env)
     env.update({name: str(free_port()) for name in PORT_VARIABLES})
     env.update({
@@ -99,8 +101,8 @@ def stack_env(test_env: dict[str, str], logs: Path) -> dict[str, str]:
     return env
 
 
-def service_command(service: str) -> list[str]:
-    command = [str(OTESSE_AUTH), "serve", service]
+def service_command(service: str, otesse_auth: Path = OTESSE_AUTH) -> list[str]:
+    command = [str(otesse_auth), "serve", service]
     # A test run that is killed must not leave services behind: setpriv (util-linux) asks the
     # kernel to send SIGTERM when this process dies (a preexec_fn could deadlock in a process
     # with threads, and gRPC has some).
@@ -140,8 +142,12 @@ def _stop(processes: dict[str, subprocess.Popen[bytes]]) -> dict[str, int | None
 
 
 @contextlib.contextmanager
-def running_stack(test_env: dict[str, str], logs: Path) -> Iterator[Stack]:
-    """Starts every service, yields the stack, stops them; raises if any did not exit 0."""
+def running_stack(test_env: dict[str, str], logs: Path, *, otesse_auth: Path = OTESSE_AUTH,
+                  cwd: Path = ROOT) -> Iterator[Stack]:
+    """Starts every service, yields the stack, stops them; raises if any did not exit 0.
+
+    ``otesse_auth`` is the console script that serves them (by default the checkout's
+    editable install), run in ``cwd``."""
     env = stack_env(test_env, logs)
     services = load_run_local().plan(env)
     assert tuple(service.name for service in services) == SERVICES
@@ -151,7 +157,7 @@ def running_stack(test_env: dict[str, str], logs: Path) -> Iterator[Stack]:
         for service in services:
             with (logs / f"{service.name}.log").open("wb") as log:
                 processes[service.name] = subprocess.Popen(
-                    service_command(service.name), env=env, cwd=ROOT, stdout=log,
+                    service_command(service.name, otesse_auth), env=env, cwd=cwd, stdout=log,
                     stderr=subprocess.STDOUT)
         for service in services:
             wait_ready(service.name, service.ready_url, processes[service.name], logs)
