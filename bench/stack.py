@@ -123,6 +123,7 @@ def stack_env(database_url: str, redis_url: str, run_dir: str) -> dict[str, str]
         "OTESSE_GATEWAY_RATE_LOGIN_PER_IP": "off",
         "OTESSE_GATEWAY_RATE_TOKEN_PER_IP": "off",
         "OTESSE_GATEWAY_RATE_TOKEN_PER_CLIENT": "off",
+        "OTESSE_TOKEN_RATE_PER_CLIENT": "off",
         "OTESSE_RUN_DIR": run_dir,
         "PYTHONUNBUFFERED": "1",
     })
