@@ -58,8 +58,9 @@ async def test_redis_commands_are_counted_per_request(stack: Stack, pool: asyncp
     target = await bench_target(stack, pool)
     # DESIGN §8: "a token exchange is one Redis GETDEL"; "a validation is … one Redis round
     # trip". The test stack keeps two rate limits on /oauth/token, each one EVALSHA (a token
-    # bucket script) per exchange, both absent from `make bench`: the gateway's per-client
-    # limit and the token service's budget of the client it has authenticated.
+    # bucket script) per exchange, both absent from `make bench`: the gateway's per-address
+    # check (here, of failed client authentications) and the token service's budget of the
+    # client it has authenticated.
     expected = {"GETDEL": 1.0, "EVALSHA": 2.0}
     # The whole test session shares this key prefix, and its token services re-assert recent
     # revocations in the background every few seconds: a sample that catches one of those

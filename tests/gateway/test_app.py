@@ -170,6 +170,18 @@ async def test_strips_hop_by_hop_headers_both_ways(stack: Stack) -> None:
     assert response.headers["x-up-kept"] == "1"
 
 
+async def test_internal_fields_never_pass_the_gateway(stack: Stack) -> None:
+    """A client cannot speak for a service (``x-otesse-…`` request fields are dropped), nor read
+    what a service tells the gateway (dropped from answers too)."""
+    async with httpx.AsyncClient(base_url=stack.url) as client:
+        response = await client.post("/oauth/token", headers={
+            "X-Otesse-Client-Auth": "ok", "x-otesse-anything": "forged",
+            "x-test-action": "internal"})
+    assert response.status_code == 200
+    assert not [name for name in _headers(response.json()) if name.startswith("x-otesse-")]
+    assert not [name for name in response.headers if name.lower().startswith("x-otesse-")]
+
+
 async def test_passes_every_set_cookie_and_keeps_none(stack: Stack) -> None:
     async with httpx.AsyncClient(base_url=stack.url) as client:
         first = await client.get("/login", headers={"x-test-action": "cookies"})

@@ -14,8 +14,12 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from services.authorize import app_form
+from services.common.ratelimit import RateLimit
+from services.common.serve import MAX_LINGERING
 from services.common.settings import ConfigError, Env
-from services.gateway.settings import GatewaySettings, RateLimit
+from services.gateway.__main__ import connection_cap
+from services.gateway.settings import GatewaySettings
 from tests.conftest import free_port
 from tests.gateway.conftest import FakeUpstream
 
@@ -100,20 +104,46 @@ async def test_process_serves_public_and_admin_ports_and_stops_on_sigterm(
     ("OTESSE_GATEWAY_RATE_LOGIN_PER_IP", "10/0", "OTESSE_GATEWAY_RATE_LOGIN_PER_IP must be"),
     ("OTESSE_GATEWAY_TOKEN_URL", "127.0.0.1:8002", "OTESSE_GATEWAY_TOKEN_URL must be"),
     ("OTESSE_GATEWAY_TRUSTED_PROXIES", "10.0.0.0/33", "OTESSE_GATEWAY_TRUSTED_PROXIES must be"),
-    ("OTESSE_GATEWAY_MAX_BODY_BYTES", "-1", "OTESSE_GATEWAY_MAX_BODY_BYTES must be"),
+    ("OTESSE_GATEWAY_MAX_TOKEN_BODY_BYTES", "-1", "OTESSE_GATEWAY_MAX_TOKEN_BODY_BYTES must be"),
+    ("OTESSE_GATEWAY_MAX_FORM_BODY_BYTES", "2000000", "OTESSE_GATEWAY_MAX_FORM_BODY_BYTES must"),
+    ("OTESSE_GATEWAY_HEADER_TIMEOUT_SECONDS", "0", "OTESSE_GATEWAY_HEADER_TIMEOUT_SECONDS must"),
+    ("OTESSE_GATEWAY_MAX_CONNECTIONS", "lots", "OTESSE_GATEWAY_MAX_CONNECTIONS must be"),
+    ("OTESSE_GATEWAY_RATE_CLIENT_AUTH_FAILURES_PER_IP", "1/-1",
+     "OTESSE_GATEWAY_RATE_CLIENT_AUTH_FAILURES_PER_IP must be"),
 ], ids=["rate-not-a-number", "rate-zero-window", "url-without-scheme", "bad-cidr",
-        "negative-cap"])
+        "negative-cap", "form-cap-over-1MiB", "no-header-time", "connections-not-a-number",
+        "negative-window"])
 def test_bad_settings_name_the_variable(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         GatewaySettings.from_env(Env({name: value}))
 
 
 def test_rate_limits_parse_and_turn_off() -> None:
-    settings = GatewaySettings.from_env(Env({"OTESSE_GATEWAY_RATE_TOKEN_PER_IP": "5/10",
-                                             "OTESSE_GATEWAY_RATE_LOGIN_PER_IP": "off",
-                                             "OTESSE_GATEWAY_RATE_TOKEN_PER_CLIENT": "0"}))
+    settings = GatewaySettings.from_env(Env({
+        "OTESSE_GATEWAY_RATE_TOKEN_PER_IP": "5/10", "OTESSE_GATEWAY_RATE_LOGIN_PER_IP": "off",
+        "OTESSE_GATEWAY_RATE_CLIENT_AUTH_FAILURES_PER_IP": "0"}))
     assert settings.rate_token_per_ip == RateLimit(5, 10.0)
-    assert settings.rate_login_per_ip is None and settings.rate_token_per_client is None
+    assert settings.rate_login_per_ip is None
+    assert settings.rate_client_auth_failures_per_ip is None
+
+
+def test_the_upload_cap_fits_the_authorize_form_cap() -> None:
+    """The gateway cannot import the authorize service; this test holds the two caps together:
+    a logo the registration form accepts must not be refused at the edge."""
+    settings = GatewaySettings.from_env(Env({}))
+    assert settings.max_upload_body_bytes == app_form.MAX_FORM_BYTES
+
+
+@pytest.mark.parametrize(("configured", "open_files", "expected"), [
+    (4096, 1 << 20, 4096),
+    (4096, 4096, 4096 - 64 - MAX_LINGERING - 200),
+    (4096, 100, 1),
+], ids=["plenty-of-descriptors", "cap-lowered-to-fit", "never-below-one"])
+def test_the_connection_cap_fits_the_open_files_limit(configured: int, open_files: int,
+                                                      expected: int) -> None:
+    settings = GatewaySettings.from_env(Env({"OTESSE_GATEWAY_MAX_CONNECTIONS": str(configured),
+                                             "OTESSE_GATEWAY_UPSTREAM_MAX_CONNECTIONS": "100"}))
+    assert connection_cap(settings, open_files) == expected
 
 
 def test_serve_command_reports_a_bad_setting_in_one_line() -> None:
