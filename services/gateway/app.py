@@ -40,6 +40,7 @@ from services.common.serve import ConnectionLimits
 from services.gateway import forwarded, hop_by_hop, routing
 from services.gateway.body import BodyBudget, ClientDisconnected, RequestBody
 from services.gateway.errors import (
+    ConnectionNamesEndToEnd,
     GatewayError,
     HeadersTooLarge,
     MalformedRequest,
@@ -60,6 +61,8 @@ from services.gateway.settings import GatewaySettings
 log = logging.getLogger("otesse.gateway")
 
 NOSNIFF = (b"x-content-type-options", b"nosniff")
+# Fields the gateway reads or writes for the upstreams: a client may not have them stripped.
+END_TO_END = frozenset({b"host", b"content-length", b"x-request-id"}) | forwarded.REPLACED
 
 
 class GatewayApp:
@@ -206,6 +209,11 @@ class GatewayApp:
             # Refused before a byte of it is read (a client sending Expect: 100-continue
             # learns it before sending any).
             raise PayloadTooLarge()
+        # RFC 9110 §7.6.1: "A sender MUST NOT send a connection option corresponding to a
+        # field that is intended for all recipients of the content". Honouring one that names
+        # Host would leave the upstream to guess it, and build URLs from its own address.
+        if hop_by_hop.connection_options(headers) & END_TO_END:
+            raise ConnectionNamesEndToEnd()
 
         with self._in_flight.hold(client.ip):
             await self._check_rates(route, client)

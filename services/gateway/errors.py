@@ -31,6 +31,13 @@ class MalformedRequest(GatewayError):
     pass
 
 
+class ConnectionNamesEndToEnd(MalformedRequest):
+    """``Connection`` lists a field the gateway and the upstreams rely on end to end (``Host``,
+    ``Content-Length``, the forwarded fields, the request id)."""
+
+    description = "The Connection header names a field this request needs end to end."
+
+
 class NotFound(GatewayError):
     status = 404
     error = "not_found"

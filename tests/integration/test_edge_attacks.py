@@ -1,19 +1,21 @@
 """The public edge under the cheap attacks, through the gateway in front of the real services:
 junk sent in a victim client's name from many addresses, an address that keeps failing client
-authentication, and slow bodies held against both upstream pools. The gateway believes
-``X-Forwarded-For`` from loopback (a trusted proxy), so one test process plays clients at many
-addresses."""
+authentication, slow bodies held against both upstream pools, and a ``Connection`` header that
+would strip ``Host``. The gateway believes ``X-Forwarded-For`` from loopback (a trusted proxy),
+so one test process plays clients at many addresses."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
+import pytest
 
 from tests.integration.authlib_client import generate_token
 from tests.integration.people import RegisteredApp, new_person, register_app
@@ -149,3 +151,31 @@ async def test_slow_bodies_on_both_pools_leave_tokens_jwks_and_sign_in_served(
     assert refreshed.status_code == 200, refreshed.text
     assert jwks.status_code == 200
     assert sign_in.status_code == 200 and 'name="password"' in sign_in.text
+
+
+REDIRECTING = {
+    "fails because Connection would strip Host (trailing slash)": (
+        "/settings/authorized-apps/", {"Connection": "host"}, 400),
+    "fails because Connection would strip Host (sign-in page)": (
+        "/login", {"Connection": "keep-alive, Host"}, 400),
+    "fails because Connection would strip Content-Length": (
+        "/login", {"Connection": "content-length"}, 400),
+    "a trailing slash is not redirected to an absolute address": (
+        "/settings/authorized-apps/", {}, 404),
+}
+
+
+@pytest.mark.parametrize(("path", "headers", "status"), list(REDIRECTING.values()),
+                         ids=list(REDIRECTING))
+async def test_no_answer_reveals_an_internal_address(stack: Stack, path: str,
+                                                     headers: dict[str, str],
+                                                     status: int) -> None:
+    async with httpx.AsyncClient(base_url=stack.gateway, timeout=10.0) as http:
+        response = await http.get(path, headers=headers)
+    internal = {f"127.0.0.1:{stack.env[name]}" for name in (
+        "OTESSE_AUTHORIZE_PORT", "OTESSE_TOKEN_HTTP_PORT")}
+    assert response.status_code == status
+    assert not any(address in response.headers.get("location", "") + response.text
+                   for address in internal)
+    with contextlib.suppress(KeyError):
+        assert not response.headers["location"].startswith("http")
