@@ -23,14 +23,16 @@ from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from services.common.http import Readiness
+from services.common.metrics import CONNECTIONS_REFUSED
 
 # -- uvicorn's HTTP protocol, limited -----------------------------------------------------------
 # Every patch of uvicorn's private protocol lives here, in one class, and
 # tests/common/test_serve.py fails loudly when the pinned uvicorn changes a method or attribute
-# it relies on: HttpToolsProtocol.{connection_made, connection_lost, data_received,
-# eof_received, on_message_begin, on_url, on_header, on_headers_complete, send_400_response},
-# its transport, client, connections, cycle and loop attributes, and the cycle's
-# response_complete and keep_alive.
+# it relies on: the HttpToolsProtocol methods it overrides (connection_made, connection_lost,
+# data_received, eof_received, on_message_begin, on_url, on_header, on_headers_complete,
+# send_400_response) or whose behaviour it assumes (on_response_complete, shutdown), the
+# transport, client, connections, cycle and loop attributes __init__ sets, and the cycle's
+# keep_alive and response_complete (RequestResponseCycle.__init__ and send).
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -86,7 +88,8 @@ class ConnectionLimits:
 
     Every refusal is a short JSON answer with ``connection: close``, never an empty reply: the
     connection stops reading requests, half-closes after the answer and lingers briefly so the
-    client can read it before the close.
+    client can read it before the close (while more than ``MAX_LINGERING`` refused connections
+    linger at once, it closes right after the answer instead, so refusals never pile up).
     """
 
     max_header_bytes: int | None = None
@@ -127,13 +130,13 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             super().connection_made(transport)
             if limits.max_connections is not None and (
                     len(self.connections) > limits.max_connections):
-                self._refuse(_SERVER_FULL)
+                self._refuse(_SERVER_FULL, "connections")
                 return
             peer = self.client[0] if self.client else None
             if peer is not None and limits.max_connections_per_ip is not None and limited(peer):
                 held = per_ip.get(peer, 0)
                 if held >= limits.max_connections_per_ip:
-                    self._refuse(_ADDRESS_FULL)
+                    self._refuse(_ADDRESS_FULL, "connections_per_ip")
                     return
                 per_ip[peer] = held + 1
                 self._counted_peer = peer
@@ -183,8 +186,9 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             if self.transport.is_closing():
                 return
             if self._in_headers:
-                self._refuse(_HEADERS_TOO_SLOW)
+                self._refuse(_HEADERS_TOO_SLOW, "header_timeout")
             elif self.cycle is None or self.cycle.response_complete:
+                CONNECTIONS_REFUSED.labels("header_timeout").inc()
                 self.transport.close()  # nothing was asked: nothing to answer
 
         # -- the header cap (and the deadline's start and end) -------------------------------
@@ -220,11 +224,12 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             if not self._over_cap:
                 super().send_400_response(msg)
                 return
-            self._refuse(_HEADERS_TOO_LARGE)
+            self._refuse(_HEADERS_TOO_LARGE, "header_bytes")
 
         # -- refusing --------------------------------------------------------------------------
-        def _refuse(self, answer: bytes) -> None:
+        def _refuse(self, answer: bytes, limit: str) -> None:
             """Answers ``answer`` and closes: at once, or after the response in progress."""
+            CONNECTIONS_REFUSED.labels(limit).inc()
             self._disarm()
             self._refusing = True
             if self.cycle is not None and not self.cycle.response_complete:

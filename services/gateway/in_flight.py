@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from services.gateway.errors import TooManyInFlight
+from services.gateway.metrics import RATE_LIMITED
 
 
 class InFlight:
@@ -26,6 +27,7 @@ class InFlight:
         """Counts one request of ``address`` while the block runs; raises 429 over the cap."""
         held = self._counts.get(address, 0)
         if held >= self._limit:
+            RATE_LIMITED.labels("requests_in_flight_ip").inc()
             raise TooManyInFlight()
         self._counts[address] = held + 1
         try:

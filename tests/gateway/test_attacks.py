@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.gateway.conftest import GatewayFactory
 
@@ -55,6 +56,12 @@ async def served(url: str, path: str, *, method: str = "GET") -> tuple[int, floa
     async with httpx.AsyncClient(base_url=url, timeout=10.0) as client:
         response = await client.request(method, path)
     return response.status_code, time.monotonic() - started
+
+
+def refused_count(limit: str) -> float:
+    """Connections the server refused (its metric), by limit."""
+    return REGISTRY.get_sample_value("otesse_http_connections_refused_total",
+                                     {"limit": limit}) or 0.0
 
 
 # -- Slow bodies --------------------------------------------------------------------------------
@@ -194,6 +201,7 @@ async def test_slowloris_connections_are_closed_after_the_header_timeout(
         gateway_factory: GatewayFactory) -> None:
     """300 connections trickling header bytes are each answered 408 and closed about one
     header timeout after they started, while other clients are served."""
+    before = refused_count("header_timeout")
     async with gateway_factory(OTESSE_GATEWAY_HEADER_TIMEOUT_SECONDS="1") as gw:
         stop = asyncio.Event()
         started = time.monotonic()
@@ -216,6 +224,7 @@ async def test_slowloris_connections_are_closed_after_the_header_timeout(
         answer[:40] if answer else answer for answer in answers}
     assert took < 1 + 5.0
     assert latencies and max(latencies) < SERVED_WITHIN
+    assert refused_count("header_timeout") - before == 300
 
 
 async def test_idle_connections_are_closed_after_the_header_timeout(
@@ -234,6 +243,7 @@ async def test_idle_connections_are_closed_after_the_header_timeout(
 
 async def test_over_the_connection_cap_a_client_gets_a_clear_503(
         gateway_factory: GatewayFactory) -> None:
+    before = refused_count("connections")
     async with gateway_factory(OTESSE_GATEWAY_MAX_CONNECTIONS="20",
                                OTESSE_GATEWAY_HEADER_TIMEOUT_SECONDS="30") as gw:
         async with contextlib.AsyncExitStack() as held:
@@ -250,6 +260,7 @@ async def test_over_the_connection_cap_a_client_gets_a_clear_503(
     assert b"retry-after: " in refused.lower() and b"connection: close" in refused.lower()
     assert b'"error":"temporarily_unavailable"' in refused
     assert status == 200
+    assert refused_count("connections") - before == 1
 
 
 async def test_one_address_cannot_hold_more_than_its_connections(
@@ -280,6 +291,8 @@ async def test_one_address_cannot_hold_more_than_its_requests(
         gateway_factory: GatewayFactory) -> None:
     """Behind the load balancer every client shares its connections: the per-address limit on
     requests in flight is what bounds one client there."""
+    before = REGISTRY.get_sample_value("otesse_gateway_rate_limited_total",
+                                       {"limit": "requests_in_flight_ip"}) or 0.0
     async with gateway_factory(OTESSE_GATEWAY_MAX_REQUESTS_PER_IP="3") as gw:
         slow = {"X-Forwarded-For": "203.0.113.50", "x-test-action": "slow",
                 "x-test-seconds": "1"}
@@ -302,3 +315,5 @@ async def test_one_address_cannot_hold_more_than_its_requests(
     assert (api_refused.status_code, api_refused.json()["error"]) == (429, "too_many_requests")
     assert other.status_code == 200
     assert after.status_code == 200
+    assert REGISTRY.get_sample_value("otesse_gateway_rate_limited_total",
+                                     {"limit": "requests_in_flight_ip"}) == before + 2
