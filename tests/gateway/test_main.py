@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
+import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -47,8 +50,14 @@ async def gateway_process(upstreams: tuple[FakeUpstream, str, FakeUpstream, str]
     env = {**os.environ, **test_env, "OTESSE_GATEWAY_PORT": str(port),
            "OTESSE_GATEWAY_ADMIN_PORT": str(admin_port),
            "OTESSE_GATEWAY_AUTHORIZE_URL": authorize_url, "OTESSE_GATEWAY_TOKEN_URL": token_url}
-    process = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    command = [sys.executable, "-m", "services.gateway"]
+    # Started with the usual small soft limit on open files (util-linux prlimit execs the
+    # gateway in place), so the test sees start-up raise it.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    prlimit = shutil.which("prlimit")
+    if prlimit and hard != resource.RLIM_INFINITY and hard > 1024:
+        command = [prlimit, f"--nofile=1024:{hard}", "--", *command]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         await _wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
         yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", process
@@ -87,6 +96,11 @@ async def test_process_serves_public_and_admin_ports_and_stops_on_sigterm(
     assert 'otesse_http_request_duration_seconds_count{method="GET",route="/*",service="gateway"' \
         in metrics.text
     assert "client_id" not in metrics.text
+    # Start-up raised the open-files limit to its maximum (connections are descriptors).
+    limits = Path(f"/proc/{process.pid}/limits").read_text()
+    soft, hard = next(line.split()[3:5] for line in limits.splitlines()
+                      if line.startswith("Max open files"))
+    assert soft == hard
 
     process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(process.wait, 10) == 0
