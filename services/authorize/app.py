@@ -144,6 +144,10 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
                     exception_handlers={**html_error_handlers(),
                                         account.SignInRequired: account.sign_in_redirect,
                                         app_form.FormTooLarge: app_form.too_large_page})
+    # A path with a slash too many or too few is not redirected: Starlette would build the
+    # absolute URL from the Host it was sent, an internal address behind the gateway. Every
+    # redirect here is relative or built from the configured issuer.
+    app.router.redirect_slashes = False
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware, service="authorize")
     return app

@@ -1,9 +1,10 @@
 """OAuth 2.0 errors: one class per RFC error code, rendered in one place per transport.
 
 Codes and sentences come from RFC 6749 §4.1.2.1 and §5.2, RFC 6750 §3.1, RFC 7009 §2.2.1 and
-OpenID Connect Core §3.1.2.6 (``prompt=none``). ``description`` is what the client sees; debug
-detail belongs in logs, never here. Anything not an :class:`OAuthError` is rendered as
-``server_error`` with no detail.
+OpenID Connect Core §3.1.2.6 (``prompt=none``); ``too_many_requests`` names RFC 6585 §4's
+status, for which OAuth has no code (the gateway answers its own limits with it too).
+``description`` is what the client sees; debug detail belongs in logs, never here. Anything not
+an :class:`OAuthError` is rendered as ``server_error`` with no detail.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ ErrorCode = Literal[
     "login_required",
     "consent_required",
     "interaction_required",
+    "too_many_requests",
 ]
 
 
@@ -151,3 +153,15 @@ class InteractionRequired(OAuthError):
     """The authorization server requires end-user interaction of some form to proceed."""
 
     error = "interaction_required"
+
+
+class TooManyRequests(OAuthError):
+    """The client has sent too many requests in a given amount of time; ``Retry-After`` says
+    when to try again (RFC 6585 §4)."""
+
+    error = "too_many_requests"
+    status_code = 429
+
+    def __init__(self, description: str = "", *, retry_after: int) -> None:
+        super().__init__(description)
+        self.retry_after = retry_after

@@ -28,7 +28,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common import request_id
-from services.common.errors import OAuthError, ServerError, TemporarilyUnavailable
+from services.common.errors import (
+    OAuthError,
+    ServerError,
+    TemporarilyUnavailable,
+    TooManyRequests,
+)
 from services.common.log import request_id_var
 from services.common.metrics import DEPENDENCY_ERRORS, HTTP_REQUESTS
 from services.common.unavailable import is_unavailable
@@ -100,6 +105,8 @@ def oauth_error_response(exc: OAuthError, *, headers: Mapping[str, str] | None =
     www_authenticate = getattr(exc, "www_authenticate", None)
     if www_authenticate:
         all_headers["WWW-Authenticate"] = www_authenticate
+    if isinstance(exc, TooManyRequests):
+        all_headers["Retry-After"] = str(exc.retry_after)
     return JSONResponse(body, status_code=exc.status_code, headers=all_headers)
 
 

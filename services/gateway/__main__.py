@@ -1,23 +1,42 @@
 """Entry point: ``python -m services.gateway`` (or ``otesse-auth serve gateway``).
 
 Two listeners in one process: the public proxy (``OTESSE_GATEWAY_PORT``) with the graceful
-SIGTERM drain of :func:`services.common.serve.serve_http`, and the admin app
+SIGTERM drain of :func:`services.common.serve.serve_http` and the connection limits of
+:func:`services.gateway.app.connection_limits`, and the admin app
 (``OTESSE_GATEWAY_ADMIN_PORT``: ``/healthz``, ``/readyz``, ``/metrics``), which keeps answering
 (``/readyz`` → 503) while the public side drains, and stops after it.
+
+At start-up the limit on open files is raised to the hard limit, and the connection cap is kept
+below it with room for the upstream pools, Redis, the listeners and refusals still lingering:
+a cap the process cannot honour is lowered (and the log says so), so a flood of connections is
+refused with a clear answer rather than running out of descriptors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
 
 import uvicorn
 
 from services.common.http import Readiness
 from services.common.log import configure_logging
-from services.common.serve import run, serve_http
-from services.gateway.app import create_admin_app, create_app
+from services.common.serve import MAX_LINGERING, raise_open_files_limit, run, serve_http
+from services.gateway.app import connection_limits, create_admin_app, create_app
 from services.gateway.settings import GatewaySettings
+
+log = logging.getLogger("otesse.gateway")
+# Descriptors that are not client connections: listeners, Redis, logs, the admin port's own.
+_OTHER_FILES = 64
+
+
+def connection_cap(settings: GatewaySettings, open_files: int) -> int:
+    """The connection cap the process can honour with ``open_files`` descriptors."""
+    room = (open_files - _OTHER_FILES - MAX_LINGERING
+            - 2 * settings.upstream_max_connections)  # two upstream pools
+    return max(1, min(settings.max_connections, room))
 
 
 def _loopback(host: str) -> str:
@@ -45,12 +64,18 @@ async def serve(settings: GatewaySettings) -> None:
             admin_task.result()  # the admin port could not be bound: stop here, saying why
             raise SystemExit(1)
         await asyncio.sleep(0.01)
+    open_files = raise_open_files_limit()
+    limits = connection_limits(settings)
+    cap = connection_cap(settings, open_files)
+    if cap < settings.max_connections:
+        log.warning("connection cap lowered to fit the open-files limit", extra={
+            "max_connections": cap, "configured": settings.max_connections,
+            "open_files": open_files})
+        limits = dataclasses.replace(limits, max_connections=cap)
     try:
-        # Headers up to a few times the cap reach the app, which answers 431 as a page or JSON
-        # by path; beyond that they are refused while still arriving, never held whole.
         await serve_http(create_app(settings, readiness), host=settings.host, port=settings.port,
                          readiness=readiness, drain_seconds=settings.drain_seconds,
-                         max_header_bytes=4 * settings.max_header_bytes)
+                         limits=limits)
     finally:
         admin.should_exit = True
         await admin_task

@@ -2,10 +2,22 @@
 
 The public app is bare ASGI (every request goes through it, so it adds as little as it can);
 for each request, in order: size limits (414, 431), ``Host`` (400, 421), the routing table
-(400, 404), rate limits (429), then the upstream. Every answer, the upstream's or the
-gateway's own, carries ``X-Request-ID``, ``X-Content-Type-Options: nosniff`` and, when the
-client's connection is HTTPS, ``Strict-Transport-Security`` (RFC 6797 §7.2: "An HSTS Host MUST
-NOT include the STS header field in HTTP responses conveyed over non-secure transport").
+(400, 404), framing and the route's body cap (400, 413), the client address's requests in
+flight (429), rate limits (429), the body read whole within its deadline (408, 413), then the
+upstream. The gateway never parses a body: limits are charged to the party that is known — the
+client address always, and the client itself only in the token service, once it has
+authenticated it (DESIGN §9). A token-service answer saying client authentication failed is
+charged to the client address afterwards.
+
+Every answer, the upstream's or the gateway's own, carries ``X-Request-ID``,
+``X-Content-Type-Options: nosniff`` and, when the client's connection is HTTPS,
+``Strict-Transport-Security`` (RFC 6797 §7.2: "An HSTS Host MUST NOT include the STS header
+field in HTTP responses conveyed over non-secure transport"). Internal fields (``x-otesse-…``)
+never pass the gateway, in either direction.
+
+The limits that apply before a request exists — connections, per peer and in all, and the time
+to send the headers — are the server's (:func:`connection_limits`, enforced by
+:mod:`services.common.serve`).
 
 ``/healthz``, ``/readyz`` and ``/metrics`` are served by the admin app, on its own port which no
 Service or Ingress exposes publicly; on the public port those paths are 404.
@@ -19,11 +31,16 @@ import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.common import internal_headers
 from services.common.http import Readiness, RequestContextMiddleware, health_routes
 from services.common.log import request_id_var
+from services.common.ratelimit import Bucket, RateLimiter
 from services.common.redis_client import create_redis
-from services.gateway import client_identity, forwarded, hop_by_hop, routing
+from services.common.serve import ConnectionLimits
+from services.gateway import forwarded, hop_by_hop, routing
+from services.gateway.body import BodyBudget, ClientDisconnected, RequestBody
 from services.gateway.errors import (
+    ConnectionNamesEndToEnd,
     GatewayError,
     HeadersTooLarge,
     MalformedRequest,
@@ -36,13 +53,16 @@ from services.gateway.errors import (
     send_error,
 )
 from services.gateway.hosts import HostAllowList, HostNotAllowed, MissingHost
-from services.gateway.proxy import ClientDisconnected, RequestBody, UpstreamOptions, Upstreams
-from services.gateway.ratelimit import Bucket, RateLimiter
+from services.gateway.in_flight import InFlight
+from services.gateway.metrics import RATE_LIMIT_FAIL_OPEN, RATE_LIMITED
+from services.gateway.proxy import UpstreamOptions, Upstreams
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger("otesse.gateway")
 
 NOSNIFF = (b"x-content-type-options", b"nosniff")
+# Fields the gateway reads or writes for the upstreams: a client may not have them stripped.
+END_TO_END = frozenset({b"host", b"content-length", b"x-request-id"}) | forwarded.REPLACED
 
 
 class GatewayApp:
@@ -59,6 +79,11 @@ class GatewayApp:
                             max_connections=settings.upstream_max_connections))
         self._redis: aioredis.Redis | None = None
         self._limiter: RateLimiter | None = None
+        self._in_flight = InFlight(settings.max_requests_per_ip)
+        self._uploads = BodyBudget(settings.upload_buffer_bytes)
+        self._body_caps: dict[routing.BodyClass, int] = {
+            "token": settings.max_token_body_bytes, "form": settings.max_form_body_bytes,
+            "upload": settings.max_upload_body_bytes}
         self._hsts = (b"strict-transport-security",
                       f"max-age={settings.hsts_max_age}; includeSubDomains".encode())
 
@@ -87,7 +112,8 @@ class GatewayApp:
         self._upstreams.open()
         self._redis = create_redis(self._settings.stores)
         self._limiter = RateLimiter(self._redis, prefix=self._settings.stores.redis_prefix,
-                                    timeout=self._settings.rate_redis_timeout)
+                                    service="gateway", timeout=self._settings.rate_redis_timeout,
+                                    limited=RATE_LIMITED, failed_open=RATE_LIMIT_FAIL_OPEN)
 
         async def proxy_open() -> None:
             if not self._upstreams.is_open:
@@ -166,53 +192,86 @@ class GatewayApp:
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, route: routing.Route,
                        client: forwarded.Client, headers: list[tuple[bytes, bytes]]) -> None:
-        settings = self._settings
+        cap = self._body_caps[route.body]
         declared: int | None = None
         chunked = False
-        content_type: bytes | None = None
-        authorization: bytes | None = None
         for name, value in headers:
             if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    raise MalformedRequest() from None
+                if not value.isdigit():
+                    raise MalformedRequest()
+                declared = int(value)
             elif name == b"transfer-encoding":
                 chunked = True
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"authorization":
-                authorization = value
         if declared is not None and chunked:
             # RFC 9112 §6.3: both framings at once is a request-smuggling attempt.
             raise MalformedRequest()
-        if declared is not None and declared > settings.max_body_bytes:
+        if declared is not None and declared > cap:
+            # Refused before a byte of it is read (a client sending Expect: 100-continue
+            # learns it before sending any).
             raise PayloadTooLarge()
-        reader = RequestBody(receive, max_bytes=settings.max_body_bytes)
-        body: RequestBody | bytes | None = reader if (declared or chunked) else None
+        # RFC 9110 §7.6.1: "A sender MUST NOT send a connection option corresponding to a
+        # field that is intended for all recipients of the content". Honouring one that names
+        # Host would leave the upstream to guess it, and build URLs from its own address.
+        if hop_by_hop.connection_options(headers) & END_TO_END:
+            raise ConnectionNamesEndToEnd()
 
-        if route.rate_class is not None:
-            buckets: list[Bucket] = []
-            if route.rate_class == "login" and settings.rate_login_per_ip:
-                buckets.append(Bucket("login_ip", client.ip, settings.rate_login_per_ip))
-            if route.rate_class == "token":
-                if settings.rate_token_per_ip:
-                    buckets.append(Bucket("token_ip", client.ip, settings.rate_token_per_ip))
-                if settings.rate_token_per_client:
-                    # The body is read here, once, and forwarded from memory (it is small).
-                    if body is not None:
-                        body = await reader.read_all()
-                    client_id = client_identity.claimed_client_id(
-                        authorization, content_type, body or b"")
-                    if client_id is not None:
-                        buckets.append(Bucket("token_client", client_id,
-                                              settings.rate_token_per_client))
-            assert self._limiter is not None
-            decision = await self._limiter.take(buckets)
-            if not decision.allowed:
-                raise TooManyRequests(decision.retry_after)
+        with self._in_flight.hold(client.ip):
+            await self._check_rates(route, client)
+            reader = RequestBody(receive, max_bytes=cap,
+                                 budget=self._uploads if route.body == "upload" else None)
+            try:
+                body = (await reader.read(timeout=self._settings.body_timeout)
+                        if declared or chunked else None)
+                answer = await self._upstreams.forward(
+                    route.upstream, method=scope["method"], target=self._target(scope),
+                    headers=self._upstream_headers(headers, client), body=body, send=send)
+            finally:
+                reader.release()
+        if answer.client_auth_failed:
+            await self._charge_client_auth_failure(client)
 
-        upstream_headers = hop_by_hop.strip(headers, also=forwarded.REPLACED | {b"x-request-id"})
+    async def _check_rates(self, route: routing.Route, client: forwarded.Client) -> None:
+        """One round trip to Redis for every limit of the route, before the body is read."""
+        settings = self._settings
+        buckets: list[Bucket] = []
+        if route.rate_class == "login" and settings.rate_login_per_ip:
+            buckets.append(Bucket("login_ip", client.ip, settings.rate_login_per_ip))
+        if route.rate_class == "token" and settings.rate_token_per_ip:
+            buckets.append(Bucket("token_ip", client.ip, settings.rate_token_per_ip))
+        if route.rate_class in ("token", "client_auth") and (
+                settings.rate_client_auth_failures_per_ip):
+            # Checked only: it is charged when the token service says authentication failed.
+            buckets.append(Bucket("client_auth_failures_ip", client.ip,
+                                  settings.rate_client_auth_failures_per_ip, take=False))
+        if not buckets:
+            return
+        assert self._limiter is not None
+        decision = await self._limiter.take(buckets)
+        if not decision.allowed:
+            raise TooManyRequests(decision.retry_after)
+
+    async def _charge_client_auth_failure(self, client: forwarded.Client) -> None:
+        limit = self._settings.rate_client_auth_failures_per_ip
+        if limit is not None and self._limiter is not None:
+            # The answer is already sent; an empty bucket refuses the next request.
+            await self._limiter.take([Bucket("client_auth_failures_ip", client.ip, limit)])
+
+    @staticmethod
+    def _target(scope: Scope) -> bytes:
+        target: bytes = scope["raw_path"]
+        if scope["query_string"]:
+            target += b"?" + scope["query_string"]
+        return target
+
+    @staticmethod
+    def _upstream_headers(headers: list[tuple[bytes, bytes]], client: forwarded.Client,
+                          ) -> list[tuple[bytes, bytes]]:
+        upstream_headers = [
+            (name, value)
+            for name, value in hop_by_hop.strip(headers,
+                                                also=forwarded.REPLACED | {b"x-request-id"})
+            # A client must not speak for a service behind the gateway.
+            if not internal_headers.is_internal(name)]
         upstream_headers += [
             (b"x-forwarded-for", client.forwarded_for()),
             (b"x-forwarded-proto", client.proto.encode()),
@@ -221,11 +280,20 @@ class GatewayApp:
         for name, value in headers:
             if name == b"host":
                 upstream_headers.append((b"x-forwarded-host", value))
-        target = scope["raw_path"]
-        if scope["query_string"]:
-            target += b"?" + scope["query_string"]
-        await self._upstreams.forward(route.upstream, method=scope["method"], target=target,
-                                      headers=upstream_headers, body=body, send=send)
+        return upstream_headers
+
+
+def connection_limits(settings: GatewaySettings) -> ConnectionLimits:
+    """What the server lets clients hold before any request reaches the app."""
+    return ConnectionLimits(
+        # Headers up to a few times the cap reach the app, which answers 431 as a page or
+        # JSON by path; beyond that they are refused while still arriving, never held whole.
+        max_header_bytes=4 * settings.max_header_bytes,
+        header_timeout=settings.header_timeout,
+        max_connections=settings.max_connections,
+        max_connections_per_ip=settings.max_connections_per_ip,
+        # The load balancer speaks for many clients: it is limited per request, by client.
+        unlimited_peers=settings.trusted_proxies)
 
 
 def create_app(settings: GatewaySettings, readiness: Readiness | None = None) -> ASGIApp:

@@ -31,6 +31,13 @@ class MalformedRequest(GatewayError):
     pass
 
 
+class ConnectionNamesEndToEnd(MalformedRequest):
+    """``Connection`` lists a field the gateway and the upstreams rely on end to end (``Host``,
+    ``Content-Length``, the forwarded fields, the request id)."""
+
+    description = "The Connection header names a field this request needs end to end."
+
+
 class NotFound(GatewayError):
     status = 404
     error = "not_found"
@@ -72,6 +79,7 @@ class RequestTimeout(GatewayError):
     description = "The request body did not arrive in time."
 
     def headers(self) -> list[tuple[bytes, bytes]]:
+        # The rest of the body may still be on its way: it is not waited for.
         return [(b"connection", b"close")]
 
 
@@ -98,6 +106,15 @@ class TooManyRequests(GatewayError):
         return [(b"retry-after", str(self.retry_after).encode())]
 
 
+class TooManyInFlight(TooManyRequests):
+    """The client's address has as many requests in flight as it may."""
+
+    description = "Too many requests at once from your address; retry shortly."
+
+    def __init__(self) -> None:
+        super().__init__(1.0)
+
+
 class UpstreamUnavailable(GatewayError):
     """The service behind the gateway does not accept connections."""
 
@@ -114,6 +131,16 @@ class BadGateway(UpstreamUnavailable):
     """The service behind the gateway broke the exchange (reset, malformed response)."""
 
     status = 502
+
+
+class BodyBufferFull(UpstreamUnavailable):
+    """The bytes of uploads the gateway may hold at once are spent (other uploads arriving)."""
+
+    description = "The server is busy receiving other uploads; retry shortly."
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        # The rest of this body is not read: end the connection rather than drain it.
+        return [*super().headers(), (b"connection", b"close")]
 
 
 class GatewayTimeout(UpstreamUnavailable):

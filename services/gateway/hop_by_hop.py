@@ -17,13 +17,18 @@ HOP_BY_HOP = frozenset({
 })
 
 
-def strip(headers: Iterable[tuple[bytes, bytes]], *, also: frozenset[bytes] = frozenset(),
-          ) -> list[tuple[bytes, bytes]]:
-    """``headers`` (lowercase names) without hop-by-hop fields nor those in ``also``."""
-    headers = list(headers)
+def connection_options(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """The options every ``Connection`` field lists (lowercase)."""
     named: set[bytes] = set()
     for name, value in headers:
         if name == b"connection":
             named.update(option.strip().lower() for option in value.split(b","))
-    dropped = HOP_BY_HOP | also | named
+    return named
+
+
+def strip(headers: Iterable[tuple[bytes, bytes]], *, also: frozenset[bytes] = frozenset(),
+          ) -> list[tuple[bytes, bytes]]:
+    """``headers`` (lowercase names) without hop-by-hop fields nor those in ``also``."""
+    headers = list(headers)
+    dropped = HOP_BY_HOP | also | connection_options(headers)
     return [(name, value) for name, value in headers if name not in dropped]

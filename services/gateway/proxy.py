@@ -1,18 +1,21 @@
-"""Forwarding one request to an upstream and its answer back, streaming both bodies.
+"""Forwarding one request to an upstream and its answer back.
 
 One keep-alive connection pool per upstream (:mod:`services.gateway.upstream_client`), opened in
-the lifespan. Bodies are streamed chunk by chunk in both directions, so memory per request stays
-small whatever the size (the request body is counted against the cap as it arrives). Upstream
-keep-alive connections are dropped after 4 s idle, before uvicorn's 5 s on the other side closes
-them, so a request never lands on a connection that is being closed (and one that raced a close
-anyway is retried once when its body is in memory).
+the lifespan. The request body arrives here whole, already read from the client
+(:mod:`services.gateway.body`), so a pooled connection is held only while the upstream works;
+the response body is streamed back chunk by chunk, so memory per request stays small whatever
+its size. Upstream keep-alive connections are dropped after 4 s idle, before uvicorn's 5 s on the
+other side closes them, so a request never lands on a connection that is being closed (and one
+that raced a close anyway is retried once: its body is in memory).
+
+Internal header fields (``x-otesse-…``, :mod:`services.common.internal_headers`) never reach the
+client: the one the gateway acts on is returned to the caller, with the status.
 
 What can go wrong, and what the client gets:
 
 * the upstream refuses connections or the pool is exhausted → ``503`` (it is down or busy);
 * the upstream resets the connection or answers garbage → ``502``;
-* no response headers within the upstream timeout → ``504`` — or ``408`` when it was the client
-  that had not finished sending its body;
+* no response headers within the upstream timeout → ``504``;
 * the upstream breaks off mid-body → the client's connection is closed without a clean end, so
   the client sees a truncated response rather than a complete-looking one.
 """
@@ -21,18 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from starlette.types import Message, Receive, Send
+from starlette.types import Message, Send
 
+from services.common import internal_headers
 from services.gateway import hop_by_hop
 from services.gateway.errors import (
     BadGateway,
     GatewayError,
     GatewayTimeout,
-    PayloadTooLarge,
-    RequestTimeout,
     UpstreamUnavailable,
 )
 from services.gateway.metrics import UPSTREAM_ERRORS
@@ -50,64 +51,17 @@ log = logging.getLogger("otesse.gateway.proxy")
 # Response headers the gateway sets itself (the request id, security headers, the date).
 OWN_RESPONSE_HEADERS = frozenset({b"x-request-id", b"date", b"server",
                                   b"strict-transport-security", b"x-content-type-options"})
+_CLIENT_AUTH = internal_headers.CLIENT_AUTH.encode()
+_FAILED = internal_headers.CLIENT_AUTH_FAILED.encode()
 
 
-# How long the rest of an oversized body may keep arriving before the 413 is sent anyway.
-_LINGER_SECONDS = 1.0
+@dataclass(frozen=True)
+class Forwarded:
+    """What came back: the status, and whether the token service says the client failed to
+    authenticate (``x-otesse-client-auth: failed``)."""
 
-
-class ClientDisconnected(Exception):
-    """The client went away before its request was complete; nothing is answered."""
-
-
-class RequestBody:
-    """The client's request body, read from ASGI ``receive`` at most once and capped."""
-
-    def __init__(self, receive: Receive, *, max_bytes: int) -> None:
-        self._receive = receive
-        self._max_bytes = max_bytes
-        self.received = 0
-        self.complete = False
-
-    async def _next(self) -> bytes:
-        message = await self._receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected()
-        chunk: bytes = message.get("body", b"")
-        self.received += len(chunk)
-        if not message.get("more_body", False):
-            self.complete = True
-        if self.received > self._max_bytes:
-            await self._linger()
-            raise PayloadTooLarge()
-        return chunk
-
-    async def _linger(self) -> None:
-        # RFC 9112 §9.6: "If the server receives additional data from the client on a fully
-        # closed connection, [...] the server's TCP stack will send a reset packet to the
-        # client; unfortunately, the reset packet might erase the client's unacknowledged
-        # input buffers before they can be read". The 413 closes the connection, so the rest
-        # of a body still arriving is read and dropped first — a bounded amount, briefly.
-        budget = self._max_bytes
-        try:
-            async with asyncio.timeout(_LINGER_SECONDS):
-                while not self.complete and budget > 0:
-                    message = await self._receive()
-                    if message["type"] == "http.disconnect":
-                        return
-                    budget -= len(message.get("body", b""))
-                    self.complete = not message.get("more_body", False)
-        except TimeoutError:
-            pass
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        while not self.complete:
-            chunk = await self._next()
-            if chunk:
-                yield chunk
-
-    async def read_all(self) -> bytes:
-        return b"".join([chunk async for chunk in self.chunks()])
+    status: int
+    client_auth_failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,35 +98,37 @@ class Upstreams:
             await pool.aclose()
 
     async def forward(self, name: Upstream, *, method: str, target: bytes,
-                      headers: list[tuple[bytes, bytes]], body: RequestBody | bytes | None,
-                      send: Send) -> int:
-        """Sends the request upstream and streams the answer to ``send``; returns the status.
+                      headers: list[tuple[bytes, bytes]], body: bytes | None,
+                      send: Send) -> Forwarded:
+        """Sends the request upstream and streams the answer to ``send``.
 
         Raises a :class:`GatewayError` (before anything is sent) when there is no answer.
         """
-        content = body.chunks() if isinstance(body, RequestBody) else body
         pool = self._pools[name]
         try:
             async with asyncio.timeout(self._options.timeout):
-                response = await pool.request(method, target, headers, content)
-        except GatewayError:
-            raise
+                response = await pool.request(method, target, headers, body)
         except TimeoutError:
-            if isinstance(body, RequestBody) and not body.complete:
-                raise RequestTimeout() from None
             raise self._failed(name, "timeout", GatewayTimeout()) from None
         except ConnectFailed as exc:
             raise self._failed(name, "unavailable", UpstreamUnavailable(), exc) from None
         except BadResponse as exc:
             raise self._failed(name, "bad_response", BadGateway(), exc) from None
         try:
-            await self._relay(name, response, send)
+            failed = await self._relay(name, response, send)
         finally:
             response.close()
-        return response.status
+        return Forwarded(response.status, client_auth_failed=failed)
 
-    async def _relay(self, name: Upstream, response: Response, send: Send) -> None:
-        headers = hop_by_hop.strip(response.headers, also=OWN_RESPONSE_HEADERS)
+    async def _relay(self, name: Upstream, response: Response, send: Send) -> bool:
+        """Relays the answer; returns whether it said the client failed to authenticate."""
+        failed = False
+        headers: list[tuple[bytes, bytes]] = []
+        for field, value in hop_by_hop.strip(response.headers, also=OWN_RESPONSE_HEADERS):
+            if internal_headers.is_internal(field):
+                failed = failed or (field == _CLIENT_AUTH and value == _FAILED)
+            else:
+                headers.append((field, value))
         start: Message = {"type": "http.response.start", "status": response.status,
                           "headers": headers}
         await send(start)
@@ -187,6 +143,7 @@ class Upstreams:
             # Ending the body now would make a truncated answer look complete: leave it
             # unfinished, so the server closes the connection instead.
             self._failed(name, "broken_body", BadGateway(), exc)
+        return failed
 
     @staticmethod
     def _failed(name: Upstream, kind: str, error: GatewayError,

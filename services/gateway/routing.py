@@ -5,6 +5,12 @@ service and are API paths (errors as JSON); everything else goes to the authoriz
 a browser path (errors as an HTML page). The upstreams' own ``/healthz``, ``/readyz`` and
 ``/metrics`` are never routed: the gateway answers 404 for them.
 
+Each route also says which body cap applies (``token``: the token service's endpoints; ``upload``:
+the two app-registration forms that carry a logo; ``form``: everything else) and what the rate
+limiter counts for it (``login``: sign-in attempts per address; ``token``: token requests per
+address; ``client_auth``: nothing is taken, but an address over its client-authentication
+failures is refused — ``token`` checks that too).
+
 The decision is made on the decoded path, and the raw path is forwarded unchanged. A path with
 ``.`` or ``..`` segments is refused, because the upstream HTTP client would collapse them
 (RFC 3986 §5.2.4) and ``/x/../metrics`` would otherwise reach a path the table refuses.
@@ -17,11 +23,15 @@ from typing import Literal
 
 Upstream = Literal["authorize", "token"]
 # What the rate limiter counts for a route, if anything.
-RateClass = Literal["login", "token"]
+RateClass = Literal["login", "token", "client_auth"]
+# Which body cap applies.
+BodyClass = Literal["token", "form", "upload"]
 
 INTERNAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 TOKEN_PATHS = frozenset({"/oauth/token", "/oauth/revoke", "/oauth/introspect"})
 WELL_KNOWN_PREFIX = "/.well-known/"
+# POST here/new (Register App) and here/<client_id> (Edit app) upload a logo.
+APPS_PREFIX = "/settings/integrations/oauth-apps/"
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,7 @@ class Route:
     path: str
     # API paths answer errors in JSON; browser paths with an HTML page.
     api: bool
+    body: BodyClass
     rate_class: RateClass | None = None
 
 
@@ -42,11 +53,15 @@ class MalformedPath(Exception):
     """The path has dot segments or is not absolute (400)."""
 
 
-_TOKEN = {path: Route("token", path, api=True) for path in TOKEN_PATHS}
-_TOKEN_EXCHANGE = Route("token", "/oauth/token", api=True, rate_class="token")
-_WELL_KNOWN = Route("token", "/.well-known/*", api=True)
-_LOGIN_POST = Route("authorize", "/login", api=False, rate_class="login")
-_AUTHORIZE = Route("authorize", "/*", api=False)
+_TOKEN = {path: Route("token", path, api=True, body="token") for path in TOKEN_PATHS}
+_CLIENT_AUTHENTICATED = {
+    path: Route("token", path, api=True, body="token",
+                rate_class="token" if path == "/oauth/token" else "client_auth")
+    for path in TOKEN_PATHS}
+_WELL_KNOWN = Route("token", "/.well-known/*", api=True, body="token")
+_LOGIN_POST = Route("authorize", "/login", api=False, body="form", rate_class="login")
+_UPLOAD = Route("authorize", APPS_PREFIX + "*", api=False, body="upload")
+_AUTHORIZE = Route("authorize", "/*", api=False, body="form")
 
 
 def is_api_path(path: str) -> bool:
@@ -63,12 +78,14 @@ def resolve(method: str, path: str) -> Route:
         raise MalformedPath(path)
     if path in INTERNAL_PATHS:
         raise NotRouted(path)
-    if path == "/oauth/token" and method == "POST":
-        return _TOKEN_EXCHANGE
     if path in _TOKEN:
-        return _TOKEN[path]
+        return _CLIENT_AUTHENTICATED[path] if method == "POST" else _TOKEN[path]
     if path.startswith(WELL_KNOWN_PREFIX):
         return _WELL_KNOWN
-    if path == "/login" and method == "POST":
-        return _LOGIN_POST
+    if method == "POST":
+        if path == "/login":
+            return _LOGIN_POST
+        app = path.removeprefix(APPS_PREFIX)
+        if app != path and app and "/" not in app:
+            return _UPLOAD
     return _AUTHORIZE

@@ -1,6 +1,10 @@
 """Wiring of the token service: the HTTP app (token, revocation, introspection, metadata, JWKS,
 health) and the gRPC ``TokenService`` server.
 
+A failed client authentication (``invalid_client``, at any of the three client-authenticated
+endpoints) is marked ``x-otesse-client-auth: failed`` for the gateway, which strips the mark and
+charges the failure to the caller's address (:mod:`services.common.internal_headers`).
+
 The lifespan opens the Postgres pool, Redis and the registry channel, loads the signing keys
 (and keeps refreshing them), and starts the gRPC server. On SIGTERM readiness turns false and the
 gRPC health ``NOT_SERVING`` (clients move to the other replicas); after the drain the gRPC server
@@ -27,18 +31,23 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from otesse.auth.v1 import registry_pb2, registry_pb2_grpc, token_pb2, token_pb2_grpc
-from services.common import db, redis_client
+from services.common import db, internal_headers, redis_client
+from services.common.errors import InvalidClient
 from services.common.grpc_client import create_channel
 from services.common.grpc_server import STOP_GRACE_SECONDS, GrpcServer
 from services.common.grpc_server import create_server as create_grpc_server
 from services.common.http import (
     Readiness,
     RequestContextMiddleware,
+    classify,
     health_routes,
     json_error_handlers,
+    oauth_error_response,
 )
+from services.common.ratelimit import RateLimiter
 from services.token.access_tokens import AccessTokenIssuer
 from services.token.client_auth import ClientAuthenticator
+from services.token.client_budget import ClientBudget
 from services.token.denylist import DenyList
 from services.token.grants import Grant
 from services.token.grants.authorization_code import AuthorizationCodeGrant
@@ -46,6 +55,7 @@ from services.token.grants.refresh_token import RefreshTokenGrant
 from services.token.introspection import Introspector
 from services.token.keys import KeyRing, NoSigningKey, PgKeyStore, WrongKek
 from services.token.metadata import authorization_server_metadata
+from services.token.metrics import RATE_LIMIT_FAIL_OPEN, RATE_LIMITED
 from services.token.revocation import Revoker
 from services.token.servicer import TokenServiceServicer
 from services.token.settings import JWKS_MAX_AGE_SECONDS, TokenSettings
@@ -87,6 +97,12 @@ def build_components(settings: TokenSettings, *, pool: asyncpg.Pool, redis: aior
                                      audience=settings.audience)
     authenticator = ClientAuthenticator(registry,
                                         cache_seconds=settings.client_auth_cache_seconds)
+    budget = None
+    if settings.rate_per_client is not None:
+        limiter = RateLimiter(redis, prefix=settings.stores.redis_prefix, service="token",
+                              timeout=settings.rate_redis_timeout, limited=RATE_LIMITED,
+                              failed_open=RATE_LIMIT_FAIL_OPEN)
+        budget = ClientBudget(limiter, settings.rate_per_client)
     grants: list[Grant[Any]] = [
         AuthorizationCodeGrant(redis=redis, redis_prefix=settings.stores.redis_prefix,
                                store=store, access_tokens=issuer, denylist=denylist,
@@ -98,7 +114,7 @@ def build_components(settings: TokenSettings, *, pool: asyncpg.Pool, redis: aior
     return TokenComponents(
         ring=ring, store=store, denylist=denylist, validator=validator,
         token_endpoint=TokenEndpoint(grants=grants, authenticator=authenticator,
-                                     max_body_bytes=settings.max_body_bytes),
+                                     max_body_bytes=settings.max_body_bytes, budget=budget),
         revoker=Revoker(store=store, denylist=denylist, ring=ring, issuer=settings.issuer,
                         authenticator=authenticator, max_body_bytes=settings.max_body_bytes),
         introspector=Introspector(store=store, validator=validator, issuer=settings.issuer,
@@ -128,6 +144,13 @@ class TokenRuntime:
 
     components: TokenComponents
     grpc_port: int
+
+
+async def client_auth_failed(request: Request, exc: Exception) -> Response:
+    """``invalid_client``, marked for the gateway (which strips the mark)."""
+    response = oauth_error_response(classify(exc))
+    response.headers[internal_headers.CLIENT_AUTH] = internal_headers.CLIENT_AUTH_FAILED
+    return response
 
 
 def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> Starlette:
@@ -217,6 +240,10 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
         *health_routes(readiness),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers=json_error_handlers())
+                    exception_handlers={**json_error_handlers(),
+                                        InvalidClient: client_auth_failed})
+    # A path with a slash too many or too few is not redirected: Starlette would build the
+    # absolute URL from the Host it was sent, an internal address behind the gateway.
+    app.router.redirect_slashes = False
     app.add_middleware(RequestContextMiddleware, service="token")
     return app

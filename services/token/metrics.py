@@ -28,3 +28,12 @@ DENYLIST_REBUILDS = Counter(
     "otesse_token_denylist_rebuilds_total",
     "Deny-list rebuilds from Postgres after Redis lost it.",
 )
+RATE_LIMITED = Counter(
+    "otesse_token_rate_limited_total",
+    "Token requests answered 429, by the limit that was reached.",
+    ["limit"],
+)
+RATE_LIMIT_FAIL_OPEN = Counter(
+    "otesse_token_rate_limit_fail_open_total",
+    "Token requests let through without a rate-limit check because Redis was slow or down.",
+)

@@ -11,6 +11,7 @@ import base64
 import binascii
 from dataclasses import dataclass
 
+from services.common.ratelimit import RateLimit
 from services.common.settings import (
     DEFAULT_ISSUER,
     DEFAULT_REGISTRY_ADDR,
@@ -66,6 +67,10 @@ class TokenSettings:
     # How long a successful client authentication is remembered in-process.
     client_auth_cache_seconds: float
     max_body_bytes: int
+    # Token requests per authenticated confidential client (None: no limit).
+    rate_per_client: RateLimit | None
+    # A rate-limit check slower than this fails open (Redis slow or down).
+    rate_redis_timeout: float
     registry_addr: str
     log_level: str
     drain_seconds: float
@@ -105,6 +110,10 @@ class TokenSettings:
             client_auth_cache_seconds=env.number("OTESSE_TOKEN_CLIENT_AUTH_CACHE_SECONDS", 5.0),
             max_body_bytes=env.integer("OTESSE_TOKEN_MAX_BODY_BYTES", 16 * 1024, minimum=1024,
                                        maximum=1024 * 1024),
+            rate_per_client=RateLimit.parse("OTESSE_TOKEN_RATE_PER_CLIENT",
+                                            env.text("OTESSE_TOKEN_RATE_PER_CLIENT", "600/60")),
+            rate_redis_timeout=env.number("OTESSE_TOKEN_RATE_REDIS_TIMEOUT_SECONDS", 0.25,
+                                          minimum=0.01),
             registry_addr=env.text("OTESSE_REGISTRY_ADDR", DEFAULT_REGISTRY_ADDR),
             log_level=env.text("OTESSE_LOG_LEVEL", "INFO"),
             drain_seconds=env.number("OTESSE_SHUTDOWN_DRAIN_SECONDS", 0.0),

@@ -1,5 +1,6 @@
 """The token endpoint, ``POST /oauth/token`` (RFC 6749 §3.2, §5): parse, authenticate the
-client, dispatch to the grant named by ``grant_type``, answer with ``no-store``.
+client, charge its budget (:mod:`services.token.client_budget`), dispatch to the grant named by
+``grant_type``, answer with ``no-store``.
 
 Errors are raised as :mod:`services.common.errors` classes and rendered by the app's one JSON
 error handler (RFC 6749 §5.2).
@@ -17,16 +18,18 @@ from services.common.errors import InvalidRequest, UnsupportedGrantType
 from services.common.http import NO_STORE
 from services.token import params
 from services.token.client_auth import ClientAuthenticator
+from services.token.client_budget import ClientBudget
 from services.token.grants import Grant
 from services.token.metrics import TOKENS_ISSUED
 
 
 class TokenEndpoint:
     def __init__(self, *, grants: Sequence[Grant[Any]], authenticator: ClientAuthenticator,
-                 max_body_bytes: int) -> None:
+                 max_body_bytes: int, budget: ClientBudget | None = None) -> None:
         self._grants: dict[str, Grant[Any]] = {grant.grant_type: grant for grant in grants}
         self._authenticator = authenticator
         self._max_body_bytes = max_body_bytes
+        self._budget = budget
 
     @property
     def grant_types(self) -> list[str]:
@@ -42,6 +45,10 @@ class TokenEndpoint:
             raise UnsupportedGrantType(f"Supported grant types: {', '.join(self._grants)}.")
         client = await self._authenticator.authenticate(
             authorization=request.headers.get("authorization"), params=values)
+        if self._budget is not None:
+            # Charged to the client only now that it is authenticated, and before the grant
+            # consumes anything.
+            await self._budget.charge(client)
         body = await grant.handle(values, client)
         TOKENS_ISSUED.labels(grant.grant_type).inc()
         # RFC 6749 §5.1: "The authorization server MUST include the HTTP "Cache-Control"

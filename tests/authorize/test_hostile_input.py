@@ -43,3 +43,14 @@ async def test_ids_in_paths(browser: httpx.AsyncClient, person: Person, path: st
     await sign_in(browser, person)
     response = await browser.get(path.format(quote(value, safe="")))
     assert response.status_code in (400, 404, 414), response.text[:300]
+
+
+@pytest.mark.parametrize("path", ["/login/", "/settings/authorized-apps/",
+                                  "/settings/integrations/oauth-apps/"],
+                         ids=["login", "authorized-apps", "oauth-apps"])
+async def test_a_stray_slash_is_never_redirected_to_the_host_it_was_sent(
+        browser: httpx.AsyncClient, path: str) -> None:
+    """Behind the gateway, Host could be an internal address: no absolute URL is built from it."""
+    response = await browser.get(path, headers={"Host": "127.0.0.1:9001"})
+    assert response.status_code == 404
+    assert "location" not in response.headers

@@ -23,8 +23,9 @@ import pytest_asyncio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.common.http import Readiness
+from services.common.serve import limited_protocol
 from services.common.settings import Env
-from services.gateway.app import create_app
+from services.gateway.app import connection_limits, create_app
 from services.gateway.settings import GatewaySettings
 from tests.conftest import REDIS_URL
 from tests.servers import serve_app
@@ -80,7 +81,14 @@ class FakeUpstream:
         if action == "hop":
             out_headers += [(b"connection", b"x-up-hop"), (b"x-up-hop", b"1"),
                             (b"keep-alive", b"timeout=9"), (b"x-up-kept", b"1")]
-        await send({"type": "http.response.start", "status": 200, "headers": out_headers})
+        status = 200
+        if action == "auth-failed":
+            status = 401
+            out_headers += [(b"x-otesse-client-auth", b"failed")]
+        if action == "internal":
+            out_headers += [(b"x-otesse-secret", b"for the gateway only"),
+                            (b"X-Otesse-Client-Auth", b"ok")]
+        await send({"type": "http.response.start", "status": status, "headers": out_headers})
         await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
 
     async def _stream_out(self, send: Send, total: int) -> None:
@@ -98,11 +106,12 @@ class FakeUpstream:
 
 
 @asynccontextmanager
-async def serve_gateway(app: ASGIApp) -> AsyncIterator[str]:
-    """Like ``serve_app``, with the server options production uses (``serve_http``): above
-    all no ``proxy_headers``, which would rewrite the peer before the gateway judges it."""
-    async with serve_app(app, http="httptools", proxy_headers=False,
-                         server_header=False) as url:
+async def serve_gateway(app: ASGIApp, settings: GatewaySettings) -> AsyncIterator[str]:
+    """Like ``serve_app``, with the server options production uses (``serve_http``): the
+    gateway's connection limits, and no ``proxy_headers``, which would rewrite the peer before
+    the gateway judges it."""
+    async with serve_app(app, http=limited_protocol(connection_limits(settings)),
+                         proxy_headers=False, server_header=False) as url:
         yield url
 
 
@@ -141,7 +150,7 @@ def gateway_factory(upstreams: tuple[FakeUpstream, str, FakeUpstream, str],
             **env,
         }
         settings = GatewaySettings.from_env(Env(values))
-        async with serve_gateway(create_app(settings, Readiness())) as url:
+        async with serve_gateway(create_app(settings, Readiness()), settings) as url:
             yield Stack(url=url, authorize=authorize, token=token, settings=settings)
 
     return start

@@ -170,6 +170,39 @@ async def test_strips_hop_by_hop_headers_both_ways(stack: Stack) -> None:
     assert response.headers["x-up-kept"] == "1"
 
 
+async def test_internal_fields_never_pass_the_gateway(stack: Stack) -> None:
+    """A client cannot speak for a service (``x-otesse-…`` request fields are dropped), nor read
+    what a service tells the gateway (dropped from answers too)."""
+    async with httpx.AsyncClient(base_url=stack.url) as client:
+        response = await client.post("/oauth/token", headers={
+            "X-Otesse-Client-Auth": "ok", "x-otesse-anything": "forged",
+            "x-test-action": "internal"})
+    assert response.status_code == 200
+    assert not [name for name in _headers(response.json()) if name.startswith("x-otesse-")]
+    assert not [name for name in response.headers if name.lower().startswith("x-otesse-")]
+
+
+@pytest.mark.parametrize(("connection", "path", "json_body"), [
+    ("host", "/settings/authorized-apps/", False),
+    ("keep-alive, HOST", "/login", False),
+    ("content-length", "/oauth/token", True),
+    ("x-request-id", "/oauth/token", True),
+    ("x-forwarded-for", "/oauth/authorize", False),
+], ids=["fails because it would strip Host", "fails because it would strip Host (listed)",
+        "fails because it would strip Content-Length", "fails because it would strip the "
+        "request id", "fails because it would strip the forwarded address"])
+async def test_connection_may_not_strip_what_the_request_needs(
+        stack: Stack, connection: str, path: str, json_body: bool) -> None:
+    async with httpx.AsyncClient(base_url=stack.url) as client:
+        response = await client.post(path, content=b"a=1", headers={"Connection": connection})
+    assert response.status_code == 400
+    if json_body:
+        assert response.json()["error"] == "invalid_request"
+    else:
+        assert "Connection header" in response.text
+    assert stack.authorize.hits == [] and stack.token.hits == []
+
+
 async def test_passes_every_set_cookie_and_keeps_none(stack: Stack) -> None:
     async with httpx.AsyncClient(base_url=stack.url) as client:
         first = await client.get("/login", headers={"x-test-action": "cookies"})

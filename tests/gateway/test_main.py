@@ -5,17 +5,24 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
+import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 import pytest_asyncio
 
+from services.authorize import app_form
+from services.common.ratelimit import RateLimit
+from services.common.serve import MAX_LINGERING
 from services.common.settings import ConfigError, Env
-from services.gateway.settings import GatewaySettings, RateLimit
+from services.gateway.__main__ import connection_cap
+from services.gateway.settings import GatewaySettings
 from tests.conftest import free_port
 from tests.gateway.conftest import FakeUpstream
 
@@ -43,8 +50,14 @@ async def gateway_process(upstreams: tuple[FakeUpstream, str, FakeUpstream, str]
     env = {**os.environ, **test_env, "OTESSE_GATEWAY_PORT": str(port),
            "OTESSE_GATEWAY_ADMIN_PORT": str(admin_port),
            "OTESSE_GATEWAY_AUTHORIZE_URL": authorize_url, "OTESSE_GATEWAY_TOKEN_URL": token_url}
-    process = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    command = [sys.executable, "-m", "services.gateway"]
+    # Started with the usual small soft limit on open files (util-linux prlimit execs the
+    # gateway in place), so the test sees start-up raise it.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    prlimit = shutil.which("prlimit")
+    if prlimit and hard != resource.RLIM_INFINITY and hard > 1024:
+        command = [prlimit, f"--nofile=1024:{hard}", "--", *command]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         await _wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
         yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", process
@@ -83,6 +96,11 @@ async def test_process_serves_public_and_admin_ports_and_stops_on_sigterm(
     assert 'otesse_http_request_duration_seconds_count{method="GET",route="/*",service="gateway"' \
         in metrics.text
     assert "client_id" not in metrics.text
+    # Start-up raised the open-files limit to its maximum (connections are descriptors).
+    limits = Path(f"/proc/{process.pid}/limits").read_text()
+    soft, hard = next(line.split()[3:5] for line in limits.splitlines()
+                      if line.startswith("Max open files"))
+    assert soft == hard
 
     process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(process.wait, 10) == 0
@@ -100,20 +118,46 @@ async def test_process_serves_public_and_admin_ports_and_stops_on_sigterm(
     ("OTESSE_GATEWAY_RATE_LOGIN_PER_IP", "10/0", "OTESSE_GATEWAY_RATE_LOGIN_PER_IP must be"),
     ("OTESSE_GATEWAY_TOKEN_URL", "127.0.0.1:8002", "OTESSE_GATEWAY_TOKEN_URL must be"),
     ("OTESSE_GATEWAY_TRUSTED_PROXIES", "10.0.0.0/33", "OTESSE_GATEWAY_TRUSTED_PROXIES must be"),
-    ("OTESSE_GATEWAY_MAX_BODY_BYTES", "-1", "OTESSE_GATEWAY_MAX_BODY_BYTES must be"),
+    ("OTESSE_GATEWAY_MAX_TOKEN_BODY_BYTES", "-1", "OTESSE_GATEWAY_MAX_TOKEN_BODY_BYTES must be"),
+    ("OTESSE_GATEWAY_MAX_FORM_BODY_BYTES", "2000000", "OTESSE_GATEWAY_MAX_FORM_BODY_BYTES must"),
+    ("OTESSE_GATEWAY_HEADER_TIMEOUT_SECONDS", "0", "OTESSE_GATEWAY_HEADER_TIMEOUT_SECONDS must"),
+    ("OTESSE_GATEWAY_MAX_CONNECTIONS", "lots", "OTESSE_GATEWAY_MAX_CONNECTIONS must be"),
+    ("OTESSE_GATEWAY_RATE_CLIENT_AUTH_FAILURES_PER_IP", "1/-1",
+     "OTESSE_GATEWAY_RATE_CLIENT_AUTH_FAILURES_PER_IP must be"),
 ], ids=["rate-not-a-number", "rate-zero-window", "url-without-scheme", "bad-cidr",
-        "negative-cap"])
+        "negative-cap", "form-cap-over-1MiB", "no-header-time", "connections-not-a-number",
+        "negative-window"])
 def test_bad_settings_name_the_variable(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         GatewaySettings.from_env(Env({name: value}))
 
 
 def test_rate_limits_parse_and_turn_off() -> None:
-    settings = GatewaySettings.from_env(Env({"OTESSE_GATEWAY_RATE_TOKEN_PER_IP": "5/10",
-                                             "OTESSE_GATEWAY_RATE_LOGIN_PER_IP": "off",
-                                             "OTESSE_GATEWAY_RATE_TOKEN_PER_CLIENT": "0"}))
+    settings = GatewaySettings.from_env(Env({
+        "OTESSE_GATEWAY_RATE_TOKEN_PER_IP": "5/10", "OTESSE_GATEWAY_RATE_LOGIN_PER_IP": "off",
+        "OTESSE_GATEWAY_RATE_CLIENT_AUTH_FAILURES_PER_IP": "0"}))
     assert settings.rate_token_per_ip == RateLimit(5, 10.0)
-    assert settings.rate_login_per_ip is None and settings.rate_token_per_client is None
+    assert settings.rate_login_per_ip is None
+    assert settings.rate_client_auth_failures_per_ip is None
+
+
+def test_the_upload_cap_fits_the_authorize_form_cap() -> None:
+    """The gateway cannot import the authorize service; this test holds the two caps together:
+    a logo the registration form accepts must not be refused at the edge."""
+    settings = GatewaySettings.from_env(Env({}))
+    assert settings.max_upload_body_bytes == app_form.MAX_FORM_BYTES
+
+
+@pytest.mark.parametrize(("configured", "open_files", "expected"), [
+    (4096, 1 << 20, 4096),
+    (4096, 4096, 4096 - 64 - MAX_LINGERING - 200),
+    (4096, 100, 1),
+], ids=["plenty-of-descriptors", "cap-lowered-to-fit", "never-below-one"])
+def test_the_connection_cap_fits_the_open_files_limit(configured: int, open_files: int,
+                                                      expected: int) -> None:
+    settings = GatewaySettings.from_env(Env({"OTESSE_GATEWAY_MAX_CONNECTIONS": str(configured),
+                                             "OTESSE_GATEWAY_UPSTREAM_MAX_CONNECTIONS": "100"}))
+    assert connection_cap(settings, open_files) == expected
 
 
 def test_serve_command_reports_a_bad_setting_in_one_line() -> None:

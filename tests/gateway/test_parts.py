@@ -1,14 +1,15 @@
-"""The gateway's small parts, table-driven: host matching, claimed client ids, hop-by-hop
-stripping and the routing table."""
+"""The gateway's small parts, table-driven: host matching, hop-by-hop stripping, the routing
+table, requests in flight per address and the upload budget."""
 
 from __future__ import annotations
 
-import base64
-
 import pytest
 
-from services.gateway import client_identity, hop_by_hop, routing
+from services.gateway import hop_by_hop, routing
+from services.gateway.body import BodyBudget
+from services.gateway.errors import TooManyInFlight
 from services.gateway.hosts import HostAllowList, HostNotAllowed, MissingHost, split_host
+from services.gateway.in_flight import InFlight
 
 
 @pytest.mark.parametrize(("value", "expected"), [
@@ -44,33 +45,6 @@ def test_host_allow_list_accepts() -> None:
     assert hosts.check(b"localhost:8000") == "localhost:8000"
 
 
-def _basic(text: str) -> bytes:
-    return b"Basic " + base64.b64encode(text.encode())
-
-
-@pytest.mark.parametrize(("authorization", "content_type", "body", "expected"), [
-    (_basic("otesse_ci_a:secret"), None, b"", "otesse_ci_a"),
-    (_basic("otesse_ci_a%3Ab:secret"), None, b"", "otesse_ci_a:b"),
-    (b"Basic !!!", b"application/json", b'{"client_id": "otesse_ci_b"}', "otesse_ci_b"),
-    (_basic("no-colon"), None, b"", None),
-    (b"Bearer x", b"application/x-www-form-urlencoded", b"client_id=otesse_ci_c&code=1",
-     "otesse_ci_c"),
-    (None, b"application/json; charset=utf-8", b'{"client_id": "otesse_ci_d"}', "otesse_ci_d"),
-    (None, b"application/json", b'{"client_id": 7}', None),
-    (None, b"application/json", b"[1, 2]", None),
-    (None, b"application/json", b"{not json", None),
-    (None, b"application/json", b"[" * 100000, None),
-    (None, b"application/json", b'{"client_id": "' + b"x" * 300 + b'"}', None),
-    (None, b"text/plain", b"client_id=otesse_ci_e", None),
-    (None, b"application/x-www-form-urlencoded", b"\xff\xfe", None),
-], ids=["basic", "basic-form-encoded", "bad-basic-then-json", "basic-without-colon",
-        "bearer-then-form", "json-with-charset", "json-number", "json-array", "broken-json",
-        "deeply-nested-json", "overlong-id", "other-media-type", "form-not-utf8"])
-def test_claimed_client_id(authorization: bytes | None, content_type: bytes | None, body: bytes,
-                           expected: str | None) -> None:
-    assert client_identity.claimed_client_id(authorization, content_type, body) == expected
-
-
 def test_hop_by_hop_strips_listed_and_named_fields() -> None:
     headers = [(b"connection", b"close, X-Named"), (b"x-named", b"1"), (b"te", b"trailers"),
                (b"transfer-encoding", b"chunked"), (b"upgrade", b"h2c"), (b"x-kept", b"1"),
@@ -79,19 +53,30 @@ def test_hop_by_hop_strips_listed_and_named_fields() -> None:
 
 
 @pytest.mark.parametrize(("method", "path", "expected"), [
-    ("POST", "/oauth/token", ("token", "/oauth/token", True, "token")),
-    ("GET", "/oauth/token", ("token", "/oauth/token", True, None)),
-    ("POST", "/oauth/revoke", ("token", "/oauth/revoke", True, None)),
-    ("GET", "/.well-known/jwks.json", ("token", "/.well-known/*", True, None)),
-    ("POST", "/login", ("authorize", "/login", False, "login")),
-    ("GET", "/login", ("authorize", "/*", False, None)),
-    ("GET", "/.well-known", ("authorize", "/*", False, None)),
-], ids=["token-post", "token-get", "revoke", "well-known", "login-post", "login-get",
-        "well-known-bare"])
-def test_routing_table(method: str, path: str, expected: tuple[str, str, bool, str | None],
-                       ) -> None:
+    ("POST", "/oauth/token", ("token", "/oauth/token", True, "token", "token")),
+    ("GET", "/oauth/token", ("token", "/oauth/token", True, "token", None)),
+    ("POST", "/oauth/revoke", ("token", "/oauth/revoke", True, "token", "client_auth")),
+    ("POST", "/oauth/introspect", ("token", "/oauth/introspect", True, "token", "client_auth")),
+    ("GET", "/.well-known/jwks.json", ("token", "/.well-known/*", True, "token", None)),
+    ("POST", "/login", ("authorize", "/login", False, "form", "login")),
+    ("GET", "/login", ("authorize", "/*", False, "form", None)),
+    ("POST", "/logout", ("authorize", "/*", False, "form", None)),
+    ("POST", "/settings/integrations/oauth-apps/new",
+     ("authorize", "/settings/integrations/oauth-apps/*", False, "upload", None)),
+    ("POST", "/settings/integrations/oauth-apps/otesse_ci_abc",
+     ("authorize", "/settings/integrations/oauth-apps/*", False, "upload", None)),
+    ("POST", "/settings/integrations/oauth-apps/otesse_ci_abc/delete",
+     ("authorize", "/*", False, "form", None)),
+    ("POST", "/settings/integrations/oauth-apps/", ("authorize", "/*", False, "form", None)),
+    ("GET", "/settings/integrations/oauth-apps/new", ("authorize", "/*", False, "form", None)),
+    ("GET", "/.well-known", ("authorize", "/*", False, "form", None)),
+], ids=["token-post", "token-get", "revoke", "introspect", "well-known", "login-post",
+        "login-get", "logout", "register-app-upload", "edit-app-upload", "delete-app-form",
+        "apps-list-post", "register-app-get", "well-known-bare"])
+def test_routing_table(method: str, path: str,
+                       expected: tuple[str, str, bool, str, str | None]) -> None:
     route = routing.resolve(method, path)
-    assert (route.upstream, route.path, route.api, route.rate_class) == expected
+    assert (route.upstream, route.path, route.api, route.body, route.rate_class) == expected
 
 
 @pytest.mark.parametrize(("path", "error"), [
@@ -106,3 +91,24 @@ def test_routing_table(method: str, path: str, expected: tuple[str, str, bool, s
 def test_routing_refuses(path: str, error: type[Exception]) -> None:
     with pytest.raises(error):
         routing.resolve("GET", path)
+
+
+def test_requests_in_flight_are_capped_per_address() -> None:
+    in_flight = InFlight(2)
+    with in_flight.hold("192.0.2.1"), in_flight.hold("192.0.2.1"):
+        with pytest.raises(TooManyInFlight), in_flight.hold("192.0.2.1"):
+            pass
+        with in_flight.hold("192.0.2.2"):
+            assert len(in_flight) == 2
+    # Every hold is given back, an error or not: nothing is left counted.
+    assert len(in_flight) == 0
+    with in_flight.hold("192.0.2.1"), in_flight.hold("192.0.2.1"):
+        pass
+
+
+def test_the_upload_budget_is_drawn_and_given_back() -> None:
+    budget = BodyBudget(10)
+    assert budget.draw(6) and budget.draw(4)
+    assert not budget.draw(1)
+    budget.give_back(4)
+    assert budget.draw(3) and budget.held == 9

@@ -11,9 +11,11 @@ it say ``pytest_plugins = ["tests.integration.fixtures"]``, so the browser tests
 ``tests/e2e`` share the same single stack.
 
 Settings chosen for tests: the refresh retry window is ``RETRY_WINDOW`` seconds (short, so a
-reuse after it can be shown without a long wait); gateway rate limits are off except the
-per-client limit on ``/oauth/token`` (``CLIENT_RATE`` requests a minute), which only a client
-made for the rate-limit test comes near.
+reuse after it can be shown without a long wait); rate limits are off except the token
+service's per-client limit (``CLIENT_RATE`` token requests a minute), which only clients made
+for the rate-limit tests come near, and the gateway's limit on failed client authentications
+per address (``AUTH_FAILURE_RATE`` a minute), which only the addresses the attack tests
+invent (through ``X-Forwarded-For``) come near.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ PORT_VARIABLES = ("OTESSE_GATEWAY_PORT", "OTESSE_GATEWAY_ADMIN_PORT", "OTESSE_AU
 SERVICES = ("registry", "token", "authorize", "gateway", "bookings")
 RETRY_WINDOW = 2
 CLIENT_RATE = 40
+AUTH_FAILURE_RATE = 20
 READY_SECONDS = 60.0
 STOP_SECONDS = 20.0
 
@@ -95,7 +98,8 @@ def stack_env(test_env: dict[str, str], logs: Path) -> dict[str, str]:
         "OTESSE_GATEWAY_ALLOWED_HOSTS": "localhost",
         "OTESSE_GATEWAY_RATE_LOGIN_PER_IP": "off",
         "OTESSE_GATEWAY_RATE_TOKEN_PER_IP": "off",
-        "OTESSE_GATEWAY_RATE_TOKEN_PER_CLIENT": f"{CLIENT_RATE}/60",
+        "OTESSE_GATEWAY_RATE_CLIENT_AUTH_FAILURES_PER_IP": f"{AUTH_FAILURE_RATE}/60",
+        "OTESSE_TOKEN_RATE_PER_CLIENT": f"{CLIENT_RATE}/60",
         "OTESSE_TOKEN_REFRESH_RETRY_WINDOW_SECONDS": str(RETRY_WINDOW),
     })
     return env

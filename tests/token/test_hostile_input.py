@@ -48,3 +48,14 @@ async def test_basic_credentials(token: TokenService, path: str, value: str) -> 
                                      headers={"Authorization": f"Basic {raw}"})
     assert response.status_code in (400, 401), response.text
     assert response.json()["error"] in ("invalid_request", "invalid_client")
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/oauth/token/"), ("POST", "/oauth/revoke/"), ("GET", "/.well-known/jwks.json/"),
+], ids=["token", "revoke", "jwks"])
+async def test_a_stray_slash_is_never_redirected_to_the_host_it_was_sent(
+        token: TokenService, method: str, path: str) -> None:
+    """Behind the gateway, Host could be an internal address: no absolute URL is built from it."""
+    response = await token.http.request(method, path, headers={"Host": "127.0.0.1:9002"})
+    assert (response.status_code, response.json()["error"]) == (404, "not_found")
+    assert "location" not in response.headers

@@ -6,6 +6,7 @@ import base64
 
 import pytest
 
+from services.common.ratelimit import RateLimit
 from services.common.settings import ConfigError, Env
 from services.token.settings import DEV_KEK, TokenSettings
 
@@ -21,6 +22,10 @@ def test_defaults() -> None:
     assert settings.refresh_retry_window == 10
     assert settings.key_rotation_seconds == 30 * 24 * 3600
     assert settings.registry_addr == "127.0.0.1:50051"
+    assert settings.rate_per_client == RateLimit(600, 60.0)
+    assert settings.rate_redis_timeout == 0.25
+    assert TokenSettings.from_env(Env({"OTESSE_TOKEN_RATE_PER_CLIENT": "off"})
+                                  ).rate_per_client is None
     assert settings.kek_is_default and settings.kek.value == DEV_KEK
     assert "otesse" not in repr(settings.kek)
 
@@ -43,8 +48,12 @@ def test_a_set_kek_is_used_and_masked() -> None:
     ({"OTESSE_TOKEN_KEY_ROTATION_SECONDS": "600"}, "OTESSE_TOKEN_KEY_ROTATION_SECONDS"),
     ({"OTESSE_ISSUER": "localhost:8000"}, "OTESSE_ISSUER"),
     ({"OTESSE_TOKEN_GRPC_PORT": "70000"}, "OTESSE_TOKEN_GRPC_PORT"),
+    ({"OTESSE_TOKEN_RATE_PER_CLIENT": "lots"}, "OTESSE_TOKEN_RATE_PER_CLIENT"),
+    ({"OTESSE_TOKEN_RATE_REDIS_TIMEOUT_SECONDS": "0"},
+     "OTESSE_TOKEN_RATE_REDIS_TIMEOUT_SECONDS"),
 ], ids=["KEK not 32 bytes", "KEK not base64", "negative retry window", "TTL not a number",
-        "rotation shorter than two token lives", "issuer not absolute", "port out of range"])
+        "rotation shorter than two token lives", "issuer not absolute", "port out of range",
+        "per-client rate not COUNT/SECONDS", "rate-limit timeout of zero"])
 def test_malformed_settings_name_the_variable(environ: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError) as caught:
         TokenSettings.from_env(Env(environ))

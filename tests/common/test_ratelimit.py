@@ -1,0 +1,115 @@
+"""The token buckets every service shares, against the real Redis: atomic check-and-take,
+buckets that are only checked, keys per service that always expire, and the limit's syntax."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from prometheus_client import Counter
+
+from services.common.ratelimit import Bucket, RateLimit, RateLimiter
+from services.common.settings import ConfigError
+from tests.conftest import REDIS_URL
+
+LIMITED = Counter("otesse_test_rate_limited_total", "Test.", ["limit"])
+FAILED_OPEN = Counter("otesse_test_rate_limit_fail_open_total", "Test.")
+
+
+@pytest_asyncio.fixture
+async def client() -> AsyncIterator[aioredis.Redis]:
+    redis = aioredis.Redis.from_url(REDIS_URL)
+    yield redis
+    await redis.aclose()
+
+
+def limiter(redis: aioredis.Redis, prefix: str, service: str = "test") -> RateLimiter:
+    return RateLimiter(redis, prefix=prefix, service=service, timeout=5.0, limited=LIMITED,
+                       failed_open=FAILED_OPEN)
+
+
+@pytest.fixture
+def prefix(redis_prefix: str) -> str:
+    return f"{redis_prefix}rl{secrets.token_hex(4)}:"
+
+
+async def test_concurrent_requests_never_exceed_the_limit(client: aioredis.Redis,
+                                                          prefix: str) -> None:
+    """The check-and-take is atomic: 50 simultaneous requests on a 10-request bucket → 10."""
+    buckets = [Bucket("token_ip", "198.51.100.9", RateLimit(10, 3600))]
+    decisions = await asyncio.gather(*(limiter(client, prefix).take(buckets)
+                                       for _ in range(50)))
+    assert sum(d.allowed for d in decisions) == 10
+    assert {d.limit for d in decisions if not d.allowed} == {"token_ip"}
+
+
+async def test_a_denied_request_takes_from_no_bucket(client: aioredis.Redis,
+                                                     prefix: str) -> None:
+    limits = limiter(client, prefix)
+    per_ip = Bucket("token_ip", "198.51.100.10", RateLimit(2, 3600))
+    per_client = Bucket("token_client", "otesse_ci_x", RateLimit(1, 3600))
+    assert (await limits.take([per_ip, per_client])).allowed
+    denied = await limits.take([per_ip, per_client])
+    # The client's bucket was empty, so the IP's second request is still there.
+    assert (await limits.take([per_ip])).allowed
+    assert (denied.allowed, denied.limit) == (False, "token_client")
+
+
+async def test_a_checked_bucket_refuses_when_empty_and_is_never_taken_from(
+        client: aioredis.Redis, prefix: str) -> None:
+    limits = limiter(client, prefix)
+    failures = RateLimit(2, 3600)
+    checked = Bucket("client_auth_failures_ip", "198.51.100.11", failures, take=False)
+    per_ip = Bucket("token_ip", "198.51.100.11", RateLimit(100, 3600))
+    # Checking takes nothing, however often.
+    assert all([(await limits.take([per_ip, checked])).allowed for _ in range(5)])
+    # Two failures charged: the address is refused, and the other bucket keeps its requests.
+    for _ in range(2):
+        assert (await limits.take([Bucket("client_auth_failures_ip", "198.51.100.11",
+                                          failures)])).allowed
+    denied = await limits.take([per_ip, checked])
+    assert (denied.allowed, denied.limit) == (False, "client_auth_failures_ip")
+    assert denied.retry_after > 0
+    [key] = [k async for k in client.scan_iter(match=f"{prefix}test:rate:token_ip:*")]
+    tokens = await client.hget(key, "tokens")
+    assert tokens is not None and float(tokens) == pytest.approx(95, abs=0.1)
+
+
+async def test_keys_are_per_service_hashed_and_always_expire(client: aioredis.Redis,
+                                                             prefix: str) -> None:
+    subject = "otesse_ci_" + "x" * 500
+    await limiter(client, prefix, "token").take([Bucket("token_client", subject,
+                                                        RateLimit(600, 60))])
+    await limiter(client, prefix, "gateway").take([Bucket("token_ip", "192.0.2.1",
+                                                          RateLimit(30, 60))])
+    keys = sorted([key.decode() async for key in client.scan_iter(match=f"{prefix}*")])
+    assert [key.removeprefix(prefix).rsplit(":", 1)[0] for key in keys] == [
+        "gateway:rate:token_ip", "token:rate:token_client"]
+    # Attacker-chosen subjects never reach a key: a fixed-length digest does.
+    assert all(len(key.rsplit(":", 1)[1]) == 32 for key in keys)
+    for key in keys:
+        assert 0 < await client.pttl(key) <= 61_000
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("30/60", RateLimit(30, 60.0)),
+    ("5", RateLimit(5, 60.0)),
+    ("1/0.5", RateLimit(1, 0.5)),
+    ("off", None),
+    ("0", None),
+], ids=["count-per-seconds", "count-per-minute", "fractional-window", "off", "zero"])
+def test_limit_syntax(raw: str, expected: RateLimit | None) -> None:
+    assert RateLimit.parse("OTESSE_X", raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["lots", "10/0", "-1/60", "1/x"],
+                         ids=["fails because not a number", "fails because the window is zero",
+                              "fails because the count is negative",
+                              "fails because the window is not a number"])
+def test_malformed_limits_name_the_variable(raw: str) -> None:
+    with pytest.raises(ConfigError, match="OTESSE_X must be COUNT/SECONDS"):
+        RateLimit.parse("OTESSE_X", raw)
