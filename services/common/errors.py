@@ -110,10 +110,14 @@ class ServerError(OAuthError):
 
 class TemporarilyUnavailable(OAuthError):
     """The authorization server is currently unable to handle the request due to a temporary
-    overloading or maintenance of the server."""
+    overloading or maintenance of the server. ``Retry-After`` says when to try again."""
 
     error = "temporarily_unavailable"
     status_code = 503
+
+    def __init__(self, description: str = "", *, retry_after: int = 1) -> None:
+        super().__init__(description)
+        self.retry_after = retry_after
 
 
 class UnsupportedTokenType(OAuthError):

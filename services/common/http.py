@@ -6,8 +6,9 @@
 * :func:`json_error_handlers` renders :class:`~services.common.errors.OAuthError` as
   ``{"error", "error_description"}`` with ``Cache-Control: no-store``; anything unexpected
   becomes ``server_error`` with no detail (the traceback goes to the log), and a store or peer
-  that is down becomes ``503 temporarily_unavailable``. Browser services pass their own
-  renderer for HTML pages.
+  that is down becomes ``503 temporarily_unavailable`` with ``Retry-After``, answered by the
+  app itself (logged as a warning, no traceback). Browser services pass their own renderer for
+  HTML pages.
 * :func:`health_routes` serves ``/healthz``, ``/readyz`` and ``/metrics``.
 """
 
@@ -36,7 +37,7 @@ from services.common.errors import (
 )
 from services.common.log import request_id_var
 from services.common.metrics import DEPENDENCY_ERRORS, HTTP_REQUESTS
-from services.common.unavailable import is_unavailable
+from services.common.unavailable import DEPENDENCY_FAILURES, is_unavailable
 
 access_log = logging.getLogger("otesse.access")
 log = logging.getLogger("otesse.http")
@@ -105,7 +106,7 @@ def oauth_error_response(exc: OAuthError, *, headers: Mapping[str, str] | None =
     www_authenticate = getattr(exc, "www_authenticate", None)
     if www_authenticate:
         all_headers["WWW-Authenticate"] = www_authenticate
-    if isinstance(exc, TooManyRequests):
+    if isinstance(exc, (TooManyRequests, TemporarilyUnavailable)):
         all_headers["Retry-After"] = str(exc.retry_after)
     return JSONResponse(body, status_code=exc.status_code, headers=all_headers)
 
@@ -143,6 +144,10 @@ def json_error_handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[
     return {
         OAuthError: _oauth_handler,
         HTTPException: _http_exception_handler,
+        # A store or peer that fails is answered inside the app, like an OAuth error. Starlette
+        # runs a handler keyed on Exception in its outermost middleware, which re-raises after
+        # answering: the server would log a traceback and the access log record a 500.
+        **dict.fromkeys(DEPENDENCY_FAILURES, _oauth_handler),
         Exception: _oauth_handler,
     }
 
@@ -179,8 +184,9 @@ def health_routes(readiness: Readiness) -> list[Route]:
         ready = not readiness.draining and all(v == "ok" for v in results.values())
         body = {"status": "ready" if ready else "not ready", "checks": results,
                 "draining": readiness.draining}
-        return JSONResponse(body, status_code=200 if ready else 503,
-                            headers={"Cache-Control": "no-store"})
+        headers = {"Cache-Control": "no-store"} if ready else {"Cache-Control": "no-store",
+                                                                "Retry-After": "1"}
+        return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
 
     async def metrics(request: Request) -> Response:
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -8,6 +8,12 @@ import redis.exceptions
 
 _UNAVAILABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
+# The exception classes a store or peer raises, some of whose instances mean "down right now"
+# (:func:`is_unavailable` tells which): what an error handler must catch to answer 503 itself.
+DEPENDENCY_FAILURES: tuple[type[Exception], ...] = (
+    OSError, redis.exceptions.RedisError, asyncpg.PostgresError, asyncpg.InterfaceError,
+    grpc.aio.AioRpcError)
+
 
 def is_unavailable(exc: BaseException) -> bool:
     """True when ``exc`` means a store or peer cannot be reached right now."""

@@ -1,0 +1,123 @@
+"""The JSON error rendering every API service shares: a store or peer that is down is a 503 with
+``Retry-After`` and an RFC 6749 body, answered by the service itself — never a 500, never a
+traceback in the log, and the access log says 503 too.
+
+Each dependency fails for real: a Redis, a PostgreSQL and a gRPC peer on a port where nothing
+listens, and a Redis that stopped answering (SIGSTOP) for the timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from otesse.auth.v1 import registry_pb2, registry_pb2_grpc
+from services.common.grpc_client import create_channel
+from services.common.http import (
+    Readiness,
+    RequestContextMiddleware,
+    health_routes,
+    json_error_handlers,
+)
+from tests.conftest import free_port
+from tests.faults.stores import PrivateRedis
+from tests.servers import serve_app
+
+Failure = Callable[[], Awaitable[object]]
+
+
+async def redis_refused() -> object:
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0",
+                                     socket_connect_timeout=1.0)
+    try:
+        return await client.get("key")
+    finally:
+        await client.aclose()
+
+
+async def postgres_refused() -> object:
+    pool = await asyncpg.create_pool(f"postgresql://postgres@127.0.0.1:{free_port()}/x",
+                                     min_size=0, timeout=1.0)
+    try:
+        return await pool.fetchval("SELECT 1")
+    finally:
+        await pool.close()
+
+
+async def registry_refused() -> object:
+    channel = create_channel(f"127.0.0.1:{free_port()}",
+                             services=("otesse.auth.v1.ClientRegistry",))
+    try:
+        return await registry_pb2_grpc.ClientRegistryStub(channel).GetClient(
+            registry_pb2.GetClientRequest(client_id="otesse_ci_x"), timeout=2.0)
+    finally:
+        await channel.close()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def stalled_redis(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """A Redis that accepts connections and never answers (stopped with SIGSTOP)."""
+    server = PrivateRedis(Path(tmp_path_factory.mktemp("redis")))
+    server.start()
+    server.pause()
+    try:
+        yield server.url
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("dependency", ["redis-refused", "postgres-refused",
+                                        "registry-refused", "redis-stalled"])
+async def test_a_dependency_down_is_503_with_retry_after_and_no_traceback(
+        dependency: str, stalled_redis: str, caplog: pytest.LogCaptureFixture) -> None:
+    async def redis_stalled() -> object:
+        client = aioredis.Redis.from_url(stalled_redis, socket_timeout=0.5)
+        try:
+            return await client.get("key")
+        finally:
+            await client.aclose()
+
+    failures: dict[str, Failure] = {"redis-refused": redis_refused,
+                                    "postgres-refused": postgres_refused,
+                                    "registry-refused": registry_refused,
+                                    "redis-stalled": redis_stalled}
+
+    async def endpoint(request: Request) -> Response:
+        await failures[dependency]()
+        raise AssertionError("the dependency answered")
+
+    app = Starlette(routes=[Route("/oauth/token", endpoint, methods=["POST"])],
+                    exception_handlers=json_error_handlers())
+    app.add_middleware(RequestContextMiddleware, service="test")
+    caplog.set_level(logging.INFO)
+    async with serve_app(app, lifespan="off") as url, httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(url + "/oauth/token")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.headers["cache-control"] == "no-store"
+    assert response.json()["error"] == "temporarily_unavailable"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    # The access log tells what the client saw.
+    assert [r.__dict__["status"] for r in caplog.records if r.name == "otesse.access"] == [503]
+
+
+async def test_not_ready_is_503_with_retry_after() -> None:
+    readiness = Readiness(checks={"redis": redis_refused})
+    app = Starlette(routes=health_routes(readiness))
+    async with serve_app(app, lifespan="off") as url, httpx.AsyncClient(timeout=10) as http:
+        response = await http.get(url + "/readyz")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["checks"]["redis"] == "unavailable (ConnectionError)"
