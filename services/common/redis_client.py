@@ -3,11 +3,17 @@
 Keys always carry ``OTESSE_REDIS_PREFIX`` plus a per-service part, and always a TTL. Timeouts
 are short so that a Redis outage turns into a quick 503 rather than a hung request; the
 connection pool reconnects by itself when Redis returns.
+
+A pooled connection is checked as it leaves the pool: one the server closed (a restart, a
+failover) is replaced before a command is sent on it. Commands are never sent twice (the
+client's retries are off): a command that may have run — a consumed code, a rate-limit take —
+fails once with the outage instead.
 """
 
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.maint_notifications import MaintNotificationsConfig
 
 from services.common.settings import StoreSettings
 
@@ -20,6 +26,10 @@ def create_redis(settings: StoreSettings, *, max_connections: int = 64) -> aiore
         max_connections=max_connections,
         health_check_interval=30,
         decode_responses=False,
+        # The pool skips its check of a connection leaving it while maintenance notifications
+        # (a Redis Enterprise feature) may be on, which redis-py assumes by default: every
+        # connection pooled before a restart then failed its next command.
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )
 
 
