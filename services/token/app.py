@@ -90,7 +90,7 @@ def build_components(settings: TokenSettings, *, pool: asyncpg.Pool, redis: aior
     store = PgGrantStore(pool, access_token_ttl=settings.access_token_ttl)
     denylist = DenyList(redis, redis_prefix=settings.stores.redis_prefix,
                         access_token_ttl=settings.access_token_ttl,
-                        source=store.live_revocations)
+                        source=store.live_revocations, record=store.is_revoked)
     issuer = AccessTokenIssuer(ring, issuer=settings.issuer, audience=settings.audience,
                                ttl=settings.access_token_ttl)
     validator = AccessTokenValidator(ring, denylist, issuer=settings.issuer,

@@ -12,29 +12,39 @@ Security promise: Postgres is the record, Redis a cache of it that can never mak
 token look alive. A check is one ``MGET`` of [jti key, grant key, marker]. When the marker is
 missing (Redis restarted empty, flushed, or the keys were deleted), the list is rebuilt from
 Postgres before answering, and the rebuilt keys and the marker are written in one
-``MULTI``/``EXEC``, so the marker never claims a list it does not hold. If Redis (or, while
-rebuilding, Postgres) is down, the check raises: callers answer UNAVAILABLE / 503, never
-"active". Redis must not evict keys (``maxmemory-policy noeviction``).
+``MULTI``/``EXEC``, so the marker never claims a list it does not hold. Redis must not evict
+keys (``maxmemory-policy noeviction``).
 
-A revocation is written to Postgres first, then here. Should that second write fail (Redis
-unreachable but not emptied, so the marker survives), the caller gets 503 and may retry, and
-every replica also re-asserts recent revocations from Postgres in the background
-(:meth:`DenyList.run`): since the first failed write of this replica, and at least over the last
-:data:`SYNC_LOOKBACK_SECONDS`, so a revocation accepted by a replica that died meanwhile is
-carried over too.
+When Redis cannot answer (down, stalled past :data:`REDIS_TIMEOUT_SECONDS`, or failing), the
+check asks the record instead — one indexed query, :data:`RevocationRecord` — so an outage of
+the cache costs speed, not availability. Only when Postgres cannot answer either does the check
+raise: callers answer UNAVAILABLE / 503, never "active".
+
+A revocation is written to Postgres first, then here. Should that second write fail, the
+revocation stands (the caller gets its answer) and this replica stops trusting Redis: every
+check of this replica asks Postgres until it has re-asserted, from Postgres, every revocation
+recorded since its first failure (:meth:`DenyList.sync`, retried every
+:data:`RESYNC_SECONDS` until Redis takes it). Any failure to read Redis starts the same
+catch-up, since other replicas may have failed to write while this one could not read. Every
+replica also re-asserts recent revocations in the background (:meth:`DenyList.run`, at least
+over the last :data:`SYNC_LOOKBACK_SECONDS`), so a revocation accepted by a replica that died
+before it could tell Redis is carried over too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
-from services.token.metrics import DENYLIST_REBUILDS
+from services.token.metrics import DENYLIST_FALLBACKS, DENYLIST_REBUILDS
 from services.token.settings import CLOCK_SKEW_SECONDS
 
 log = logging.getLogger("otesse.token.denylist")
@@ -42,6 +52,12 @@ log = logging.getLogger("otesse.token.denylist")
 MARKER_TTL_SECONDS = 24 * 3600
 # How far back the background sync re-asserts revocations from Postgres.
 SYNC_LOOKBACK_SECONDS = 300
+# A deny-list read slower than this counts as Redis not answering: the record is asked.
+REDIS_TIMEOUT_SECONDS = 0.5
+# While Redis may lack revocations, the catch-up sync is tried this often.
+RESYNC_SECONDS = 0.5
+# What Redis not answering looks like (a timeout is an OSError).
+_REDIS_DOWN = (RedisError, OSError)
 
 
 @dataclass(frozen=True)
@@ -67,17 +83,26 @@ class Revocations:
 RevocationSource = Callable[[float | None], Awaitable[Revocations]]
 
 
+class RevocationRecord(Protocol):
+    """Whether Postgres records this access token, or its grant, as revoked."""
+
+    async def __call__(self, *, jti: str, grant_id: str) -> bool: ...
+
+
 class DenyList:
     def __init__(self, redis: aioredis.Redis, *, redis_prefix: str, access_token_ttl: int,
-                 source: RevocationSource) -> None:
+                 source: RevocationSource, record: RevocationRecord) -> None:
         self._redis = redis
         self._base = f"{redis_prefix}token:deny:"
         self._marker = f"{self._base}complete"
         self._grant_life = access_token_ttl + CLOCK_SKEW_SECONDS
         self._source = source
+        self._record = record
         self._rebuilding = asyncio.Lock()
-        # Unix time of this replica's first deny-list write that failed, until a sync succeeds.
+        # Unix time from which Redis may lack revocations Postgres holds (this replica failed
+        # to write or read it since), until a sync succeeds. While set, checks ask Postgres.
         self._unsynced_since: float | None = None
+        self._resync = asyncio.Event()
 
     def _grant_key(self, grant_id: str) -> str:
         return f"{self._base}grant:{grant_id}"
@@ -85,13 +110,38 @@ class DenyList:
     def _jti_key(self, jti: str) -> str:
         return f"{self._base}jti:{jti}"
 
+    @property
+    def trusts_redis(self) -> bool:
+        """False while Redis may lack a revocation: checks then ask Postgres."""
+        return self._unsynced_since is None
+
     async def is_revoked(self, *, jti: str, grant_id: str) -> bool:
-        """One round trip in the normal case; a rebuild first when the marker is missing."""
+        """One Redis round trip in the normal case; a rebuild first when the marker is missing;
+        one Postgres query when Redis cannot answer or may be behind."""
+        if self._unsynced_since is None:
+            try:
+                revoked = await self._from_redis(jti, grant_id)
+            except _REDIS_DOWN as exc:
+                self._redis_failed("read", exc)
+            else:
+                if revoked is not None:
+                    return revoked
+        DENYLIST_FALLBACKS.inc()
+        return await self._record(jti=jti, grant_id=grant_id)
+
+    async def _from_redis(self, jti: str, grant_id: str) -> bool | None:
+        """Redis's answer; None when the list had to be rebuilt and Redis then could not be
+        read again. Raises when Redis does not answer; a rebuild that cannot read Postgres
+        raises that error (nothing can tell the answer then)."""
         keys = [self._jti_key(jti), self._grant_key(grant_id), self._marker]
-        token_mark, grant_mark, marker = await self._redis.mget(keys)
+        async with asyncio.timeout(REDIS_TIMEOUT_SECONDS):
+            token_mark, grant_mark, marker = await self._redis.mget(keys)
         if marker is None:
             await self.rebuild()
-            token_mark, grant_mark, marker = await self._redis.mget(keys)
+            async with asyncio.timeout(REDIS_TIMEOUT_SECONDS):
+                token_mark, grant_mark, marker = await self._redis.mget(keys)
+            if marker is None:
+                return None  # emptied again meanwhile: ask the record this time
         return token_mark is not None or grant_mark is not None
 
     async def rebuild(self) -> None:
@@ -106,17 +156,23 @@ class DenyList:
                 await pipe.execute()
 
     async def deny(self, revocations: Revocations) -> None:
-        """Adds revocations (already recorded in Postgres) to the deny-list."""
+        """Adds revocations (already recorded in Postgres) to the deny-list. When Redis cannot
+        take them, they stand anyway: this replica asks Postgres until it has caught up."""
         if not revocations.grants and not revocations.tokens:
             return
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 if self._queue(pipe, revocations):
                     await pipe.execute()
-        except Exception:
-            if self._unsynced_since is None:
-                self._unsynced_since = time.time() - CLOCK_SKEW_SECONDS
-            raise
+        except _REDIS_DOWN as exc:
+            self._redis_failed("write", exc)
+
+    def _redis_failed(self, what: str, exc: BaseException) -> None:
+        if self._unsynced_since is None:
+            self._unsynced_since = time.time() - CLOCK_SKEW_SECONDS
+            log.warning("deny-list unreachable; checking revocations in Postgres until it "
+                        "has caught up", extra={"operation": what, "error": type(exc).__name__})
+        self._resync.set()
 
     async def sync(self) -> None:
         """Re-asserts recent revocations recorded in Postgres (idempotent)."""
@@ -129,19 +185,30 @@ class DenyList:
             async with self._redis.pipeline(transaction=False) as pipe:
                 if self._queue(pipe, revocations):
                     await pipe.execute()
-        if self._unsynced_since == failed_since:
+        else:
+            # Nothing to write, but Redis must answer before it is trusted again.
+            await self._redis.ping()
+        if failed_since is not None and self._unsynced_since == failed_since:
             self._unsynced_since = None
+            log.info("deny-list caught up; checking revocations in Redis again")
 
     async def run(self, *, interval: float) -> None:
-        """Background loop of :meth:`sync`."""
+        """Background loop of :meth:`sync`: every ``interval``, and every
+        :data:`RESYNC_SECONDS` while Redis may be behind."""
         while True:
-            await asyncio.sleep(interval)
+            wait = RESYNC_SECONDS if self._unsynced_since is not None else interval
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._resync.wait()
+            self._resync.clear()
             try:
                 await self.sync()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - retried at the next interval
                 log.warning("deny-list sync failed", extra={"error": type(exc).__name__})
+            if self._unsynced_since is not None:
+                await asyncio.sleep(RESYNC_SECONDS)
 
     def _queue(self, pipe: aioredis.client.Pipeline, revocations: Revocations) -> int:
         now = time.time()

@@ -28,6 +28,10 @@ DENYLIST_REBUILDS = Counter(
     "otesse_token_denylist_rebuilds_total",
     "Deny-list rebuilds from Postgres after Redis lost it.",
 )
+DENYLIST_FALLBACKS = Counter(
+    "otesse_token_denylist_fallbacks_total",
+    "Revocation checks answered by Postgres because Redis could not answer or may be behind.",
+)
 RATE_LIMITED = Counter(
     "otesse_token_rate_limited_total",
     "Token requests answered 429, by the limit that was reached.",

@@ -111,6 +111,8 @@ class GrantStore(Protocol):
 
     async def live_revocations(self, since: float | None = None) -> Revocations: ...
 
+    async def is_revoked(self, *, jti: str, grant_id: str) -> bool: ...
+
 
 def _revocations(rows: Sequence[asyncpg.Record]) -> Revocations:
     return Revocations(grants=[GrantRevocation(str(row["grant_id"]),
@@ -277,3 +279,13 @@ class PgGrantStore:
             grants=_revocations(grants).grants,
             tokens=[TokenRevocation(row["jti"], row["expires_at"].timestamp())
                     for row in tokens])
+
+    async def is_revoked(self, *, jti: str, grant_id: str) -> bool:
+        """Whether this access token, or its grant, is recorded as revoked: the deny-list's
+        answer when Redis cannot give it. One statement, two primary-key lookups."""
+        revoked: bool = await self._pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM token.grants"
+            "  WHERE grant_id = $2 AND revoked_at IS NOT NULL)"
+            " OR EXISTS (SELECT 1 FROM token.revoked_access_tokens WHERE jti = $1)",
+            jti, uuid.UUID(grant_id))
+        return revoked

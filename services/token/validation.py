@@ -2,8 +2,8 @@
 
 Signature (one ES256 verification against the in-memory key ring), ``iss``, ``aud``, ``exp``,
 revocation (one Redis round trip, :mod:`services.token.denylist`) and the required scopes.
-Never touches Postgres. A Redis failure raises (callers answer UNAVAILABLE / 503): an
-unverifiable revocation status never counts as active.
+Postgres is asked only when Redis cannot answer; when neither can, the check raises (callers
+answer UNAVAILABLE / 503): an unverifiable revocation status never counts as active.
 """
 
 from __future__ import annotations
