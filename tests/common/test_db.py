@@ -1,0 +1,90 @@
+"""The shared PostgreSQL pool against a server of the test's own: every use is bounded in time
+when the server stops answering (SIGSTOP), and connections pooled before a restart are replaced
+before a statement is sent on them."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from services.common import db
+from services.common.settings import Env, Secret, StoreSettings
+from tests.faults.stores import PrivatePostgres
+
+# Generous: the machine is busy.
+MARGIN_SECONDS = 1.0
+BOUND = db.ACQUIRE_SECONDS + db.STATEMENT_SECONDS + MARGIN_SECONDS
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[PrivatePostgres]:
+    postgres = PrivatePostgres(Path(tempfile.gettempdir())
+                               / f"otesse-db-test-{secrets.token_hex(4)}")
+    try:
+        postgres.init()
+        postgres.start()
+        yield postgres
+    finally:
+        postgres.stop()
+        shutil.rmtree(postgres.root, ignore_errors=True)
+
+
+@pytest_asyncio.fixture
+async def pool(server: PrivatePostgres) -> AsyncIterator[asyncpg.Pool]:
+    settings = replace(StoreSettings.from_env(Env({})), database_url=Secret(server.admin_url),
+                       db_pool_max=4)
+    created = await db.create_pool(settings, application_name="otesse-test")
+    try:
+        yield created
+    finally:
+        server.resume()
+        await created.close()
+
+
+async def timed(call: Awaitable[object]) -> tuple[str, float]:
+    started = time.monotonic()
+    try:
+        # A cap far above the bound, so that a regression fails rather than hangs.
+        async with asyncio.timeout(BOUND * 4):
+            await call
+        outcome = "ok"
+    except Exception as exc:  # noqa: BLE001 - the outcome is what is tested
+        outcome = type(exc).__name__
+    return outcome, time.monotonic() - started
+
+
+async def test_a_stopped_server_fails_every_use_within_the_bound(
+        server: PrivatePostgres, pool: asyncpg.Pool) -> None:
+    # Four pooled connections, then many more callers than connections.
+    await asyncio.gather(*(pool.fetchval("SELECT pg_sleep(0.05)") for _ in range(4)))
+    server.pause()
+    results = await asyncio.gather(
+        *(timed(pool.fetchval("SELECT $1::int", i)) for i in range(12)),
+        timed(pool.acquire()))
+    server.resume()
+    assert {outcome for outcome, _ in results} == {"TimeoutError"}, results
+    assert max(seconds for _, seconds in results) < BOUND, results
+    # Back at once.
+    assert await pool.fetchval("SELECT 1") == 1
+    assert await asyncio.gather(*(pool.fetchval("SELECT $1::int", i) for i in range(8))) == [
+        *range(8)]
+
+
+async def test_connections_pooled_before_a_restart_are_replaced(
+        server: PrivatePostgres, pool: asyncpg.Pool) -> None:
+    await asyncio.gather(*(pool.fetchval("SELECT pg_sleep(0.05)") for _ in range(4)))
+    server.stop()
+    server.start()
+    await asyncio.sleep(0.2)  # the server's closes have reached this process
+    assert await asyncio.gather(*(pool.fetchval("SELECT $1::int", i) for i in range(4))) == [
+        *range(4)]
