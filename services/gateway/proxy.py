@@ -6,7 +6,7 @@ the lifespan. The request body arrives here whole, already read from the client
 the response body is streamed back chunk by chunk, so memory per request stays small whatever
 its size. Upstream keep-alive connections are dropped after 4 s idle, before uvicorn's 5 s on the
 other side closes them, so a request never lands on a connection that is being closed (and one
-that raced a close anyway is retried once: its body is in memory).
+that raced a close anyway is retried once, on a new connection: its body is in memory).
 
 Internal header fields (``x-otesse-…``, :mod:`services.common.internal_headers`) never reach the
 client: the one the gateway acts on is returned to the caller, with the status.
@@ -14,7 +14,9 @@ client: the one the gateway acts on is returned to the caller, with the status.
 What can go wrong, and what the client gets:
 
 * the upstream refuses connections or the pool is exhausted → ``503`` (it is down or busy);
-* the upstream resets the connection or answers garbage → ``502``;
+* the upstream closes a kept-alive connection before reading the request, and the request
+  cannot be sent again (above) → ``503``: it was never delivered;
+* the upstream resets a new connection or answers garbage → ``502``;
 * no response headers within the upstream timeout → ``504``;
 * the upstream breaks off mid-body → the client's connection is closed without a clean end, so
   the client sees a truncated response rather than a complete-looking one.
@@ -42,6 +44,7 @@ from services.gateway.upstream_client import (
     BadResponse,
     BrokenBody,
     ConnectFailed,
+    NotDelivered,
     Response,
     UpstreamPool,
 )
@@ -110,6 +113,8 @@ class Upstreams:
                 response = await pool.request(method, target, headers, body)
         except TimeoutError:
             raise self._failed(name, "timeout", GatewayTimeout()) from None
+        except NotDelivered as exc:
+            raise self._failed(name, "not_delivered", UpstreamUnavailable(), exc) from None
         except ConnectFailed as exc:
             raise self._failed(name, "unavailable", UpstreamUnavailable(), exc) from None
         except BadResponse as exc:

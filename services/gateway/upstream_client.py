@@ -13,8 +13,11 @@ with concurrency. Here a request costs the same whatever the pool holds:
   close it ("A client that receives a "close" connection option MUST cease sending requests on
   that connection", RFC 9112 §9.6);
 * a request whose reused connection the upstream closed before answering (the keep-alive race,
-  RFC 9112 §9.3.1) is sent once more on a new connection — only when its body was in memory,
-  never a body streamed from the client, which cannot be sent twice.
+  RFC 9112 §9.3.1; or an upstream that closes a connection after an answer without saying so)
+  is sent once more on a connection never used before — only when its body was in memory,
+  never a body streamed from the client, which cannot be sent twice. When it cannot be sent
+  again, or meets a closed connection again, it fails with :class:`NotDelivered`: the upstream
+  is not taking requests (a 503 at the gateway, never a 502).
 
 Bodies stream both ways: a request body with ``Content-Length`` as it is, else chunked; the
 response body as it arrives (``Content-Length``, chunked — decoded — or until the close), with
@@ -53,8 +56,9 @@ class BadResponse(UpstreamError):
     """The upstream reset or closed the connection before answering, or did not speak HTTP."""
 
 
-class _Stale(BadResponse):
-    """A reused connection closed before any byte of the answer: the keep-alive race."""
+class NotDelivered(ConnectFailed):
+    """A reused connection closed before any byte of the answer (the keep-alive race), and the
+    request could not be sent again: the upstream closed it before reading the request."""
 
 
 class _UnaskedAnswer(Exception):
@@ -127,7 +131,7 @@ class Response:
         elif self._has_head:
             self._fail(BrokenBody("the upstream closed the connection mid-body"))
         elif not self.received_any and reused:
-            self._fail(_Stale("a reused connection closed before answering"))
+            self._fail(NotDelivered("a reused connection closed before answering"))
         else:
             self._fail(BadResponse(f"the upstream closed the connection ({exc or 'EOF'})"))
 
@@ -445,7 +449,7 @@ class UpstreamPool:
         try:
             return await connection.exchange(head, payload, content_length=content_length,
                                              head_only=head_only)
-        except _Stale:
+        except NotDelivered:
             if streamed:
                 raise
         # RFC 9112 §9.3.1: "A user agent MUST NOT automatically retry a request with a
@@ -454,7 +458,8 @@ class UpstreamPool:
         # original request was never applied." A connection the upstream had kept alive and
         # closed without a byte of answer is the idle-close race (or a graceful restart):
         # uvicorn closes only connections with no request in progress, so the request was never
-        # read. Sent once more, on a new connection, and only when its body is in memory.
+        # read. Sent once more, on a connection never used before (which cannot meet the same
+        # race), and only when its body is in memory.
         connection = await self._acquire(fresh=True)
         return await connection.exchange(head, payload, content_length=content_length,
                                          head_only=head_only)
@@ -475,7 +480,12 @@ class UpstreamPool:
         if self._count >= self._max:
             given = await self._wait_for_room()
             if given is not None:
-                return given
+                if not fresh:
+                    return given
+                # A connection that answered before could meet the same race: its room is
+                # taken over for a new one.
+                given.counted = False
+                given.close()
             # Room was handed over: it is already counted for this request.
         else:
             self._count += 1
