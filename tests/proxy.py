@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+from collections.abc import Coroutine
+from typing import Any
 
 
 def _drop(writer: asyncio.StreamWriter) -> None:
@@ -57,3 +60,37 @@ class FaultProxy:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers.discard(writer)
         self._writers.discard(up_writer)
+
+
+class ProxyThread:
+    """A :class:`FaultProxy` on an event loop of its own thread, so it keeps relaying while the
+    test's loop is busy (a load generator) or blocked (waiting for processes to start)."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self._proxy = FaultProxy(target_host, target_port)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy",
+                                        daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self._proxy.port
+
+    def _run(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=10)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._run(self._proxy.start())
+
+    def cut(self) -> None:
+        self._run(self._proxy.cut())
+
+    def restore(self) -> None:
+        self._run(self._proxy.restore())
+
+    def close(self) -> None:
+        self._run(self._proxy.cut())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()

@@ -10,6 +10,9 @@ The session fixture ``stack`` is in :mod:`tests.integration.fixtures`: test modu
 it say ``pytest_plugins = ["tests.integration.fixtures"]``, so the browser tests in
 ``tests/e2e`` share the same single stack.
 
+A test may kill one service and start it again (:class:`ServiceProcesses`, ``Stack.processes``),
+and may change settings (``running_stack(settings=…)``, applied last).
+
 Settings chosen for tests: the refresh retry window is ``RETRY_WINDOW`` seconds (short, so a
 reuse after it can be shown without a long wait); rate limits are off except the token
 service's per-client limit (``CLIENT_RATE`` token requests a minute), which only clients made
@@ -28,10 +31,11 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import httpx
 
@@ -63,6 +67,42 @@ def load_run_local() -> ModuleType:
     return module
 
 
+class ServiceProcesses:
+    """The stack's service processes, by name: each started as ``otesse-auth serve <name>``,
+    its output appended to ``<logs>/<name>.log``; one may be killed and started again."""
+
+    def __init__(self, services: Sequence[Any], env: dict[str, str], logs: Path, *,
+                 otesse_auth: Path, cwd: Path) -> None:
+        self._services = {service.name: service for service in services}
+        self._env = env
+        self._logs = logs
+        self._otesse_auth = otesse_auth
+        self._cwd = cwd
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str) -> None:
+        with (self._logs / f"{name}.log").open("ab") as log:
+            self.running[name] = subprocess.Popen(
+                service_command(name, self._otesse_auth), env=self._env, cwd=self._cwd,
+                stdout=log, stderr=subprocess.STDOUT)
+
+    def ready_url(self, name: str) -> str:
+        url: str = self._services[name].ready_url
+        return url
+
+    def wait_ready(self, name: str) -> None:
+        wait_ready(name, self.ready_url(name), self.running[name], self._logs)
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> int:
+        """Sends ``sig`` and waits for the exit; returns the exit status (``-sig``)."""
+        process = self.running[name]
+        process.send_signal(sig)
+        return process.wait(timeout=STOP_SECONDS)
+
+    def stop(self) -> dict[str, int | None]:
+        return _stop(self.running)
+
+
 @dataclass(frozen=True)
 class Stack:
     """Where the running stack answers."""
@@ -75,6 +115,7 @@ class Stack:
     registry_grpc: str
     env: dict[str, str]
     logs: Path
+    processes: ServiceProcesses = field(repr=False, compare=False)
 
     @property
     def issuer(self) -> str:
@@ -147,30 +188,30 @@ def _stop(processes: dict[str, subprocess.Popen[bytes]]) -> dict[str, int | None
 
 @contextlib.contextmanager
 def running_stack(test_env: dict[str, str], logs: Path, *, otesse_auth: Path = OTESSE_AUTH,
-                  cwd: Path = ROOT) -> Iterator[Stack]:
+                  cwd: Path = ROOT, settings: Mapping[str, str] | None = None,
+                  ) -> Iterator[Stack]:
     """Starts every service, yields the stack, stops them; raises if any did not exit 0.
 
     ``otesse_auth`` is the console script that serves them (by default the checkout's
-    editable install), run in ``cwd``."""
+    editable install), run in ``cwd``; ``settings`` override the test settings above."""
     env = stack_env(test_env, logs)
+    env.update(settings or {})
     services = load_run_local().plan(env)
     assert tuple(service.name for service in services) == SERVICES
-    processes: dict[str, subprocess.Popen[bytes]] = {}
+    processes = ServiceProcesses(services, env, logs, otesse_auth=otesse_auth, cwd=cwd)
     codes: dict[str, int | None] = {}
     try:
         for service in services:
-            with (logs / f"{service.name}.log").open("wb") as log:
-                processes[service.name] = subprocess.Popen(
-                    service_command(service.name, otesse_auth), env=env, cwd=cwd, stdout=log,
-                    stderr=subprocess.STDOUT)
+            processes.start(service.name)
         for service in services:
-            wait_ready(service.name, service.ready_url, processes[service.name], logs)
+            processes.wait_ready(service.name)
         yield Stack(gateway=env["OTESSE_ISSUER"],
                     bookings=f"http://127.0.0.1:{env['OTESSE_BOOKINGS_PORT']}",
                     token_grpc=env["OTESSE_TOKEN_GRPC_ADDR"],
-                    registry_grpc=env["OTESSE_REGISTRY_ADDR"], env=env, logs=logs)
+                    registry_grpc=env["OTESSE_REGISTRY_ADDR"], env=env, logs=logs,
+                    processes=processes)
     finally:
-        codes = _stop(processes)
+        codes = processes.stop()
     failed = {name: code for name, code in codes.items() if code != 0}
     # DESIGN §7: SIGTERM stops accepting, finishes in-flight requests and exits cleanly.
     assert not failed, f"services did not exit 0 on SIGTERM: {failed} (logs in {logs})"
