@@ -26,6 +26,7 @@ Each fault's outage and recovery times are printed at the end of the run (and in
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import signal
 import time
@@ -180,10 +181,21 @@ def describe(answer: Answer, marks: Marks) -> str:
             f"the fault, took {answer.ended - answer.started:.2f} s) {answer.note}").rstrip()
 
 
-def summary(problems: list[str], limit: int = 25) -> str:
+def summary(problems: list[str], answers: list[Answer], limit: int = 25) -> str:
     shown = "\n  ".join(problems[:limit])
     more = f"\n  … and {len(problems) - limit} more" if len(problems) > limit else ""
-    return f"{len(problems)} problem(s):\n  {shown}{more}"
+    return f"{len(problems)} problem(s):\n  {shown}{more}\nanswers:\n{breakdown(answers)}"
+
+
+def breakdown(answers: list[Answer]) -> str:
+    """Outcomes by step, for the report."""
+    counts = collections.Counter((answer.step, answer.outcome) for answer in answers)
+    lines = []
+    for step in sorted({step for step, _ in counts}):
+        outcomes = ", ".join(f"{outcome} {count}" for (name, outcome), count
+                             in sorted(counts.items()) if name == step)
+        lines.append(f"  {step}: {outcomes}")
+    return "\n".join(lines)
 
 
 async def seconds_until_ready(world: World) -> float:
@@ -324,4 +336,4 @@ async def test_fault_under_load(world: World, fault: Fault) -> None:
         f"all ready {ready_after:.2f} s after its return | {len(answers)} requests in "
         f"{answers[-1].ended - answers[0].started if answers else 0:.0f} s "
         f"(deadline {DEADLINE_SECONDS:.0f} s)")
-    assert not problems, f"{fault.name}: {summary(problems)}"
+    assert not problems, f"{fault.name}: {summary(problems, answers)}"
