@@ -24,6 +24,7 @@ from services.common.grpc_client import create_channel
 from services.common.settings import Env, Secret, StoreSettings
 from services.registry.app import create_server as create_registry_server
 from services.registry.settings import RegistrySettings
+from tests.callers import as_service
 
 ADMIN_URL = os.environ.get("OTESSE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("OTESSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -104,7 +105,9 @@ async def registry_address(store_settings: StoreSettings, pool: asyncpg.Pool,
 
 @pytest_asyncio.fixture(scope="session")
 async def registry(registry_address: str) -> AsyncIterator[registry_pb2_grpc.ClientRegistryStub]:
-    channel = create_channel(registry_address, services=("otesse.auth.v1.ClientRegistry",))
+    # The operator CLI's identity: registering and changing clients is its privilege.
+    channel = create_channel(registry_address, services=("otesse.auth.v1.ClientRegistry",),
+                             interceptors=as_service("cli", "registry"))
     yield registry_pb2_grpc.ClientRegistryStub(channel)
     await channel.close()
 

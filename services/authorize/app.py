@@ -46,6 +46,7 @@ from services.authorize.users import PgUserStore
 from services.common import db, redis_client
 from services.common.grpc_client import create_channel
 from services.common.http import Readiness, RequestContextMiddleware, health_routes
+from services.common.service_auth import DEV_CREDENTIAL_WARNING, caller_interceptors
 
 log = logging.getLogger("otesse.authorize")
 _STATIC = str(resources.files("services.authorize") / "static")
@@ -95,10 +96,18 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
         redis = redis_client.create_redis(settings.stores)
         tls = settings.registry_tls if settings.registry_tls.enabled or \
             settings.registry_tls.ca_file else None
-        channel = create_channel(settings.registry_addr, services=(SERVICE_NAME,), tls=tls)
+        if settings.service_credentials.is_default:
+            log.warning(DEV_CREDENTIAL_WARNING)
+        key = settings.service_credentials.key_bytes
+        # Every call names this service: the registry lets it change clients, the token
+        # service lets it list and revoke grants (DESIGN §5).
+        channel = create_channel(settings.registry_addr, services=(SERVICE_NAME,), tls=tls,
+                                 interceptors=caller_interceptors(
+                                     key, caller="authorize", audience="registry"))
         registry = registry_pb2_grpc.ClientRegistryStub(channel)
         token_channel = create_channel(settings.token_addr, services=(TOKEN_SERVICE_NAME,),
-                                       tls=tls)
+                                       tls=tls, interceptors=caller_interceptors(
+                                           key, caller="authorize", audience="token"))
         health = health_pb2_grpc.HealthStub(channel)
         prefix = settings.stores.redis_prefix
         app.state.components = Components(

@@ -12,6 +12,7 @@ from services.common.settings import (
     DEFAULT_TOKEN_GRPC_ADDR,
     Env,
     GrpcTlsSettings,
+    ServiceCredentialSettings,
     StoreSettings,
 )
 
@@ -47,6 +48,8 @@ class AuthorizeSettings:
     # The token service's gRPC address (TokenService: ListGrants and RevokeGrant for the
     # settings pages); the same TLS settings as the registry channel apply.
     token_addr: str
+    # Proves this service's name ("authorize") to the token service and the registry.
+    service_credentials: ServiceCredentialSettings
     session_idle_seconds: int
     session_absolute_seconds: int
     login: LoginThrottleSettings
@@ -73,6 +76,7 @@ class AuthorizeSettings:
             registry_addr=env.text("OTESSE_REGISTRY_ADDR", DEFAULT_REGISTRY_ADDR),
             registry_tls=GrpcTlsSettings.from_env(env),
             token_addr=env.text("OTESSE_TOKEN_GRPC_ADDR", DEFAULT_TOKEN_GRPC_ADDR),
+            service_credentials=ServiceCredentialSettings.from_env(env),
             session_idle_seconds=env.integer("OTESSE_AUTHORIZE_SESSION_IDLE_SECONDS", 1800,
                                              minimum=60),
             session_absolute_seconds=env.integer("OTESSE_AUTHORIZE_SESSION_ABSOLUTE_SECONDS",

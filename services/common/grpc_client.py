@@ -8,6 +8,7 @@ error when the peer is really down.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -33,7 +34,8 @@ def _service_config(services: tuple[str, ...]) -> str:
 
 
 def create_channel(
-    target: str, *, services: tuple[str, ...], tls: GrpcTlsSettings | None = None
+    target: str, *, services: tuple[str, ...], tls: GrpcTlsSettings | None = None,
+    interceptors: Sequence[aio.ClientInterceptor] = (),
 ) -> aio.Channel:
     """A channel to ``target`` (host:port) for the named gRPC services."""
     options = [
@@ -45,12 +47,12 @@ def create_channel(
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
-    interceptors = [ClientRequestIdInterceptor()]
+    chain: list[aio.ClientInterceptor] = [ClientRequestIdInterceptor(), *interceptors]
     if tls is not None and (tls.enabled or tls.ca_file):
         ca = Path(tls.ca_file).read_bytes() if tls.ca_file else None
         key = Path(tls.key_file).read_bytes() if tls.key_file else None
         cert = Path(tls.cert_file).read_bytes() if tls.cert_file else None
         credentials = grpc.ssl_channel_credentials(ca, key, cert)
         return aio.secure_channel(target, credentials, options=options,
-                                  interceptors=interceptors)
-    return aio.insecure_channel(target, options=options, interceptors=interceptors)
+                                  interceptors=chain)
+    return aio.insecure_channel(target, options=options, interceptors=chain)

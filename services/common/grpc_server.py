@@ -125,14 +125,16 @@ def create_server(
     host: str,
     port: int,
     tls: GrpcTlsSettings | None = None,
+    interceptors: Sequence[aio.ServerInterceptor] = (),
 ) -> GrpcServer:
     """Builds a server with the health service, bound to ``host:port`` (0 picks a free port).
 
     ``add_servicers`` registers the service's servicers and returns their full names, which the
-    health service reports as SERVING once the server starts.
+    health service reports as SERVING once the server starts. ``interceptors`` run inside the
+    one that maps errors (so a refusal they decide is logged and counted like any status).
     """
     server = aio.server(
-        interceptors=[ServiceInterceptor(service)],
+        interceptors=[ServiceInterceptor(service), *interceptors],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

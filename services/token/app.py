@@ -36,6 +36,7 @@ from services.common.http import (
     health_routes,
     json_error_handlers,
 )
+from services.common.service_auth import DEV_CREDENTIAL_WARNING, AccessPolicyInterceptor
 from services.token.access_tokens import AccessTokenIssuer
 from services.token.client_auth import ClientAuthenticator
 from services.token.denylist import DenyList
@@ -46,7 +47,7 @@ from services.token.introspection import Introspector
 from services.token.keys import KeyRing, NoSigningKey, PgKeyStore, WrongKek
 from services.token.metadata import authorization_server_metadata
 from services.token.revocation import Revoker
-from services.token.servicer import TokenServiceServicer
+from services.token.servicer import ACCESS, TokenServiceServicer
 from services.token.settings import JWKS_MAX_AGE_SECONDS, TokenSettings
 from services.token.store import PgGrantStore
 from services.token.token_endpoint import TokenEndpoint
@@ -116,9 +117,11 @@ def create_server(settings: TokenSettings, components: TokenComponents, *,
         token_pb2_grpc.add_TokenServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
+    access = AccessPolicyInterceptor(service="token", policy=ACCESS,
+                                     key=settings.service_credentials.key_bytes)
     return create_grpc_server(service="token", add_servicers=add, host=settings.grpc_host,
                               port=settings.grpc_port if port is None else port,
-                              tls=settings.tls)
+                              tls=settings.tls, interceptors=[access])
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,8 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
         if settings.kek_is_default:
             log.warning("OTESSE_TOKEN_KEK is not set: signing keys are encrypted under the "
                         "PUBLIC local-development key. Set OTESSE_TOKEN_KEK in production.")
+        if settings.service_credentials.is_default:
+            log.warning(DEV_CREDENTIAL_WARNING)
         pool = await db.create_pool(settings.stores, application_name="otesse-token")
         redis = redis_client.create_redis(settings.stores)
         channel = create_channel(settings.registry_addr, services=(REGISTRY_SERVICE,),

@@ -28,6 +28,7 @@ from services.token import pkce
 from services.token.app import TokenComponents, TokenRuntime, create_app
 from services.token.keys import SigningKey, public_jwk, seal_private_key
 from services.token.settings import DEV_KEK, TokenSettings
+from tests.callers import as_service
 from tests.servers import serve_app
 
 # Every test process shares one database of signing keys, so every test that runs the token
@@ -61,8 +62,10 @@ async def running(settings: TokenSettings) -> AsyncIterator[TokenService]:
     app = create_app(settings)
     async with serve_app(app) as base_url:
         runtime: TokenRuntime = app.state.runtime
+        # The authorize service's identity: tests list and revoke grants as it does.
         channel = create_channel(f"127.0.0.1:{runtime.grpc_port}",
-                                 services=("otesse.auth.v1.TokenService",))
+                                 services=("otesse.auth.v1.TokenService",),
+                                 interceptors=as_service("authorize", "token"))
         try:
             async with httpx.AsyncClient(base_url=base_url, timeout=10.0) as http:
                 yield TokenService(http=http, grpc=token_pb2_grpc.TokenServiceStub(channel),
