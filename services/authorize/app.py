@@ -8,6 +8,8 @@ pages) and recovers without a restart.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -44,6 +46,7 @@ from services.authorize.sessions import RedisSessionStore
 from services.authorize.settings import AuthorizeSettings
 from services.authorize.users import PgUserStore
 from services.common import db, redis_client
+from services.common.client_changes import ClientChangeFeed
 from services.common.grpc_client import create_channel
 from services.common.http import Readiness, RequestContextMiddleware, health_routes
 from services.common.service_auth import DEV_CREDENTIAL_WARNING, caller_interceptors
@@ -109,11 +112,16 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
                                        tls=tls, interceptors=caller_interceptors(
                                            key, caller="authorize", audience="token"))
         health = health_pb2_grpc.HealthStub(channel)
+        client_changes = ClientChangeFeed(settings.stores.database_url.value,
+                                          application_name="otesse-authorize-client-changes")
+        listener = asyncio.create_task(client_changes.run())
+        app.state.client_changes = client_changes
         prefix = settings.stores.redis_prefix
         app.state.components = Components(
             settings=settings,
             clients=RegistryClients(registry, ttl_seconds=settings.client_cache_seconds,
-                                    max_entries=settings.client_cache_size),
+                                    max_entries=settings.client_cache_size,
+                                    changes=client_changes),
             sessions=RedisSessionStore(redis, prefix=prefix,
                                        idle_seconds=settings.session_idle_seconds,
                                        absolute_seconds=settings.session_absolute_seconds),
@@ -144,6 +152,9 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
             yield
         finally:
             readiness.draining = True
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
             await channel.close()
             await token_channel.close()
             await redis.aclose()

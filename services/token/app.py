@@ -1,8 +1,9 @@
 """Wiring of the token service: the HTTP app (token, revocation, introspection, metadata, JWKS,
 health) and the gRPC ``TokenService`` server.
 
-The lifespan opens the Postgres pool, Redis and the registry channel, loads the signing keys
-(and keeps refreshing them), and starts the gRPC server; on shutdown readiness turns false, the
+The lifespan opens the Postgres pool, Redis and the registry channel, listens for client
+changes (which empty the client-authentication cache), loads the signing keys (and keeps
+refreshing them), and starts the gRPC server; on shutdown readiness turns false, the
 gRPC server stops with a grace period, then everything closes.
 """
 
@@ -27,6 +28,7 @@ from starlette.routing import Route
 
 from otesse.auth.v1 import registry_pb2, registry_pb2_grpc, token_pb2, token_pb2_grpc
 from services.common import db, redis_client
+from services.common.client_changes import ClientChangeFeed
 from services.common.grpc_client import create_channel
 from services.common.grpc_server import GrpcServer
 from services.common.grpc_server import create_server as create_grpc_server
@@ -38,7 +40,7 @@ from services.common.http import (
 )
 from services.common.service_auth import DEV_CREDENTIAL_WARNING, AccessPolicyInterceptor
 from services.token.access_tokens import AccessTokenIssuer
-from services.token.client_auth import ClientAuthenticator
+from services.token.client_auth import ClientAuthenticator, ClientChanges
 from services.token.denylist import DenyList
 from services.token.grants import Grant
 from services.token.grants.authorization_code import AuthorizationCodeGrant
@@ -75,7 +77,8 @@ class TokenComponents:
 
 
 def build_components(settings: TokenSettings, *, pool: asyncpg.Pool, redis: aioredis.Redis,
-                     registry: registry_pb2_grpc.ClientRegistryAsyncStub) -> TokenComponents:
+                     registry: registry_pb2_grpc.ClientRegistryAsyncStub,
+                     client_changes: ClientChanges) -> TokenComponents:
     ring = KeyRing(PgKeyStore(pool), kek=settings.kek_bytes)
     store = PgGrantStore(pool, access_token_ttl=settings.access_token_ttl)
     denylist = DenyList(redis, redis_prefix=settings.stores.redis_prefix,
@@ -86,7 +89,8 @@ def build_components(settings: TokenSettings, *, pool: asyncpg.Pool, redis: aior
     validator = AccessTokenValidator(ring, denylist, issuer=settings.issuer,
                                      audience=settings.audience)
     authenticator = ClientAuthenticator(registry,
-                                        cache_seconds=settings.client_auth_cache_seconds)
+                                        cache_seconds=settings.client_auth_cache_seconds,
+                                        changes=client_changes)
     grants: list[Grant[Any]] = [
         AuthorizationCodeGrant(redis=redis, redis_prefix=settings.stores.redis_prefix,
                                store=store, access_tokens=issuer, denylist=denylist,
@@ -130,6 +134,7 @@ class TokenRuntime:
 
     components: TokenComponents
     grpc_port: int
+    client_changes: ClientChangeFeed
 
 
 def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> Starlette:
@@ -146,9 +151,13 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
         redis = redis_client.create_redis(settings.stores)
         channel = create_channel(settings.registry_addr, services=(REGISTRY_SERVICE,),
                                  tls=settings.tls)
+        client_changes = ClientChangeFeed(settings.stores.database_url.value,
+                                          application_name="otesse-token-client-changes")
+        listener = asyncio.create_task(client_changes.run())
         components = build_components(
             settings, pool=pool, redis=redis,
-            registry=registry_pb2_grpc.ClientRegistryStub(channel))
+            registry=registry_pb2_grpc.ClientRegistryStub(channel),
+            client_changes=client_changes)
         ring = components.ring
         rotation = {"rotation_seconds": settings.key_rotation_seconds,
                     "retire_after_seconds": settings.key_retirement_seconds}
@@ -164,7 +173,8 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
             components.denylist.run(interval=settings.denylist_sync_seconds))
         server = create_server(settings, components)
         await server.start()
-        app.state.runtime = TokenRuntime(components=components, grpc_port=server.port)
+        app.state.runtime = TokenRuntime(components=components, grpc_port=server.port,
+                                         client_changes=client_changes)
         health = health_pb2_grpc.HealthStub(channel)
 
         async def registry_ready() -> None:
@@ -183,7 +193,7 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
         finally:
             readiness.draining = True
             await server.stop(grace=10.0)
-            for task in (refresher, syncer):
+            for task in (refresher, syncer, listener):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -22,6 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from otesse.auth.v1 import registry_pb2, registry_pb2_grpc, token_pb2_grpc
 from otesse.auth.v1.authorization_code_pb2 import AuthorizationCodeRecord
 from services.common import credentials
+from services.common.client_changes import ClientChangeFeed
 from services.common.grpc_client import create_channel
 from services.common.settings import Env, StoreSettings
 from services.token import pkce
@@ -54,6 +55,7 @@ class TokenService:
     settings: TokenSettings
     base_url: str
     grpc_port: int
+    client_changes: ClientChangeFeed
 
 
 @asynccontextmanager
@@ -70,7 +72,8 @@ async def running(settings: TokenSettings) -> AsyncIterator[TokenService]:
             async with httpx.AsyncClient(base_url=base_url, timeout=10.0) as http:
                 yield TokenService(http=http, grpc=token_pb2_grpc.TokenServiceStub(channel),
                                    components=runtime.components, settings=settings,
-                                   base_url=base_url, grpc_port=runtime.grpc_port)
+                                   base_url=base_url, grpc_port=runtime.grpc_port,
+                                   client_changes=runtime.client_changes)
         finally:
             await channel.close()
 
