@@ -35,6 +35,7 @@ from services.authorize.codes import RedisCodeStore
 from services.authorize.components import Components
 from services.authorize.consents import PgConsentStore
 from services.authorize.developer_apps import RegistryDeveloperApps
+from services.authorize.devices import RedisDeviceStore
 from services.authorize.grants import SERVICE_NAME as TOKEN_SERVICE_NAME
 from services.authorize.grants import TokenServiceGrants
 from services.authorize.login_throttle import RedisLoginThrottle
@@ -130,6 +131,8 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
             codes=RedisCodeStore(redis, prefix=prefix),
             pending=RedisPendingStore(redis, prefix=prefix),
             throttle=RedisLoginThrottle(redis, prefix=prefix, settings=settings.login),
+            devices=RedisDeviceStore(redis, prefix=prefix,
+                                     lifetime_seconds=settings.login.device_seconds),
             apps=RegistryDeveloperApps(registry),
             grants=TokenServiceGrants(token_pb2_grpc.TokenServiceStub(token_channel)),
             reveals=RedisRevealStore(redis, prefix=prefix),
