@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import unicodedata
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -30,6 +30,7 @@ from services.authorize.origins import csp_origin
 from services.authorize.pages import NO_STORE, page
 from services.authorize.sessions import Session
 
+AUTHORIZE_PATH = "/oauth/authorize"
 MAX_NEXT_LENGTH = 8192
 MAX_EMAIL_LENGTH = 254
 WRONG_CREDENTIALS = "Incorrect email or password."
@@ -54,6 +55,24 @@ def safe_next(value: object) -> str | None:
     return value
 
 
+def after_sign_in(next_target: str | None) -> str:
+    """Where a successful sign-in goes: ``next``, minus ``prompt=login`` when it is an
+    authorization request — the sign-in that request asked for has just happened."""
+    if next_target is None:
+        return "/"
+    parts = urlsplit(next_target)
+    if parts.path != AUTHORIZE_PATH:
+        return next_target
+    pairs = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name == "prompt":
+            value = " ".join(p for p in value.split() if p != "login")
+            if not value:
+                continue
+        pairs.append((name, value))
+    return urlunsplit(parts._replace(query=urlencode(pairs)))
+
+
 async def _app_for(c: Components, next_target: str | None) -> tuple[str | None, list[str]]:
     """The app a sign-in continues to, and the origin its form may end at.
 
@@ -64,7 +83,7 @@ async def _app_for(c: Components, next_target: str | None) -> tuple[str | None, 
     if next_target is None:
         return None, []
     parts = urlsplit(next_target)
-    if parts.path != "/oauth/authorize":
+    if parts.path != AUTHORIZE_PATH:
         return None, []
     params = dict(parse_qsl(parts.query))
     client_id, redirect_uri = params.get("client_id"), params.get("redirect_uri")
@@ -158,7 +177,7 @@ async def login(request: Request) -> Response:
     await c.sessions.delete(session_id=old_id)
     session_id, _ = await c.sessions.create(user_id=user.user_id, email=user.email,
                                             auth_time=time.time())
-    response = RedirectResponse(next_target or "/", status_code=303, headers=NO_STORE)
+    response = RedirectResponse(after_sign_in(next_target), status_code=303, headers=NO_STORE)
     session_cookie.set_cookie(response, session_id, c.settings)
     if known_device is None:
         devices.set_cookie(response, await c.devices.create(user_id=user.user_id), c.settings)
