@@ -43,6 +43,8 @@ class ClientChangeFeed:
         self._subscribers: list[Subscriber] = []
         self._connected = False
         self._lost = asyncio.Event()
+        # Logged once per outage, not at every retry.
+        self._failing = False
 
     @property
     def connected(self) -> bool:
@@ -84,13 +86,16 @@ class ClientChangeFeed:
                 # Whatever changed while nobody listened was never heard: forget it all.
                 self._publish(None)
                 self._connected = True
+                self._failing = False
                 log.info("client change feed listening")
                 await self._watch(connection)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure: bypass caches, retry
-                log.warning("client change feed unavailable", extra={
-                    "error": type(exc).__name__})
+                if not self._failing:
+                    log.warning("client change feed unavailable; retrying", extra={
+                        "error": type(exc).__name__})
+                self._failing = True
             finally:
                 self._disconnected()
                 if connection is not None:
