@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: run test lint proto lock venv stores browser bench clean
+.PHONY: run test lint proto lock venv stores browser bench bench-peer soak clean
 
 run: venv stores ## start every service locally and print how to try the flow
 	@scripts/run-local
@@ -40,6 +40,9 @@ lock: venv ## re-pin every dependency (with hashes) from pyproject.toml
 
 bench: venv stores ## throughput and latency of the whole flow (see bench/README.md)
 	@$(BIN)/python -m bench
+
+soak: venv stores ## ten minutes of the mixed flow: memory, files and connections stay flat (bench/README.md)
+	@$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) tests/artifacts .mypy_cache .ruff_cache

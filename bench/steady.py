@@ -1,0 +1,391 @@
+"""A steady mixed load over a long time, and what the servers hold meanwhile (issue #12 item 2,
+issue #13 item 5).
+
+Several clients (each a signed-in user with an app of their own) run whole flows, one after
+the other as a real app does: ``authorize`` → ``exchange`` → ``refresh`` (R times, each with the
+refresh token the last one returned) → ``ValidateToken`` over gRPC → ``GET /v1/bookings``. The
+flows start at a steady rate (``rate`` flows per second, so latency does not feed back into the
+load), or, with no rate, back to back on every worker (a closed loop: as much as the machine
+does).
+
+Every ``every`` seconds a :class:`Sample` is taken: requests per second, p50/p99 of each step,
+errors, and for each server process its resident memory (``VmRSS``) and open file descriptors,
+plus the Postgres connections to the stack's database and Redis's memory and the number of
+keys under the stack's prefix.
+
+:func:`judge` then compares the first window after the warm-up with the last window of the run.
+Warm-up is the first fifth of the run (two minutes of ten): pools open their connections,
+caches fill, the allocator reaches its working set. A window is a minute, or a third of what
+follows the warm-up when the run is shorter than four minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from statistics import fmean
+
+import asyncpg
+import httpx
+import redis.asyncio as aioredis
+
+from bench import flow
+from bench.http1 import Client
+from bench.load import ERROR_SAMPLES, percentile
+from bench.procs import open_fds, rss_of
+from otesse.auth.v1 import token_pb2_grpc
+from services.common.grpc_client import create_channel
+
+STEPS = ("authorize", "exchange", "refresh", "validate", "bookings")
+RSS_GROWTH_LIMIT = 0.10
+# "Flat": the last window's highest count may exceed the first window's by this much at most
+# (connections open and close with the load's own rhythm); a leak of one per flow would be
+# thousands.
+FLAT_SLACK = 4
+FLAT_SLACK_FRACTION = 0.10
+# Flows waiting for a free worker past this many mean the stack cannot keep up with the rate.
+BACKLOG_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the stack answers, who uses it, and which processes and stores are its own."""
+
+    gateway_url: str
+    token_grpc: str
+    bookings_url: str
+    clients: tuple[tuple[flow.Person, flow.App], ...]
+    # Server process name → pid.
+    pids: dict[str, int]
+    database_url: str
+    database_name: str
+    redis_url: str
+    redis_prefix: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    seconds: float
+    # Seconds between samples.
+    every: float
+    # Flows started per second over all clients; None: every worker back to back.
+    rate: float | None
+    # Flows in progress at once at most.
+    workers: int
+    # Refreshes per flow.
+    refreshes: int
+
+    @property
+    def warmup(self) -> float:
+        return self.seconds / 5
+
+    @property
+    def window(self) -> float:
+        return min(60.0, (self.seconds - self.warmup) / 3)
+
+
+@dataclass(frozen=True)
+class Sample:
+    # Seconds since the load started, at the end of this sample's interval.
+    t: float
+    seconds: float
+    requests: int
+    errors: int
+    # Flows that waited for a free worker (rate mode only).
+    late: int
+    # Step → (p50, p99) in ms; a step with no request in the interval is absent.
+    latency: dict[str, tuple[float, float]]
+    rss_kib: dict[str, int]
+    fds: dict[str, int]
+    pg_connections: int
+    redis_used_bytes: int
+    redis_keys: int
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def as_json(self) -> dict[str, object]:
+        return {"t": round(self.t, 2), "rps": round(self.rps, 1), "requests": self.requests,
+                "errors": self.errors, "late": self.late,
+                "latency_ms": {k: {"p50": round(a, 3), "p99": round(b, 3)}
+                               for k, (a, b) in self.latency.items()},
+                "rss_mib": {k: round(v / 1024, 1) for k, v in self.rss_kib.items()},
+                "fds": self.fds, "pg_connections": self.pg_connections,
+                "redis_used_mib": round(self.redis_used_bytes / 2**20, 2),
+                "redis_keys": self.redis_keys}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class Run:
+    plan: Plan
+    samples: list[Sample] = field(default_factory=list)
+    error_samples: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> int:
+        return sum(s.errors for s in self.samples)
+
+
+class _Interval:
+    def __init__(self) -> None:
+        self.latencies: dict[str, list[float]] = {step: [] for step in STEPS}
+        self.errors = 0
+        self.late = 0
+        self.began = time.perf_counter()
+
+
+class _Driver:
+    def __init__(self, target: Target, plan: Plan, run: Run) -> None:
+        self._target = target
+        self._plan = plan
+        self._run = run
+        self._now = _Interval()
+
+    def record(self, step: str, seconds: float) -> None:
+        self._now.latencies[step].append(seconds)
+
+    def failed(self, step: str, exc: Exception) -> None:
+        self._now.errors += 1
+        if len(self._run.error_samples) < ERROR_SAMPLES * 3:
+            self._run.error_samples.append(f"{step}: {type(exc).__name__}: {exc}"[:300])
+
+    def late(self) -> None:
+        self._now.late += 1
+
+    def swap(self) -> _Interval:
+        ended, self._now = self._now, _Interval()
+        return ended
+
+
+class _Lane:
+    """One client's connections: its user's browser session, the API, the bookings API."""
+
+    def __init__(self, target: Target, app: flow.App, session: dict[str, str],
+                 connections: int, stub: token_pb2_grpc.TokenServiceAsyncStub) -> None:
+        self.app = app
+        self.browser = Client(target.gateway_url, connections=connections, headers=session)
+        self.api = Client(target.gateway_url, connections=connections)
+        self.bookings = Client(target.bookings_url, connections=connections)
+        self.stub = stub
+        self.scopes = app.scope.split()
+
+    async def flow(self, driver: _Driver, refreshes: int) -> None:
+        """One whole flow; the first failed step ends it (the next steps need its answer)."""
+        step = "authorize"
+        try:
+            started = time.perf_counter()
+            code = await flow.authorize(self.browser, self.app)
+            driver.record(step, time.perf_counter() - started)
+            step = "exchange"
+            started = time.perf_counter()
+            tokens = await flow.exchange(self.api, self.app, code)
+            driver.record(step, time.perf_counter() - started)
+            step = "refresh"
+            for _ in range(refreshes):
+                started = time.perf_counter()
+                tokens = await flow.refresh(self.api, self.app, tokens.refresh_token)
+                driver.record(step, time.perf_counter() - started)
+            step = "validate"
+            started = time.perf_counter()
+            await flow.validate(self.stub, tokens.access_token, self.scopes)
+            driver.record(step, time.perf_counter() - started)
+            step = "bookings"
+            started = time.perf_counter()
+            await flow.list_bookings(self.bookings, tokens.access_token)
+            driver.record(step, time.perf_counter() - started)
+        except Exception as exc:  # noqa: BLE001 - every failure is counted, none stops the run
+            driver.failed(step, exc)
+
+    async def aclose(self) -> None:
+        for client in (self.browser, self.api, self.bookings):
+            await client.aclose()
+
+
+class _Probe:
+    """The stores' side: connections to the stack's database, Redis memory and keys."""
+
+    def __init__(self, target: Target) -> None:
+        self._target = target
+        self._db: asyncpg.Connection | None = None
+        self._redis: aioredis.Redis | None = None
+
+    async def __aenter__(self) -> _Probe:
+        self._db = await asyncpg.connect(self._target.database_url)
+        self._redis = aioredis.Redis.from_url(self._target.redis_url)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._db is not None:
+            await self._db.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    async def pg_connections(self) -> int:
+        assert self._db is not None
+        count = await self._db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
+            "AND pid <> pg_backend_pid()", self._target.database_name)
+        return int(count)
+
+    async def redis(self) -> tuple[int, int]:
+        """Redis's used memory (the whole server: an upper bound when it is shared) and the
+        number of keys under the stack's prefix."""
+        assert self._redis is not None
+        info = await self._redis.info("memory")
+        keys = 0
+        async for _ in self._redis.scan_iter(match=f"{self._target.redis_prefix}*", count=1000):
+            keys += 1
+        return int(info["used_memory"]), keys
+
+
+def _latency(interval: _Interval) -> dict[str, tuple[float, float]]:
+    return {step: (percentile(values, 0.50) * 1000, percentile(values, 0.99) * 1000)
+            for step, values in interval.latencies.items() if values}
+
+
+async def drive(target: Target, plan: Plan,
+                on_sample: Callable[[Sample], None] | None = None) -> Run:
+    """Runs the plan against the target and returns every sample (each also handed to
+    ``on_sample`` as it is taken)."""
+    run = Run(plan)
+    driver = _Driver(target, plan, run)
+    sessions = []
+    for person, app in target.clients:
+        async with httpx.AsyncClient(base_url=target.gateway_url, timeout=30.0) as signing_in:
+            await flow.sign_in_and_consent(signing_in, person=person, app=app)
+            sessions.append(flow.session_cookie(signing_in))
+    channel = create_channel(target.token_grpc, services=("otesse.auth.v1.TokenService",))
+    stub = token_pb2_grpc.TokenServiceStub(channel)
+    lanes_per_client = max(1, -(-plan.workers // len(target.clients)))
+    lanes = [_Lane(target, app, session, lanes_per_client, stub)
+             for (_, app), session in zip(target.clients, sessions, strict=True)]
+    tickets: asyncio.Queue[None] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    deadline = began + plan.seconds
+
+    async def worker(index: int) -> None:
+        lane = lanes[index % len(lanes)]
+        while loop.time() < deadline:
+            if plan.rate is not None:
+                await tickets.get()
+                if loop.time() >= deadline:
+                    return
+            await lane.flow(driver, plan.refreshes)
+
+    async def pace() -> None:
+        assert plan.rate is not None
+        started = 0
+        while True:
+            # Absolute start times: a slow tick never lowers the rate that follows.
+            due = began + started / plan.rate
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            if tickets.qsize() >= plan.workers:
+                driver.late()
+            if tickets.qsize() > BACKLOG_LIMIT:
+                raise RuntimeError(f"more than {BACKLOG_LIMIT} flows wait for a worker: the "
+                                   f"stack cannot keep up with {plan.rate} flows per second")
+            tickets.put_nowait(None)
+            started += 1
+
+    async def sample(probe: _Probe) -> None:
+        taken = 0
+        while True:
+            taken += 1
+            await asyncio.sleep(max(0.0, began + min(taken * plan.every, plan.seconds)
+                                    - loop.time()))
+            ended = driver.swap()
+            rss = rss_of(target.pids)
+            fds = {name: open_fds(pid) for name, pid in target.pids.items()}
+            used, keys = await probe.redis()
+            row = Sample(
+                t=loop.time() - began, seconds=time.perf_counter() - ended.began,
+                requests=sum(len(v) for v in ended.latencies.values()) + ended.errors,
+                errors=ended.errors, late=ended.late, latency=_latency(ended), rss_kib=rss,
+                fds=fds, pg_connections=await probe.pg_connections(), redis_used_bytes=used,
+                redis_keys=keys)
+            run.samples.append(row)
+            if on_sample is not None:
+                on_sample(row)
+            if taken * plan.every >= plan.seconds:
+                return
+
+    try:
+        async with _Probe(target) as probe:
+            workers = [asyncio.create_task(worker(i)) for i in range(plan.workers)]
+            pacer = asyncio.create_task(pace()) if plan.rate is not None else None
+            sampler = asyncio.create_task(sample(probe))
+            try:
+                watched = [sampler] + ([pacer] if pacer is not None else [])
+                done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+                # The last flows finish (their requests fall after the last sample and are
+                # not counted); a worker waiting for a ticket is let go.
+                for _ in workers:
+                    tickets.put_nowait(None)
+                await asyncio.wait(workers, timeout=30)
+            finally:
+                for task in [*workers, sampler] + ([pacer] if pacer is not None else []):
+                    task.cancel()
+                for task in [*workers, sampler] + ([pacer] if pacer is not None else []):
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+    finally:
+        for lane in lanes:
+            await lane.aclose()
+        await channel.close()
+    return run
+
+
+def _flat(first: list[int], last: list[int]) -> tuple[bool, int, int]:
+    before, after = max(first), max(last)
+    return after <= before + max(FLAT_SLACK, round(before * FLAT_SLACK_FRACTION)), before, after
+
+
+def windows(run: Run) -> tuple[list[Sample], list[Sample]]:
+    """The samples of the first window after the warm-up and of the last window."""
+    plan = run.plan
+    start = plan.warmup
+    first = [s for s in run.samples if start < s.t <= start + plan.window + 1e-6]
+    last = [s for s in run.samples if s.t > plan.seconds - plan.window - 1e-6]
+    return first, last
+
+
+def judge(run: Run, *, rss_only: bool = False) -> list[Check]:
+    """Pass or fail on each promise: no errors; resident memory grows less than 10 % from the
+    first window after warm-up to the last; open files and Postgres connections flat."""
+    checks = [Check("errors", run.errors == 0, f"{run.errors} errors")]
+    first, last = windows(run)
+    if not first or not last or first[0] is last[-1]:
+        checks.append(Check("windows", False, "the run is too short to compare a window "
+                                              "after the warm-up with the last one"))
+        return checks
+    for name in run.samples[0].rss_kib:
+        before = fmean(s.rss_kib[name] for s in first)
+        after = fmean(s.rss_kib[name] for s in last)
+        growth = (after - before) / before if before else 0.0
+        checks.append(Check(f"RSS {name}", before > 0 and growth < RSS_GROWTH_LIMIT,
+                            f"{before / 1024:.1f} → {after / 1024:.1f} MiB "
+                            f"({growth * 100:+.1f} %)"))
+    if rss_only:
+        return checks
+    for name in run.samples[0].fds:
+        passed, before, after = _flat([s.fds[name] for s in first],
+                                      [s.fds[name] for s in last])
+        checks.append(Check(f"fds {name}", passed, f"{before} → {after} (highest)"))
+    passed, before, after = _flat([s.pg_connections for s in first],
+                                  [s.pg_connections for s in last])
+    checks.append(Check("postgres connections", passed, f"{before} → {after} (highest)"))
+    return checks
