@@ -35,7 +35,7 @@ def text(measured: Measurements, options: Options, before: dict[str, Any],
     for direct, through in DIRECT.items():
         if direct in by_name and through in by_name:
             extra = by_name[through].p50_ms - by_name[direct].p50_ms
-            overhead.append(f"{through} +{extra:.2f} ms")
+            overhead.append(f"{through} {extra:+.2f} ms")
     if overhead:
         lines += ["", "Gateway overhead at p50 (through the gateway minus direct): "
                   + ", ".join(overhead)]
