@@ -51,7 +51,7 @@ PORT_VARIABLES = ("OTESSE_GATEWAY_PORT", "OTESSE_GATEWAY_ADMIN_PORT", "OTESSE_AU
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # A benchmark killed outright (SIGKILL) must not leave the stack running: run-local gets
     # SIGTERM and stops its services.
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -190,7 +190,7 @@ async def running_stack(*, database_url: str = DATABASE_URL, redis_url: str = RE
         with log_path.open("wb") as log:
             process = await asyncio.create_subprocess_exec(
                 str(RUN_LOCAL), env=env, cwd=ROOT, stdout=log, stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=_die_with_parent)
+                preexec_fn=die_with_parent)
         try:
             if not await _wait_ready(log_path, process):
                 lines = log_path.read_text(errors="replace").rstrip().splitlines()[-8:]
