@@ -33,7 +33,7 @@ import signal
 import statistics
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -144,6 +144,9 @@ class Round:
     results: dict[str, Result]
     warmup_errors: int
     warmup_error_samples: tuple[str, ...]
+    # Step → WAL flushes and bytes per request (the whole Postgres server's), when the server
+    # has a database.
+    wal: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def errors(self) -> int:
@@ -155,8 +158,21 @@ def server_cpu(result: Result) -> float:
     return sum(v for k, v in result.cpu_ms.items() if k not in NOT_SERVER)
 
 
-async def measure(contender: Contender, options: Options, meter: CpuMeter,
-                  number: int) -> Round:
+async def _wal(database: asyncpg.Connection | None) -> tuple[float, float]:
+    """The server's WAL flushes (``fsync`` and the like) and bytes so far (``pg_stat_wal``).
+    Backends report them within about a second, and every database on the server adds to
+    them: over a measurement of several seconds, an upper bound of the server's own."""
+    if database is None:
+        return 0.0, 0.0
+    row = await database.fetchrow("SELECT wal_sync, wal_bytes FROM pg_stat_wal")
+    assert row is not None
+    return float(row["wal_sync"]), float(row["wal_bytes"])
+
+
+async def measure(contender: Contender, options: Options, meter: CpuMeter, number: int,
+                  database: asyncpg.Connection | None = None) -> Round:
+    """One round of the three steps on ``contender``; ``database``, a connection to its
+    Postgres, to count the WAL each step writes."""
     n, w, c = options.requests, options.warmup, options.concurrency
     requests = Requests(contender)
     out = Round(contender.name, number, {}, 0, ())
@@ -168,11 +184,14 @@ async def measure(contender: Contender, options: Options, meter: CpuMeter,
             out.warmup_errors += result.errors
             out.warmup_error_samples += result.error_samples
             return
-        before = await meter.snapshot()
+        before, wal_before = await meter.snapshot(), await _wal(database)
         result = await load.run(name, step, total=total, concurrency=c)
-        after = await meter.snapshot()
+        after, wal_after = await meter.snapshot(), await _wal(database)
         out.results[name] = replace(result, cpu_ms=per_request(before, after, result.requests),
                                     rss_kib=rss_of(contender.pids))
+        if database is not None and result.requests:
+            out.wal[name] = {"flushes": (wal_after[0] - wal_before[0]) / result.requests,
+                             "bytes": (wal_after[1] - wal_before[1]) / result.requests}
 
     async with (Client(contender.base_url, connections=c, headers=contender.session) as browser,
                 Client(contender.base_url, connections=c) as api):
@@ -298,6 +317,14 @@ def text(by_name: dict[str, list[Round]], options: Options, header: list[str]) -
                          f"{ratios.get('rps', float('nan')):>7.2f} "
                          f"{ratios.get('p50', float('nan')):>7.2f}{'':<15}")
         lines.append(f"  {step:<10} " + "".join(cells))
+    wal = [(step, statistics.median(r.wal[step]["bytes"] for r in by_name[otesse]),
+            statistics.median(r.wal[step]["flushes"] for r in by_name[otesse]))
+           for step in STEPS if all(step in r.wal for r in by_name[otesse])]
+    if wal:
+        lines += ["", f"{otesse}'s Postgres WAL per request (medians; the whole server's, so "
+                      "other users of it add to it): " + ", ".join(
+                          f"{step} {size:.0f} bytes, {flushes:.2f} flushes"
+                          for step, size, flushes in wal)]
     lines.append("")
     client = max((median_figures(by_name[n], s).get("client_cpu_ms", 0.0)
                   for n in names for s in STEPS), default=0.0)
@@ -326,6 +353,8 @@ def as_json(by_name: dict[str, list[Round]], options: Options,
                     "concurrency": options.concurrency, "warmup": options.warmup},
         "rounds": [{"server": r.contender, "round": r.number,
                     "warmup_errors": r.warmup_errors,
+                    "wal_per_request": {step: {k: round(v, 3) for k, v in figures.items()}
+                                        for step, figures in r.wal.items()},
                     "results": [res.as_json() | {"server_cpu_ms_per_request":
                                                  round(server_cpu(res), 3)}
                                 for res in r.results.values()]}
@@ -436,10 +465,15 @@ async def main(argv: list[str]) -> int:
                                          database_url=args.database_url,
                                          redis_url=args.redis_url)
                         await meter.open()
+                        database = (await asyncpg.connect(args.database_url)
+                                    if contender.database_name else None)
                         try:
-                            measured = await measure(contender, options, meter, number)
+                            measured = await measure(contender, options, meter, number,
+                                                     database)
                         finally:
                             await meter.close()
+                            if database is not None:
+                                await database.close()
                         by_name.setdefault(contender.name, []).append(measured)
     except (StackFailed, StepFailed) as exc:
         print(f"bench-peer: {exc}", file=sys.stderr)

@@ -57,10 +57,13 @@ async def _measured(contender: Contender, database_url: str) -> Round:
     meter = CpuMeter(services=contender.pids, database_name=contender.database_name,
                      database_url=database_url, redis_url=REDIS_URL)
     await meter.open()
+    database = await asyncpg.connect(database_url) if contender.database_name else None
     try:
-        return await measure(contender, OPTIONS, meter, 1)
+        return await measure(contender, OPTIONS, meter, 1, database)
     finally:
         await meter.close()
+        if database is not None:
+            await database.close()
 
 
 def _claims(jwt: str) -> dict[str, object]:
@@ -112,6 +115,10 @@ async def test_both_servers_answer_the_same_steps_without_errors(
     assert all("postgres" not in r.cpu_ms for r in theirs.results.values())
     assert all(set(r.rss_kib) >= {"gateway", "token", "authorize"}
                for r in ours.results.values())
+    # Otesse's WAL is counted (Postgres reports it lazily: no amount is asserted); the peer
+    # has no database.
+    assert set(ours.wal) == set(compare.STEPS) and theirs.wal == {}
+    assert all(v >= 0 for figures in ours.wal.values() for v in figures.values())
     rounds = {"Otesse": [ours], peer.name: [theirs]}
     document = compare.as_json(rounds, OPTIONS, {})
     assert document["errors"] == 0
