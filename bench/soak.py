@@ -32,7 +32,18 @@ from bench.stack import (
     StackFailed,
     running_stack,
 )
-from bench.steady import STEPS, Check, Plan, Run, Sample, Target, drive, judge, windows
+from bench.steady import (
+    STEPS,
+    Check,
+    FallingBehind,
+    Plan,
+    Run,
+    Sample,
+    Target,
+    drive,
+    judge,
+    windows,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_MINUTES = 10.0
@@ -164,7 +175,7 @@ async def main(argv: list[str]) -> int:
                   flush=True)
             print(header(pids), flush=True)
             run = await drive(target, plan, lambda s: print(row(s), flush=True))
-    except StackFailed as exc:
+    except (StackFailed, FallingBehind) as exc:
         print(f"soak: {exc}", file=sys.stderr)
         return 1
     except asyncio.CancelledError:

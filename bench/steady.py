@@ -50,6 +50,10 @@ FLAT_SLACK_FRACTION = 0.10
 BACKLOG_LIMIT = 1000
 
 
+class FallingBehind(Exception):
+    """The stack answers too slowly for the rate asked: flows pile up waiting for a worker."""
+
+
 @dataclass(frozen=True)
 class Target:
     """Where the stack answers, who uses it, and which processes and stores are its own."""
@@ -146,9 +150,9 @@ class _Interval:
 
 
 class _Driver:
-    def __init__(self, target: Target, plan: Plan, run: Run) -> None:
-        self._target = target
-        self._plan = plan
+    """Where the flows record what happened, one interval at a time."""
+
+    def __init__(self, run: Run) -> None:
         self._run = run
         self._now = _Interval()
 
@@ -259,7 +263,7 @@ async def drive(target: Target, plan: Plan,
     """Runs the plan against the target and returns every sample (each also handed to
     ``on_sample`` as it is taken)."""
     run = Run(plan)
-    driver = _Driver(target, plan, run)
+    driver = _Driver(run)
     sessions = []
     for person, app in target.clients:
         async with httpx.AsyncClient(base_url=target.gateway_url, timeout=30.0) as signing_in:
@@ -291,11 +295,12 @@ async def drive(target: Target, plan: Plan,
             # Absolute start times: a slow tick never lowers the rate that follows.
             due = began + started / plan.rate
             await asyncio.sleep(max(0.0, due - loop.time()))
-            if tickets.qsize() >= plan.workers:
+            # A ticket still waiting means every worker is busy: this flow starts late.
+            if tickets.qsize() > 0:
                 driver.late()
             if tickets.qsize() > BACKLOG_LIMIT:
-                raise RuntimeError(f"more than {BACKLOG_LIMIT} flows wait for a worker: the "
-                                   f"stack cannot keep up with {plan.rate} flows per second")
+                raise FallingBehind(f"more than {BACKLOG_LIMIT} flows wait for a worker: the "
+                                    f"stack cannot keep up with {plan.rate:g} flows per second")
             tickets.put_nowait(None)
             started += 1
 
