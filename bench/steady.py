@@ -381,7 +381,9 @@ def judge(run: Run, *, rss_only: bool = False) -> list[Check]:
         before = fmean(s.rss_kib[name] for s in first)
         after = fmean(s.rss_kib[name] for s in last)
         growth = (after - before) / before if before else 0.0
-        checks.append(Check(f"RSS {name}", before > 0 and growth < RSS_GROWTH_LIMIT,
+        # A process that is gone reads 0: it fails here too, not only as errors.
+        alive = min(s.rss_kib[name] for s in first + last) > 0
+        checks.append(Check(f"RSS {name}", alive and growth < RSS_GROWTH_LIMIT,
                             f"{before / 1024:.1f} → {after / 1024:.1f} MiB "
                             f"({growth * 100:+.1f} %)"))
     if rss_only:

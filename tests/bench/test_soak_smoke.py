@@ -14,6 +14,7 @@ import pytest
 
 from bench import flow
 from bench.plot import nice_ticks
+from bench.procs import open_fds, rss_kib
 from bench.soak import row, svg
 from bench.stack import REDIRECT_URI, SCOPE, service_pids
 from bench.steady import STEPS, Plan, Run, Sample, Target, drive, judge
@@ -97,14 +98,21 @@ def _run(rss: list[int], *, fds: list[int] | None = None, errors: int = 0) -> Ru
     (_run([100_000] * 10, fds=[20] * 8 + [40, 60]), {"fds token"}),
     (_run([100_000] * 10, fds=[20] * 8 + [23, 24]), set()),
     (_run([100_000] * 10, errors=1), {"errors"}),
+    (_run([100_000] * 9 + [0]), {"RSS token"}),
 ], ids=["flat passes", "growth during the warm-up is not counted",
         "fails because memory grew 15 % after warm-up",
         "fails because open files kept growing", "a few connections more is still flat",
-        "fails because one request failed"])
+        "fails because one request failed", "fails because the process is gone"])
 def test_the_verdict(run: Run, failed: set[str]) -> None:
     checks = judge(run)
 
     assert {c.name for c in checks if not c.passed} == failed
+
+
+@pytest.mark.parametrize("pid, alive", [(os.getpid(), True), (2**22 + 1, False)],
+                         ids=["this process", "a process that does not exist reads 0"])
+def test_memory_and_open_files_are_read_from_proc(pid: int, alive: bool) -> None:
+    assert (rss_kib(pid) > 0, open_fds(pid) > 0) == (alive, alive)
 
 
 def test_a_run_too_short_for_two_windows_fails() -> None:
