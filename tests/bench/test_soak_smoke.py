@@ -97,11 +97,13 @@ def _run(rss: list[int], *, fds: list[int] | None = None, errors: int = 0) -> Ru
     (_run([100_000] * 8 + [115_000] * 2), {"RSS token"}),
     (_run([100_000] * 10, fds=[20] * 8 + [40, 60]), {"fds token"}),
     (_run([100_000] * 10, fds=[20] * 8 + [23, 24]), set()),
+    (_run([100_000] * 10, fds=[20] * 8 + [60, 20]), set()),
     (_run([100_000] * 10, errors=1), {"errors"}),
     (_run([100_000] * 9 + [0]), {"RSS token"}),
 ], ids=["flat passes", "growth during the warm-up is not counted",
         "fails because memory grew 15 % after warm-up",
         "fails because open files kept growing", "a few connections more is still flat",
+        "a burst of connections is not a leak",
         "fails because one request failed", "fails because the process is gone"])
 def test_the_verdict(run: Run, failed: set[str]) -> None:
     checks = judge(run)
