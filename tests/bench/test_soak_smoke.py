@@ -79,16 +79,23 @@ async def test_a_short_soak_samples_everything_without_errors(
     assert len(drawn.findall("{http://www.w3.org/2000/svg}polyline")) == 10 + len(SERVICES)
 
 
-def _run(rss: list[int], *, fds: list[int] | None = None, errors: int = 0) -> Run:
-    """A 100-second run sampled every 10 s: warm-up 20 s, windows of ~27 s."""
+def _run(rss: list[int], *, fds: list[int] | None = None, errors: int = 0,
+         pools: list[dict[str, int]] | None = None) -> Run:
+    """A 100-second run sampled every 10 s: warm-up 20 s, windows of ~27 s; pools of 10."""
     plan = Plan(seconds=100, every=10, rate=1.0, workers=1, refreshes=0)
     fds = fds or [20] * len(rss)
+    pools = pools or [{"otesse-token": 2, "otesse-authorize": 1}] * len(rss)
     samples = [Sample(t=10.0 * (i + 1), seconds=10.0, requests=100, errors=0, late=0,
                       latency={}, rss_kib={"token": kib}, fds={"token": fd},
-                      pg_connections=3, redis_used_bytes=0, redis_keys=0)
-               for i, (kib, fd) in enumerate(zip(rss, fds, strict=True))]
+                      pg_connections=sum(pg.values()), redis_used_bytes=0, redis_keys=0,
+                      pg_pools=pg)
+               for i, (kib, fd, pg) in enumerate(zip(rss, fds, pools, strict=True))]
     samples[-1] = replace(samples[-1], errors=errors)
-    return Run(plan, samples)
+    return Run(plan, samples, pool_max=10)
+
+
+FLAT = [100_000] * 10
+SMALL_POOLS = {"otesse-token": 2, "otesse-authorize": 1}
 
 
 @pytest.mark.parametrize("run, failed", [
@@ -100,11 +107,20 @@ def _run(rss: list[int], *, fds: list[int] | None = None, errors: int = 0) -> Ru
     (_run([100_000] * 10, fds=[20] * 8 + [60, 20]), set()),
     (_run([100_000] * 10, errors=1), {"errors"}),
     (_run([100_000] * 9 + [0]), {"RSS token"}),
+    (_run(FLAT, pools=[SMALL_POOLS] * 8 + [{"otesse-token": 10, "otesse-authorize": 10}] * 2),
+     set()),
+    (_run(FLAT, pools=[SMALL_POOLS] * 8 + [{**SMALL_POOLS, "": 30}] * 2),
+     {"postgres connections"}),
+    (_run(FLAT, pools=[SMALL_POOLS] * 8 + [{"otesse-token": 25}] * 2),
+     {"postgres connections"}),
 ], ids=["flat passes", "growth during the warm-up is not counted",
         "fails because memory grew 15 % after warm-up",
         "fails because open files kept growing", "a few connections more is still flat",
         "a burst of connections is not a leak",
-        "fails because one request failed", "fails because the process is gone"])
+        "fails because one request failed", "fails because the process is gone",
+        "pools growing up to their bound after a burst still pass",
+        "fails because connections leak outside the pools",
+        "fails because a pool holds more than its bound"])
 def test_the_verdict(run: Run, failed: set[str]) -> None:
     checks = judge(run)
 
