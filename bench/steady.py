@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from statistics import fmean, median
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -35,9 +37,10 @@ import redis.asyncio as aioredis
 from bench import flow
 from bench.http1 import Client
 from bench.load import ERROR_SAMPLES, percentile
-from bench.procs import open_fds, rss_of
+from bench.procs import open_fds, rss_of, sockets_to, tcp_peers
 from otesse.auth.v1 import token_pb2_grpc
 from services.common.grpc_client import create_channel
+from services.common.redis_client import create_redis
 from services.common.settings import Env, StoreSettings
 
 STEPS = ("authorize", "exchange", "refresh", "validate", "bookings")
@@ -47,6 +50,8 @@ RSS_GROWTH_LIMIT = 0.10
 # thousands.
 FLAT_SLACK = 4
 FLAT_SLACK_FRACTION = 0.10
+# Each service's Redis pool holds at most this many connections (services.common).
+REDIS_POOL_MAX: int = inspect.signature(create_redis).parameters["max_connections"].default
 # Flows waiting for a free worker past this many mean the stack cannot keep up with the rate.
 BACKLOG_LIMIT = 1000
 
@@ -112,6 +117,8 @@ class Sample:
     redis_keys: int
     # Connections by the pool that holds them (the services' application_name).
     pg_pools: dict[str, int] = field(default_factory=dict)
+    # Service → its descriptors that are connections to each store ("postgres", "redis").
+    store_sockets: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -125,6 +132,7 @@ class Sample:
                 "rss_mib": {k: round(v / 1024, 1) for k, v in self.rss_kib.items()},
                 "fds": self.fds, "pg_connections": self.pg_connections,
                 "pg_connections_by_pool": self.pg_pools,
+                "store_connections": self.store_sockets,
                 "redis_used_mib": round(self.redis_used_bytes / 2**20, 2),
                 "redis_keys": self.redis_keys}
 
@@ -291,6 +299,8 @@ async def drive(target: Target, plan: Plan,
              for (_, app), session in zip(target.clients, sessions, strict=True)]
     tickets: asyncio.Queue[None] = asyncio.Queue()
     loop = asyncio.get_running_loop()
+    ports = {urlsplit(target.database_url).port or 5432: "postgres",
+             urlsplit(target.redis_url).port or 6379: "redis"}
     began = loop.time()
     deadline = began + plan.seconds
 
@@ -328,6 +338,8 @@ async def drive(target: Target, plan: Plan,
             ended = driver.swap()
             rss = rss_of(target.pids)
             fds = {name: open_fds(pid) for name, pid in target.pids.items()}
+            peers = tcp_peers()
+            stores = {name: sockets_to(pid, peers, ports) for name, pid in target.pids.items()}
             used, keys = await probe.redis()
             pools = await probe.pg_connections()
             row = Sample(
@@ -335,7 +347,7 @@ async def drive(target: Target, plan: Plan,
                 requests=sum(len(v) for v in ended.latencies.values()) + ended.errors,
                 errors=ended.errors, late=ended.late, latency=_latency(ended), rss_kib=rss,
                 fds=fds, pg_connections=sum(pools.values()), redis_used_bytes=used,
-                redis_keys=keys, pg_pools=pools)
+                redis_keys=keys, pg_pools=pools, store_sockets=stores)
             run.samples.append(row)
             if on_sample is not None:
                 on_sample(row)
@@ -408,9 +420,14 @@ def judge(run: Run, *, rss_only: bool = False) -> list[Check]:
     if rss_only:
         return checks
     for name in run.samples[0].fds:
-        passed, before, after = _flat([s.fds[name] for s in first],
-                                      [s.fds[name] for s in last])
-        checks.append(Check(f"fds {name}", passed, f"{before:g} → {after:g} (median)"))
+        # Connections to the stores are judged below, by their pools' bounds: a pool keeps
+        # what a burst made it open.
+        def own(sample: Sample, name: str = name) -> int:
+            return sample.fds[name] - sum(sample.store_sockets.get(name, {}).values())
+
+        passed, before, after = _flat([own(s) for s in first], [own(s) for s in last])
+        checks.append(Check(f"fds {name}", passed, f"{before:g} → {after:g} (median, "
+                                                   "without connections to the stores)"))
     passed, before, after = _flat([s.pg_connections for s in first],
                                   [s.pg_connections for s in last])
     # A pool keeps the connections a burst made it open (asyncpg reuses them in turn, so none
@@ -425,4 +442,14 @@ def judge(run: Run, *, rss_only: bool = False) -> list[Check]:
     checks.append(Check("postgres connections", passed or bounded,
                         f"{before:g} → {after:g} (median); highest {highest}, the "
                         f"{len(pools)} pools hold at most {ceiling}"))
+
+    def redis(sample: Sample) -> int:
+        return sum(sockets.get("redis", 0) for sockets in sample.store_sockets.values())
+
+    passed, before, after = _flat([redis(s) for s in first], [redis(s) for s in last])
+    highest = max(sockets.get("redis", 0) for s in run.samples
+                  for sockets in s.store_sockets.values()) if run.samples[0].store_sockets else 0
+    checks.append(Check("redis connections", passed or highest <= REDIS_POOL_MAX,
+                        f"{before:g} → {after:g} (median, every service); at most {highest} "
+                        f"in one service, whose pool holds {REDIS_POOL_MAX}"))
     return checks

@@ -65,12 +65,18 @@ async def test_a_short_soak_samples_everything_without_errors(
         assert set(sample.rss_kib) == set(SERVICES) and min(sample.rss_kib.values()) > 0
         assert set(sample.fds) == set(SERVICES) and min(sample.fds.values()) > 0
         assert sample.pg_connections > 0
+        assert set(sample.store_sockets) == set(SERVICES)
+    # The token service holds pooled connections to both stores; the gateway to neither.
+    assert max(s.store_sockets["token"]["postgres"] for s in run.samples) > 0
+    assert max(s.store_sockets["token"]["redis"] for s in run.samples) > 0
+    assert all(s.store_sockets["gateway"]["postgres"] == 0 for s in run.samples)
     # Sessions at least: one per signed-in client, under the run's prefix.
     assert max(s.redis_keys for s in run.samples) >= 2
     checks = {c.name: c for c in judge(run)}
     assert checks["errors"].passed
     assert {f"RSS {name}" for name in SERVICES} <= set(checks)
-    assert {f"fds {name}" for name in SERVICES} | {"postgres connections"} <= set(checks)
+    assert {f"fds {name}" for name in SERVICES} | {"postgres connections",
+                                                    "redis connections"} <= set(checks)
 
     drawn = ET.fromstring(svg(run, "smoke"))
 
@@ -80,16 +86,19 @@ async def test_a_short_soak_samples_everything_without_errors(
 
 
 def _run(rss: list[int], *, fds: list[int] | None = None, errors: int = 0,
-         pools: list[dict[str, int]] | None = None) -> Run:
+         pools: list[dict[str, int]] | None = None,
+         stores: list[dict[str, int]] | None = None) -> Run:
     """A 100-second run sampled every 10 s: warm-up 20 s, windows of ~27 s; pools of 10."""
     plan = Plan(seconds=100, every=10, rate=1.0, workers=1, refreshes=0)
     fds = fds or [20] * len(rss)
     pools = pools or [{"otesse-token": 2, "otesse-authorize": 1}] * len(rss)
+    stores = stores or [{"postgres": 2, "redis": 1}] * len(rss)
     samples = [Sample(t=10.0 * (i + 1), seconds=10.0, requests=100, errors=0, late=0,
                       latency={}, rss_kib={"token": kib}, fds={"token": fd},
                       pg_connections=sum(pg.values()), redis_used_bytes=0, redis_keys=0,
-                      pg_pools=pg)
-               for i, (kib, fd, pg) in enumerate(zip(rss, fds, pools, strict=True))]
+                      pg_pools=pg, store_sockets={"token": store})
+               for i, (kib, fd, pg, store) in enumerate(zip(rss, fds, pools, stores,
+                                                            strict=True))]
     samples[-1] = replace(samples[-1], errors=errors)
     return Run(plan, samples, pool_max=10)
 
@@ -113,6 +122,11 @@ SMALL_POOLS = {"otesse-token": 2, "otesse-authorize": 1}
      {"postgres connections"}),
     (_run(FLAT, pools=[SMALL_POOLS] * 8 + [{"otesse-token": 25}] * 2),
      {"postgres connections"}),
+    (_run(FLAT, fds=[20] * 8 + [36] * 2,
+          stores=[{"postgres": 2, "redis": 1}] * 8 + [{"postgres": 10, "redis": 9}] * 2),
+     set()),
+    (_run(FLAT, stores=[{"postgres": 2, "redis": 1}] * 8 + [{"postgres": 2, "redis": 90}] * 2),
+     {"redis connections"}),
 ], ids=["flat passes", "growth during the warm-up is not counted",
         "fails because memory grew 15 % after warm-up",
         "fails because open files kept growing", "a few connections more is still flat",
@@ -120,7 +134,9 @@ SMALL_POOLS = {"otesse-token": 2, "otesse-authorize": 1}
         "fails because one request failed", "fails because the process is gone",
         "pools growing up to their bound after a burst still pass",
         "fails because connections leak outside the pools",
-        "fails because a pool holds more than its bound"])
+        "fails because a pool holds more than its bound",
+        "more descriptors, all pooled store connections, are not an open-file leak",
+        "fails because a service holds more Redis connections than its pool may"])
 def test_the_verdict(run: Run, failed: set[str]) -> None:
     checks = judge(run)
 
