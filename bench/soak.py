@@ -52,6 +52,8 @@ DEFAULT_CLIENTS = 4
 DEFAULT_WORKERS = 16
 DEFAULT_REFRESHES = 3
 DEFAULT_EVERY = 10.0
+# Before and after the load: longer than every keep-alive in the stack (uvicorn's 5 s).
+REST_SECONDS = 8.0
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -144,6 +146,10 @@ def document(run: Run, checks: list[Check], args: argparse.Namespace,
                  "warmup_seconds": plan.warmup, "window_seconds": plan.window},
         "machine": {**before, "load_average_after": after["load_average"]},
         "samples": [s.as_json() for s in run.samples],
+        "open_files_at_rest": {
+            moment: {"fds": rest.fds, "store_connections": rest.store_sockets}
+            for moment, rest in (("before", run.rest_before), ("after", run.rest_after))
+            if rest is not None},
         "errors": run.errors,
         "error_samples": run.error_samples,
         "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in checks],
@@ -157,7 +163,7 @@ async def main(argv: list[str]) -> int:
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     plan = Plan(seconds=args.minutes * 60, every=args.every, rate=args.rate,
-                workers=args.workers, refreshes=args.refreshes)
+                workers=args.workers, refreshes=args.refreshes, rest=REST_SECONDS)
     before = report.machine()
     print(f"soak: starting the stack (load average {before['load_average'][0]})", flush=True)
     try:

@@ -16,7 +16,9 @@ keys under the stack's prefix.
 :func:`judge` then compares the first window after the warm-up with the last window of the run.
 Warm-up is the first fifth of the run (two minutes of ten): pools open their connections,
 caches fill, the allocator reaches its working set. A window is a minute, or a third of what
-follows the warm-up when the run is shorter than four minutes.
+follows the warm-up when the run is shorter than four minutes. Open files are compared at rest
+instead, a few seconds before the load and a few seconds after it (``Plan.rest``): under load
+their number follows the load's own concurrency.
 """
 
 from __future__ import annotations
@@ -45,9 +47,8 @@ from services.common.settings import Env, StoreSettings
 
 STEPS = ("authorize", "exchange", "refresh", "validate", "bookings")
 RSS_GROWTH_LIMIT = 0.10
-# "Flat": the last window's median count may exceed the first window's by this much at most
-# (connections open and close with the load's own rhythm); a leak of one per flow would be
-# thousands.
+# "Flat": a count may exceed the one it is compared with by this much at most (a lazily
+# opened channel, a pool's next connection); a leak of one per flow would be thousands.
 FLAT_SLACK = 4
 FLAT_SLACK_FRACTION = 0.10
 # Each service's Redis pool holds at most this many connections (services.common).
@@ -89,6 +90,9 @@ class Plan:
     workers: int
     # Refreshes per flow.
     refreshes: int
+    # Seconds with no load before and after it, after which open files are counted at rest
+    # (0: not counted). Longer than every keep-alive of the stack (uvicorn's 5 s).
+    rest: float = 0.0
 
     @property
     def warmup(self) -> float:
@@ -138,6 +142,24 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class AtRest:
+    """Each service's open descriptors with no load, and those that are store connections."""
+
+    fds: dict[str, int]
+    store_sockets: dict[str, dict[str, int]]
+
+    def own(self, name: str) -> int:
+        return self.fds[name] - sum(self.store_sockets.get(name, {}).values())
+
+
+def _at_rest(pids: dict[str, int], ports: dict[int, str]) -> AtRest:
+    peers = tcp_peers()
+    return AtRest(fds={name: open_fds(pid) for name, pid in pids.items()},
+                  store_sockets={name: sockets_to(pid, peers, ports)
+                                 for name, pid in pids.items()})
+
+
+@dataclass(frozen=True)
 class Check:
     name: str
     passed: bool
@@ -155,6 +177,9 @@ class Run:
     error_samples: list[str] = field(default_factory=list)
     # The target's pool bound (see Target.pool_max).
     pool_max: int = field(default_factory=_default_pool_max)
+    # Open files at rest before the load and after it (Plan.rest).
+    rest_before: AtRest | None = None
+    rest_after: AtRest | None = None
 
     @property
     def errors(self) -> int:
@@ -301,6 +326,10 @@ async def drive(target: Target, plan: Plan,
     loop = asyncio.get_running_loop()
     ports = {urlsplit(target.database_url).port or 5432: "postgres",
              urlsplit(target.redis_url).port or 6379: "redis"}
+    if plan.rest:
+        # Signing in left keep-alive connections behind; they close within the rest.
+        await asyncio.sleep(plan.rest)
+        run.rest_before = _at_rest(target.pids, ports)
     began = loop.time()
     deadline = began + plan.seconds
 
@@ -379,6 +408,11 @@ async def drive(target: Target, plan: Plan,
         for lane in lanes:
             await lane.aclose()
         await channel.close()
+    if plan.rest:
+        # The load generator's connections are closed; the servers' keep-alives between
+        # themselves close within the rest. What stays open is what the services hold.
+        await asyncio.sleep(plan.rest)
+        run.rest_after = _at_rest(target.pids, ports)
     return run
 
 
@@ -400,8 +434,9 @@ def windows(run: Run) -> tuple[list[Sample], list[Sample]]:
 
 def judge(run: Run, *, rss_only: bool = False) -> list[Check]:
     """Pass or fail on each promise: no errors; resident memory grows less than 10 % from the
-    first window after warm-up to the last (means); open files flat (medians); Postgres
-    connections flat, or all in the services' pools (``run.pool_max`` each at most)."""
+    first window after warm-up to the last (means); open files flat at rest (before the load,
+    after it); Postgres and Redis connections flat (medians of the windows), or all in the
+    services' pools and within their bounds."""
     checks = [Check("errors", run.errors == 0, f"{run.errors} errors")]
     first, last = windows(run)
     if not first or not last or first[0] is last[-1]:
@@ -419,15 +454,18 @@ def judge(run: Run, *, rss_only: bool = False) -> list[Check]:
                             f"({growth * 100:+.1f} %)"))
     if rss_only:
         return checks
-    for name in run.samples[0].fds:
-        # Connections to the stores are judged below, by their pools' bounds: a pool keeps
-        # what a burst made it open.
-        def own(sample: Sample, name: str = name) -> int:
-            return sample.fds[name] - sum(sample.store_sockets.get(name, {}).values())
-
-        passed, before, after = _flat([own(s) for s in first], [own(s) for s in last])
-        checks.append(Check(f"fds {name}", passed, f"{before:g} → {after:g} (median, "
-                                                   "without connections to the stores)"))
+    # Open files are counted at rest, before the load and after it: under load their number
+    # follows the load's own concurrency (a slow minute keeps more connections open), at rest
+    # only what a service holds stays. Connections to the stores are judged below, by their
+    # pools' bounds: a pool keeps what a burst made it open.
+    if run.rest_before is None or run.rest_after is None:
+        checks.append(Check("fds", False, "open files were not counted at rest (Plan.rest)"))
+    else:
+        for name in run.rest_before.fds:
+            before, after = run.rest_before.own(name), run.rest_after.own(name)
+            passed = after <= before + max(FLAT_SLACK, before * FLAT_SLACK_FRACTION)
+            checks.append(Check(f"fds {name}", passed, f"{before} → {after} at rest "
+                                                       "(without connections to the stores)"))
     passed, before, after = _flat([s.pg_connections for s in first],
                                   [s.pg_connections for s in last])
     # A pool keeps the connections a burst made it open (asyncpg reuses them in turn, so none

@@ -17,7 +17,7 @@ from bench.plot import nice_ticks
 from bench.procs import open_fds, rss_kib
 from bench.soak import row, svg
 from bench.stack import REDIRECT_URI, SCOPE, service_pids
-from bench.steady import STEPS, Plan, Run, Sample, Target, drive, judge
+from bench.steady import STEPS, AtRest, Plan, Run, Sample, Target, drive, judge
 from tests.conftest import REDIS_URL
 from tests.integration.people import new_person, register_app
 from tests.integration.stack import SERVICES, Stack
@@ -26,7 +26,7 @@ pytest_plugins = ["tests.integration.fixtures"]
 
 # Two clients, two flows a second, one refresh each: the test stack's per-client limit on
 # /oauth/token (40 a minute) is far away.
-PLAN = Plan(seconds=4.0, every=0.5, rate=2.0, workers=2, refreshes=1)
+PLAN = Plan(seconds=4.0, every=0.5, rate=2.0, workers=2, refreshes=1, rest=0.5)
 
 
 async def soak_target(stack: Stack, pool: asyncpg.Pool, database_url: str,
@@ -70,6 +70,8 @@ async def test_a_short_soak_samples_everything_without_errors(
     assert max(s.store_sockets["token"]["postgres"] for s in run.samples) > 0
     assert max(s.store_sockets["token"]["redis"] for s in run.samples) > 0
     assert all(s.store_sockets["gateway"]["postgres"] == 0 for s in run.samples)
+    assert run.rest_before is not None and run.rest_after is not None
+    assert min(run.rest_before.fds.values()) > 0 and min(run.rest_after.fds.values()) > 0
     # Sessions at least: one per signed-in client, under the run's prefix.
     assert max(s.redis_keys for s in run.samples) >= 2
     checks = {c.name: c for c in judge(run)}
@@ -85,22 +87,26 @@ async def test_a_short_soak_samples_everything_without_errors(
     assert len(drawn.findall("{http://www.w3.org/2000/svg}polyline")) == 10 + len(SERVICES)
 
 
-def _run(rss: list[int], *, fds: list[int] | None = None, errors: int = 0,
-         pools: list[dict[str, int]] | None = None,
-         stores: list[dict[str, int]] | None = None) -> Run:
-    """A 100-second run sampled every 10 s: warm-up 20 s, windows of ~27 s; pools of 10."""
-    plan = Plan(seconds=100, every=10, rate=1.0, workers=1, refreshes=0)
-    fds = fds or [20] * len(rss)
+def _run(rss: list[int], *, errors: int = 0, pools: list[dict[str, int]] | None = None,
+         stores: list[dict[str, int]] | None = None,
+         at_rest: tuple[int, int, dict[str, int]] | None = (20, 20, {})) -> Run:
+    """A 100-second run sampled every 10 s: warm-up 20 s, windows of ~27 s; pools of 10;
+    ``at_rest``: open files before and after the load, and the store connections after."""
+    plan = Plan(seconds=100, every=10, rate=1.0, workers=1, refreshes=0, rest=8)
     pools = pools or [{"otesse-token": 2, "otesse-authorize": 1}] * len(rss)
     stores = stores or [{"postgres": 2, "redis": 1}] * len(rss)
     samples = [Sample(t=10.0 * (i + 1), seconds=10.0, requests=100, errors=0, late=0,
-                      latency={}, rss_kib={"token": kib}, fds={"token": fd},
+                      latency={}, rss_kib={"token": kib}, fds={"token": 30},
                       pg_connections=sum(pg.values()), redis_used_bytes=0, redis_keys=0,
                       pg_pools=pg, store_sockets={"token": store})
-               for i, (kib, fd, pg, store) in enumerate(zip(rss, fds, pools, stores,
-                                                            strict=True))]
+               for i, (kib, pg, store) in enumerate(zip(rss, pools, stores, strict=True))]
     samples[-1] = replace(samples[-1], errors=errors)
-    return Run(plan, samples, pool_max=10)
+    run = Run(plan, samples, pool_max=10)
+    if at_rest is not None:
+        before, after, after_stores = at_rest
+        run.rest_before = AtRest({"token": before}, {"token": {}})
+        run.rest_after = AtRest({"token": after}, {"token": after_stores})
+    return run
 
 
 FLAT = [100_000] * 10
@@ -111,9 +117,9 @@ SMALL_POOLS = {"otesse-token": 2, "otesse-authorize": 1}
     (_run([100_000] * 10), set()),
     (_run([50_000, 80_000] + [100_000] * 7 + [109_000]), set()),
     (_run([100_000] * 8 + [115_000] * 2), {"RSS token"}),
-    (_run([100_000] * 10, fds=[20] * 8 + [40, 60]), {"fds token"}),
-    (_run([100_000] * 10, fds=[20] * 8 + [23, 24]), set()),
-    (_run([100_000] * 10, fds=[20] * 8 + [60, 20]), set()),
+    (_run(FLAT, at_rest=(20, 60, {})), {"fds token"}),
+    (_run(FLAT, at_rest=(20, 23, {})), set()),
+    (_run(FLAT, at_rest=None), {"fds"}),
     (_run([100_000] * 10, errors=1), {"errors"}),
     (_run([100_000] * 9 + [0]), {"RSS token"}),
     (_run(FLAT, pools=[SMALL_POOLS] * 8 + [{"otesse-token": 10, "otesse-authorize": 10}] * 2),
@@ -122,20 +128,18 @@ SMALL_POOLS = {"otesse-token": 2, "otesse-authorize": 1}
      {"postgres connections"}),
     (_run(FLAT, pools=[SMALL_POOLS] * 8 + [{"otesse-token": 25}] * 2),
      {"postgres connections"}),
-    (_run(FLAT, fds=[20] * 8 + [36] * 2,
-          stores=[{"postgres": 2, "redis": 1}] * 8 + [{"postgres": 10, "redis": 9}] * 2),
-     set()),
+    (_run(FLAT, at_rest=(20, 39, {"postgres": 10, "redis": 9})), set()),
     (_run(FLAT, stores=[{"postgres": 2, "redis": 1}] * 8 + [{"postgres": 2, "redis": 90}] * 2),
      {"redis connections"}),
 ], ids=["flat passes", "growth during the warm-up is not counted",
         "fails because memory grew 15 % after warm-up",
-        "fails because open files kept growing", "a few connections more is still flat",
-        "a burst of connections is not a leak",
+        "fails because more files are open at rest after the load than before",
+        "a few more is still flat", "fails because open files were not counted at rest",
         "fails because one request failed", "fails because the process is gone",
         "pools growing up to their bound after a burst still pass",
         "fails because connections leak outside the pools",
         "fails because a pool holds more than its bound",
-        "more descriptors, all pooled store connections, are not an open-file leak",
+        "more descriptors at rest, all pooled store connections, are not a leak",
         "fails because a service holds more Redis connections than its pool may"])
 def test_the_verdict(run: Run, failed: set[str]) -> None:
     checks = judge(run)
