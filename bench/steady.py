@@ -468,9 +468,9 @@ def judge(run: Run, *, rss_only: bool = False) -> list[Check]:
                                                        "(without connections to the stores)"))
     passed, before, after = _flat([s.pg_connections for s in first],
                                   [s.pg_connections for s in last])
-    # A pool keeps the connections a burst made it open (asyncpg reuses them in turn, so none
-    # idles long enough to close): growth up to the pools' bound is a high-water mark, not a
-    # leak. A leak is a connection outside the pools, or more than a pool may hold.
+    # A pool keeps the connections a burst made it open until one idles for 5 minutes, rare
+    # under steady load: growth up to the pools' bound is a high-water mark, not a leak. A
+    # leak is a connection outside the pools, or more than a pool may hold.
     pools = {name for s in run.samples for name in s.pg_pools}
     ceiling = run.pool_max * len(pools)
     highest = max(s.pg_connections for s in run.samples)
