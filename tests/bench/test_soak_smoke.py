@@ -163,6 +163,8 @@ def test_a_run_too_short_for_two_windows_fails() -> None:
     (0, 1, [0, 0.2, 0.4, 0.6, 0.8, 1.0]),
     (0, 95, [0, 20, 40, 60, 80, 100]),
     (3, 3, [3, 3.2, 3.4, 3.6, 3.8, 4.0]),
-], ids=["unit range", "rounds up past the top", "an empty range still has an axis"])
+    (0, 600.03, [0, 200, 400, 600]),
+], ids=["unit range", "rounds up past the top", "an empty range still has an axis",
+        "a hair past a round end stays on it"])
 def test_axis_ticks_are_round(low: float, high: float, expected: list[float]) -> None:
     assert nice_ticks(low, high) == pytest.approx(expected)
