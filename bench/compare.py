@@ -164,7 +164,7 @@ def server_cpu(result: Result) -> float:
 async def _wal(database: asyncpg.Connection | None) -> tuple[float, float]:
     """The server's WAL flushes (``fsync`` and the like) and bytes so far (``pg_stat_wal``).
     Backends report them within about a second, and every database on the server adds to
-    them: over a measurement of several seconds, an upper bound of the server's own."""
+    them: over a measurement of several seconds, Otesse's own plus whatever else wrote."""
     if database is None:
         return 0.0, 0.0
     row = await database.fetchrow("SELECT wal_sync, wal_bytes FROM pg_stat_wal")
