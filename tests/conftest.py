@@ -7,6 +7,8 @@ migrated, dropped at the end) and every Redis key starts with ``otesse-test-<ran
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -21,10 +23,12 @@ import redis.asyncio as aioredis
 
 from otesse.auth.v1 import registry_pb2_grpc
 from services.cli.migrate import migrate_all
+from services.common.client_changes import ClientChangeFeed
 from services.common.grpc_client import create_channel
 from services.common.settings import Env, Secret, StoreSettings
 from services.registry.app import create_server as create_registry_server
 from services.registry.settings import RegistrySettings
+from tests.callers import as_service
 
 ADMIN_URL = os.environ.get("OTESSE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("OTESSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -105,9 +109,33 @@ async def registry_address(store_settings: StoreSettings, pool: asyncpg.Pool,
 
 @pytest_asyncio.fixture(scope="session")
 async def registry(registry_address: str) -> AsyncIterator[registry_pb2_grpc.ClientRegistryStub]:
-    channel = create_channel(registry_address, services=("otesse.auth.v1.ClientRegistry",))
+    # The operator CLI's identity: registering and changing clients is its privilege.
+    channel = create_channel(registry_address, services=("otesse.auth.v1.ClientRegistry",),
+                             interceptors=as_service("cli", "registry"))
     yield registry_pb2_grpc.ClientRegistryStub(channel)
     await channel.close()
+
+
+async def listening(feed: ClientChangeFeed, timeout: float = 10.0) -> None:
+    """Waits until ``feed`` hears client changes."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not feed.connected:
+        assert asyncio.get_running_loop().time() < deadline, "the change feed never connected"
+        await asyncio.sleep(0.01)
+
+
+@pytest_asyncio.fixture
+async def client_changes(database_url: str) -> AsyncIterator[ClientChangeFeed]:
+    """A real client change feed on this run's database, listening."""
+    feed = ClientChangeFeed(database_url, application_name="otesse-test-client-changes")
+    task = asyncio.create_task(feed.run())
+    try:
+        await listening(feed)
+        yield feed
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ pages) and recovers without a restart.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -33,6 +35,7 @@ from services.authorize.codes import RedisCodeStore
 from services.authorize.components import Components
 from services.authorize.consents import PgConsentStore
 from services.authorize.developer_apps import RegistryDeveloperApps
+from services.authorize.devices import RedisDeviceStore
 from services.authorize.grants import SERVICE_NAME as TOKEN_SERVICE_NAME
 from services.authorize.grants import TokenServiceGrants
 from services.authorize.login_throttle import RedisLoginThrottle
@@ -44,8 +47,10 @@ from services.authorize.sessions import RedisSessionStore
 from services.authorize.settings import AuthorizeSettings
 from services.authorize.users import PgUserStore
 from services.common import db, redis_client
+from services.common.client_changes import ClientChangeFeed
 from services.common.grpc_client import create_channel
 from services.common.http import Readiness, RequestContextMiddleware, health_routes
+from services.common.service_auth import DEV_CREDENTIAL_WARNING, caller_interceptors
 
 log = logging.getLogger("otesse.authorize")
 _STATIC = str(resources.files("services.authorize") / "static")
@@ -95,16 +100,29 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
         redis = redis_client.create_redis(settings.stores)
         tls = settings.registry_tls if settings.registry_tls.enabled or \
             settings.registry_tls.ca_file else None
-        channel = create_channel(settings.registry_addr, services=(SERVICE_NAME,), tls=tls)
+        if settings.service_credentials.is_default:
+            log.warning(DEV_CREDENTIAL_WARNING)
+        key = settings.service_credentials.key_bytes
+        # Every call names this service: the registry lets it change clients, the token
+        # service lets it list and revoke grants (DESIGN §5).
+        channel = create_channel(settings.registry_addr, services=(SERVICE_NAME,), tls=tls,
+                                 interceptors=caller_interceptors(
+                                     key, caller="authorize", audience="registry"))
         registry = registry_pb2_grpc.ClientRegistryStub(channel)
         token_channel = create_channel(settings.token_addr, services=(TOKEN_SERVICE_NAME,),
-                                       tls=tls)
+                                       tls=tls, interceptors=caller_interceptors(
+                                           key, caller="authorize", audience="token"))
         health = health_pb2_grpc.HealthStub(channel)
+        client_changes = ClientChangeFeed(settings.stores.database_url.value,
+                                          application_name="otesse-authorize-client-changes")
+        listener = asyncio.create_task(client_changes.run())
+        app.state.client_changes = client_changes
         prefix = settings.stores.redis_prefix
         app.state.components = Components(
             settings=settings,
             clients=RegistryClients(registry, ttl_seconds=settings.client_cache_seconds,
-                                    max_entries=settings.client_cache_size),
+                                    max_entries=settings.client_cache_size,
+                                    changes=client_changes),
             sessions=RedisSessionStore(redis, prefix=prefix,
                                        idle_seconds=settings.session_idle_seconds,
                                        absolute_seconds=settings.session_absolute_seconds),
@@ -113,6 +131,8 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
             codes=RedisCodeStore(redis, prefix=prefix),
             pending=RedisPendingStore(redis, prefix=prefix),
             throttle=RedisLoginThrottle(redis, prefix=prefix, settings=settings.login),
+            devices=RedisDeviceStore(redis, prefix=prefix,
+                                     lifetime_seconds=settings.login.device_seconds),
             apps=RegistryDeveloperApps(registry),
             grants=TokenServiceGrants(token_pb2_grpc.TokenServiceStub(token_channel)),
             reveals=RedisRevealStore(redis, prefix=prefix),
@@ -135,6 +155,9 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
             yield
         finally:
             readiness.draining = True
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
             await channel.close()
             await token_channel.close()
             await redis.aclose()

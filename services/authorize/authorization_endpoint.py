@@ -47,18 +47,6 @@ def login_redirect(next_target: str) -> Response:
                             headers=NO_STORE)
 
 
-def _without_login_prompt(request: Request) -> str:
-    """This request again, minus ``prompt=login``, to come back to after a fresh login."""
-    pairs = []
-    for name, value in request.query_params.multi_items():
-        if name == "prompt":
-            value = " ".join(p for p in value.split() if p != "login")
-            if not value:
-                continue
-        pairs.append((name, value))
-    return f"{PATH}?{urlencode(pairs)}"
-
-
 async def _issue(c: Components, request: AuthorizationRequest, session: Session,
                  status: int) -> Response:
     assert session.user_id is not None
@@ -85,14 +73,14 @@ async def authorize(request: Request) -> Response:
                                           state=auth_request.state)
 
     here = f"{PATH}?{request.url.query}"
-    found = await session_cookie.current(request, c)
     # OpenID Connect Core §3.1.2.1: prompt=login — "The Authorization Server SHOULD prompt the
-    # End-User for reauthentication." The session ends here, so the way back (the same request
-    # without prompt=login) cannot be taken without signing in again.
+    # End-User for reauthentication." The way back is this very request, prompt=login and all,
+    # which leads here again until a sign-in succeeds: only then does the sign-in drop
+    # prompt=login from it (login.after_sign_in). A session already open is left alone — a
+    # cross-site link must not sign anyone out — and replaced only by that fresh sign-in.
     if "login" in auth_request.prompt:
-        if found is not None:
-            await c.sessions.delete(session_id=found[0])
-        return login_redirect(_without_login_prompt(request))
+        return login_redirect(here)
+    found = await session_cookie.current(request, c)
     standing = None
     if found is not None and found[1].user_id is not None:
         standing = await c.consents.standing(user_id=found[1].user_id,

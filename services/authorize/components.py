@@ -10,6 +10,7 @@ from services.authorize.clients import ClientDirectory
 from services.authorize.codes import CodeStore
 from services.authorize.consents import ConsentStore
 from services.authorize.developer_apps import DeveloperAppStore
+from services.authorize.devices import DeviceStore
 from services.authorize.grants import GrantDirectory
 from services.authorize.login_throttle import LoginThrottle
 from services.authorize.pending import PendingStore
@@ -29,6 +30,8 @@ class Components:
     codes: CodeStore
     pending: PendingStore
     throttle: LoginThrottle
+    # Browsers each user signed in from (device cookies), for the sign-in throttle.
+    devices: DeviceStore
     # The settings pages: a developer's apps, the user's grants, one-time secret reveals.
     apps: DeveloperAppStore
     grants: GrantDirectory

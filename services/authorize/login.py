@@ -4,7 +4,10 @@ Authentication and Session Management cheat sheets).
 * A new session id at every sign-in (session fixation).
 * The same message, and the same work (a dummy Argon2 verification), for an unknown email as
   for a wrong password, so neither the answer nor its timing tells which emails exist.
-* Failed attempts per account and per IP slow down, then lock (:mod:`login_throttle`).
+* Failed attempts slow down, then lock (:mod:`login_throttle`): per IP, per account from that
+  IP and per account from unknown devices — or, from a browser the owner signed in from before
+  (its device cookie, :mod:`devices`), per that device only, so that guessing from elsewhere
+  never locks the owner out. Every successful sign-in leaves such a cookie.
 * After sign-in only a same-origin relative ``next`` is followed (RFC 9700 §4.11, open
   redirectors).
 """
@@ -14,18 +17,20 @@ from __future__ import annotations
 import asyncio
 import time
 import unicodedata
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from services.authorize import csrf, passwords, session_cookie
+from services.authorize import csrf, devices, passwords, session_cookie
 from services.authorize.client_ip import client_ip
 from services.authorize.components import Components, components
+from services.authorize.login_throttle import Attempt
 from services.authorize.origins import csp_origin
 from services.authorize.pages import NO_STORE, page
 from services.authorize.sessions import Session
 
+AUTHORIZE_PATH = "/oauth/authorize"
 MAX_NEXT_LENGTH = 8192
 MAX_EMAIL_LENGTH = 254
 WRONG_CREDENTIALS = "Incorrect email or password."
@@ -50,6 +55,24 @@ def safe_next(value: object) -> str | None:
     return value
 
 
+def after_sign_in(next_target: str | None) -> str:
+    """Where a successful sign-in goes: ``next``, minus ``prompt=login`` when it is an
+    authorization request — the sign-in that request asked for has just happened."""
+    if next_target is None:
+        return "/"
+    parts = urlsplit(next_target)
+    if parts.path != AUTHORIZE_PATH:
+        return next_target
+    pairs = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name == "prompt":
+            value = " ".join(p for p in value.split() if p != "login")
+            if not value:
+                continue
+        pairs.append((name, value))
+    return urlunsplit(parts._replace(query=urlencode(pairs)))
+
+
 async def _app_for(c: Components, next_target: str | None) -> tuple[str | None, list[str]]:
     """The app a sign-in continues to, and the origin its form may end at.
 
@@ -60,7 +83,7 @@ async def _app_for(c: Components, next_target: str | None) -> tuple[str | None, 
     if next_target is None:
         return None, []
     parts = urlsplit(next_target)
-    if parts.path != "/oauth/authorize":
+    if parts.path != AUTHORIZE_PATH:
         return None, []
     params = dict(parse_qsl(parts.query))
     client_id, redirect_uri = params.get("client_id"), params.get("redirect_uri")
@@ -124,14 +147,19 @@ async def login(request: Request) -> Response:
                                  message=message, status=status)
 
     ip = _client_ip(request, c)
-    verdict = await c.throttle.check(email=email, ip=ip)
+    device_id = devices.from_request(request, c.settings)
+    # Looked up whatever the email, so that the answer's timing says nothing about it.
+    device_owner = await c.devices.user_of(device_id=device_id) if device_id else None
+    user = await c.users.by_email(email=email) if email else None
+    known_device = device_id if (user is not None and device_owner == user.user_id) else None
+    attempt = Attempt(email=email, ip=ip, known_device=known_device)
+    verdict = await c.throttle.check(attempt)
     if verdict.locked_for:
         minutes = max(1, -(-verdict.locked_for // 60))
         return await again(f"Too many failed sign-in attempts. Try again in {minutes} "
                            f"minute{'s' if minutes != 1 else ''}.", 429)
     if verdict.delay:
         await asyncio.sleep(verdict.delay)
-    user = await c.users.by_email(email=email) if email else None
     candidate = password[:passwords.MAX_LENGTH]
     if user is not None:
         verified = await asyncio.to_thread(passwords.verify, user.password_hash, candidate)
@@ -141,16 +169,18 @@ async def login(request: Request) -> Response:
         verified = False
     verified = verified and len(password) <= passwords.MAX_LENGTH
     if user is None or not verified or user.disabled:
-        await c.throttle.failed(email=email, ip=ip)
+        await c.throttle.failed(attempt)
         return await again(WRONG_CREDENTIALS, 400)
-    await c.throttle.succeeded(email=email)
+    await c.throttle.succeeded(attempt)
     # OWASP: "renew the session ID after any privilege level change" — a session id the
     # browser held before signing in (perhaps planted by someone else) ends here.
     await c.sessions.delete(session_id=old_id)
     session_id, _ = await c.sessions.create(user_id=user.user_id, email=user.email,
                                             auth_time=time.time())
-    response = RedirectResponse(next_target or "/", status_code=303, headers=NO_STORE)
+    response = RedirectResponse(after_sign_in(next_target), status_code=303, headers=NO_STORE)
     session_cookie.set_cookie(response, session_id, c.settings)
+    if known_device is None:
+        devices.set_cookie(response, await c.devices.create(user_id=user.user_id), c.settings)
     return response
 
 

@@ -12,6 +12,7 @@ from services.common.settings import (
     DEFAULT_TOKEN_GRPC_ADDR,
     Env,
     GrpcTlsSettings,
+    ServiceCredentialSettings,
     StoreSettings,
 )
 
@@ -20,19 +21,27 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass(frozen=True)
 class LoginThrottleSettings:
-    """Brute-force protection of ``POST /login`` (RFC 6819 §4.4.3.6; OWASP ASVS V2.2.1)."""
+    """Brute-force protection of ``POST /login`` (RFC 6819 §4.4.3.6; OWASP ASVS V2.2.1; OWASP
+    device cookies: see :mod:`services.authorize.devices`)."""
 
-    # Failures (per account or per IP) answered at once; each further one waits longer.
+    # Failures (of any one counter below) answered at once; each further one waits longer.
     slowdown_after: int
     # The first wait; it doubles with every further failure, up to slowdown_max_seconds.
     slowdown_seconds: float
     slowdown_max_seconds: float
-    # Failures on one account (known or not) that lock it for lock_seconds.
+    # Failures on one account (known or not) from unknown devices that lock it, for unknown
+    # devices only, for lock_seconds.
     account_lock_after: int
     # Failures from one client IP that lock that IP for lock_seconds.
     ip_lock_after: int
     # How long failures are remembered, and how long a lock lasts.
     lock_seconds: int
+    # Failures on one account from one client IP (unknown devices) that lock that pair.
+    account_ip_lock_after: int
+    # Failures from one known device of the account that lock that device.
+    device_lock_after: int
+    # How long a device cookie (and its record) lives after the sign-in that issued it.
+    device_seconds: int
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,8 @@ class AuthorizeSettings:
     # The token service's gRPC address (TokenService: ListGrants and RevokeGrant for the
     # settings pages); the same TLS settings as the registry channel apply.
     token_addr: str
+    # Proves this service's name ("authorize") to the token service and the registry.
+    service_credentials: ServiceCredentialSettings
     session_idle_seconds: int
     session_absolute_seconds: int
     login: LoginThrottleSettings
@@ -73,6 +84,7 @@ class AuthorizeSettings:
             registry_addr=env.text("OTESSE_REGISTRY_ADDR", DEFAULT_REGISTRY_ADDR),
             registry_tls=GrpcTlsSettings.from_env(env),
             token_addr=env.text("OTESSE_TOKEN_GRPC_ADDR", DEFAULT_TOKEN_GRPC_ADDR),
+            service_credentials=ServiceCredentialSettings.from_env(env),
             session_idle_seconds=env.integer("OTESSE_AUTHORIZE_SESSION_IDLE_SECONDS", 1800,
                                              minimum=60),
             session_absolute_seconds=env.integer("OTESSE_AUTHORIZE_SESSION_ABSOLUTE_SECONDS",
@@ -88,6 +100,13 @@ class AuthorizeSettings:
                                           minimum=1),
                 lock_seconds=env.integer("OTESSE_AUTHORIZE_LOGIN_LOCK_SECONDS", 900,
                                          minimum=1),
+                account_ip_lock_after=env.integer(
+                    "OTESSE_AUTHORIZE_LOGIN_ACCOUNT_IP_LOCK_AFTER", 5, minimum=1),
+                device_lock_after=env.integer("OTESSE_AUTHORIZE_LOGIN_DEVICE_LOCK_AFTER", 10,
+                                              minimum=1),
+                device_seconds=env.integer("OTESSE_AUTHORIZE_DEVICE_COOKIE_SECONDS",
+                                           180 * 24 * 3600, minimum=60,
+                                           maximum=400 * 24 * 3600),
             ),
             trusted_proxies=env.networks("OTESSE_AUTHORIZE_TRUSTED_PROXIES",
                                          ("127.0.0.1/32", "::1/128")),

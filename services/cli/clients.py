@@ -18,7 +18,13 @@ from otesse.auth.v1 import registry_pb2 as pb
 from otesse.auth.v1 import registry_pb2_grpc
 from services.cli.output import emit
 from services.common.grpc_client import create_channel
-from services.common.settings import DEFAULT_REGISTRY_ADDR, Env, GrpcTlsSettings
+from services.common.service_auth import caller_interceptors
+from services.common.settings import (
+    DEFAULT_REGISTRY_ADDR,
+    Env,
+    GrpcTlsSettings,
+    ServiceCredentialSettings,
+)
 
 T = TypeVar("T")
 DEFAULT_OWNER = "otesse-admin"
@@ -34,9 +40,13 @@ def _call(action: Callable[[registry_pb2_grpc.ClientRegistryAsyncStub], Awaitabl
     env = Env()
     target = env.text("OTESSE_REGISTRY_ADDR", DEFAULT_REGISTRY_ADDR)
     tls = GrpcTlsSettings.from_env(env)
+    key = ServiceCredentialSettings.from_env(env).key_bytes
 
     async def run() -> T:
-        channel = create_channel(target, services=("otesse.auth.v1.ClientRegistry",), tls=tls)
+        # The registry lets only the operator CLI and the authorize service change clients.
+        channel = create_channel(target, services=("otesse.auth.v1.ClientRegistry",), tls=tls,
+                                 interceptors=caller_interceptors(key, caller="cli",
+                                                                  audience="registry"))
         try:
             return await action(registry_pb2_grpc.ClientRegistryStub(channel))
         finally:

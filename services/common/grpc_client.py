@@ -23,6 +23,7 @@ another replica when there is one, so callers only see the error when the servic
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -53,7 +54,8 @@ def _service_config(services: tuple[str, ...]) -> str:
 
 
 def create_channel(
-    target: str, *, services: tuple[str, ...], tls: GrpcTlsSettings | None = None
+    target: str, *, services: tuple[str, ...], tls: GrpcTlsSettings | None = None,
+    interceptors: Sequence[aio.ClientInterceptor] = (),
 ) -> aio.Channel:
     """A channel to ``target`` (``host:port``, ``dns:///name:port`` or ``ipv4:a:p,b:p``) for
     the named gRPC services, balanced per call over the addresses it resolves to."""
@@ -66,12 +68,12 @@ def create_channel(
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
-    interceptors = [ClientRequestIdInterceptor()]
+    chain: list[aio.ClientInterceptor] = [ClientRequestIdInterceptor(), *interceptors]
     if tls is not None and (tls.enabled or tls.ca_file):
         ca = Path(tls.ca_file).read_bytes() if tls.ca_file else None
         key = Path(tls.key_file).read_bytes() if tls.key_file else None
         cert = Path(tls.cert_file).read_bytes() if tls.cert_file else None
         credentials = grpc.ssl_channel_credentials(ca, key, cert)
         return aio.secure_channel(target, credentials, options=options,
-                                  interceptors=interceptors)
-    return aio.insecure_channel(target, options=options, interceptors=interceptors)
+                                  interceptors=chain)
+    return aio.insecure_channel(target, options=options, interceptors=chain)

@@ -150,15 +150,17 @@ def create_server(
     tls: GrpcTlsSettings | None = None,
     max_connection_age: float = MAX_CONNECTION_AGE_SECONDS,
     max_connection_age_grace: float = MAX_CONNECTION_AGE_GRACE_SECONDS,
+    interceptors: Sequence[aio.ServerInterceptor] = (),
 ) -> GrpcServer:
     """Builds a server with the health service, bound to ``host:port`` (0 picks a free port).
 
     ``add_servicers`` registers the service's servicers and returns their full names, which the
-    health service reports as SERVING once the server starts. ``max_connection_age`` (seconds)
-    is shortened only by tests.
+    health service reports as SERVING once the server starts. ``interceptors`` run inside the
+    one that maps errors (so a refusal they decide is logged and counted like any status).
+    ``max_connection_age`` (seconds) is shortened only by tests.
     """
     server = aio.server(
-        interceptors=[ServiceInterceptor(service)],
+        interceptors=[ServiceInterceptor(service), *interceptors],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

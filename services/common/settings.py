@@ -9,6 +9,8 @@ CLI talks to the stack ``make run`` started.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
@@ -182,3 +184,36 @@ class GrpcTlsSettings:
         if (tls.cert_file is None) != (tls.key_file is None):
             raise ConfigError("OTESSE_GRPC_TLS_CERT and OTESSE_GRPC_TLS_KEY must be set together")
         return tls
+
+
+# Local development only: anyone can read this key, so credentials signed with it prove
+# nothing. Production MUST set OTESSE_SERVICE_CREDENTIAL_KEY; services warn at start-up.
+DEV_SERVICE_CREDENTIAL_KEY = base64.b64encode(b"otesse-local-development-svc-key").decode("ascii")
+
+
+@dataclass(frozen=True)
+class ServiceCredentialSettings:
+    """The key of internal gRPC service credentials (:mod:`services.common.service_auth`):
+    base64 of at least 32 random bytes, shared by the services that mint or check them."""
+
+    key: Secret
+
+    @property
+    def is_default(self) -> bool:
+        return self.key.value == DEV_SERVICE_CREDENTIAL_KEY
+
+    @property
+    def key_bytes(self) -> bytes:
+        return base64.b64decode(self.key.value, validate=True)
+
+    @classmethod
+    def from_env(cls, env: Env) -> ServiceCredentialSettings:
+        name = "OTESSE_SERVICE_CREDENTIAL_KEY"
+        key = env.secret(name, DEV_SERVICE_CREDENTIAL_KEY)
+        try:
+            raw = base64.b64decode(key.value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) < 32:
+            raise ConfigError(f"{name} must be base64 of at least 32 random bytes")
+        return cls(key=Secret(key.value.strip()))

@@ -20,7 +20,8 @@ from services.common import db
 from services.common.grpc_server import STOP_GRACE_SECONDS, GrpcServer
 from services.common.grpc_server import create_server as create_grpc_server
 from services.common.http import Readiness, RequestContextMiddleware, health_routes
-from services.registry.servicer import ClientRegistryServicer
+from services.common.service_auth import DEV_CREDENTIAL_WARNING, AccessPolicyInterceptor
+from services.registry.servicer import ACCESS, ClientRegistryServicer
 from services.registry.settings import RegistrySettings
 from services.registry.store import PgClientStore
 
@@ -38,9 +39,11 @@ def create_server(settings: RegistrySettings, pool: asyncpg.Pool, *, port: int |
         registry_pb2_grpc.add_ClientRegistryServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
+    access = AccessPolicyInterceptor(service="registry", policy=ACCESS,
+                                     key=settings.service_credentials.key_bytes)
     return create_grpc_server(service="registry", add_servicers=add, host=settings.grpc_host,
                               port=settings.grpc_port if port is None else port,
-                              tls=settings.tls)
+                              tls=settings.tls, interceptors=[access])
 
 
 def create_app(settings: RegistrySettings, readiness: Readiness | None = None) -> Starlette:
@@ -48,6 +51,8 @@ def create_app(settings: RegistrySettings, readiness: Readiness | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if settings.service_credentials.is_default:
+            log.warning(DEV_CREDENTIAL_WARNING)
         pool = await db.create_pool(settings.stores, application_name="otesse-registry")
         readiness.checks["postgres"] = lambda: db.ping(pool)
         server = create_server(settings, pool)

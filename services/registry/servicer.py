@@ -1,7 +1,8 @@
 """``ClientRegistry`` over gRPC: validation, secrets and the mapping to protobuf.
 
 Errors are raised as :mod:`services.common.rpc_errors`; the server interceptor turns them into
-status codes (and a database that is down into ``UNAVAILABLE``).
+status codes (and a database that is down into ``UNAVAILABLE``). Who may call what is
+:data:`ACCESS`, enforced by :class:`services.common.service_auth.AccessPolicyInterceptor`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from services.common.rpc_errors import (
     NotFound,
     Unauthenticated,
 )
+from services.common.service_auth import ANY_CALLER, Policy
 from services.registry import logos, validation
 from services.registry.store import ClientRecord, ClientStore, ClientType, NewClient
 
@@ -38,6 +40,20 @@ _UPDATE_PATHS = frozenset({"name", "description", "redirect_uris", "allowed_scop
 # Compared against when the client is unknown, so that answer takes as long as a wrong secret.
 _DUMMY_HASH = hashlib.sha256(b"otesse-registry-unknown-client").digest()
 _CLIENT_ID_SHAPE = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+_SERVICE = pb.DESCRIPTOR.services_by_name["ClientRegistry"].full_name
+# Reading a client and checking a secret serve every service that meets clients (the token and
+# authorize services); changing a client is for the settings pages (authorize) and the
+# operator CLI only.
+_ADMINISTRATORS = frozenset({"authorize", "cli"})
+ACCESS: Policy = {
+    f"/{_SERVICE}/GetClient": ANY_CALLER,
+    f"/{_SERVICE}/AuthenticateClient": ANY_CALLER,
+    f"/{_SERVICE}/ListClients": ANY_CALLER,
+    f"/{_SERVICE}/RegisterClient": _ADMINISTRATORS,
+    f"/{_SERVICE}/UpdateClient": _ADMINISTRATORS,
+    f"/{_SERVICE}/RotateClientSecret": _ADMINISTRATORS,
+    f"/{_SERVICE}/DeleteClient": _ADMINISTRATORS,
+}
 
 
 def _timestamp(value: datetime | None) -> Timestamp | None:

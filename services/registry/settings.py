@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.settings import Env, GrpcTlsSettings, StoreSettings
+from services.common.settings import (
+    Env,
+    GrpcTlsSettings,
+    ServiceCredentialSettings,
+    StoreSettings,
+)
 
 
 @dataclass(frozen=True)
@@ -15,6 +20,8 @@ class RegistrySettings:
     http_host: str
     http_port: int
     tls: GrpcTlsSettings
+    # Checks the service credentials of callers of the mutating RPCs (DESIGN §5).
+    service_credentials: ServiceCredentialSettings
     # How long a rotated-out secret keeps working when the caller does not say.
     secret_overlap_seconds: int
     log_level: str
@@ -30,6 +37,7 @@ class RegistrySettings:
             http_host=env.text("OTESSE_REGISTRY_HTTP_HOST", "127.0.0.1"),
             http_port=env.integer("OTESSE_REGISTRY_HTTP_PORT", 8003, maximum=65535),
             tls=GrpcTlsSettings.from_env(env),
+            service_credentials=ServiceCredentialSettings.from_env(env),
             secret_overlap_seconds=env.integer("OTESSE_SECRET_ROTATION_OVERLAP_SECONDS", 3600,
                                            maximum=7 * 24 * 3600),
             log_level=env.text("OTESSE_LOG_LEVEL", "INFO"),

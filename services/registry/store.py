@@ -2,7 +2,10 @@
 
 Security promises of this store: secrets exist here only as SHA-256 hashes; a rotated-out
 secret is kept (as a hash) only until its overlap ends; every read that returns a client
-selects its columns explicitly, so logo bytes are read only when asked for.
+selects its columns explicitly, so logo bytes are read only when asked for; every change of an
+existing client (update, rotation, deletion) announces the client's id on
+:data:`services.common.client_changes.CHANNEL` in the same statement, so the announcement is
+delivered exactly when the change commits and other services' caches forget the client then.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 import asyncpg
+
+from services.common.client_changes import CHANNEL
 
 ClientType = Literal["confidential", "public"]
 
@@ -169,10 +174,12 @@ class PgClientStore:
             values.append(value)
             assignments.append(f"{column} = ${len(values)}")
         assignments.append("updated_at = now()")
+        values.append(CHANNEL)
         row = await self._pool.fetchrow(
-            f"UPDATE registry.clients SET {', '.join(assignments)}"
+            f"WITH changed AS (UPDATE registry.clients SET {', '.join(assignments)}"
             " WHERE client_id = $1 AND ($2::text IS NULL OR owner_user_id = $2)"
-            f" RETURNING {_COLUMNS}",
+            f" RETURNING {_COLUMNS})"
+            f" SELECT *, pg_notify(${len(values)}, client_id) FROM changed",
             *values,
         )
         return _record(row) if row is not None else None
@@ -183,24 +190,27 @@ class PgClientStore:
         # One statement: the old current secret becomes the previous one (for the overlap, or
         # not at all when it is 0) and the new hash becomes current.
         row = await self._pool.fetchrow(
-            "UPDATE registry.clients SET"
+            "WITH rotated AS (UPDATE registry.clients SET"
             " previous_secret_hash = CASE WHEN $4::int > 0 THEN secret_hash END,"
             " previous_secret_expires_at ="
             "   CASE WHEN $4::int > 0 THEN now() + make_interval(secs => $4::int) END,"
             " secret_hash = $3, secret_issued_at = now(), updated_at = now()"
             " WHERE client_id = $1 AND ($2::text IS NULL OR owner_user_id = $2)"
             " AND client_type = 'confidential'"
-            f" RETURNING {_COLUMNS}, previous_secret_expires_at",
-            client_id, owner_user_id, new_hash, overlap_seconds,
+            f" RETURNING {_COLUMNS}, previous_secret_expires_at)"
+            " SELECT *, pg_notify($5, client_id) FROM rotated",
+            client_id, owner_user_id, new_hash, overlap_seconds, CHANNEL,
         )
         if row is None:
             return None
         return _record(row), row["previous_secret_expires_at"]
 
     async def delete(self, *, client_id: str, owner_user_id: str | None) -> bool:
-        result = await self._pool.execute(
-            "DELETE FROM registry.clients"
-            " WHERE client_id = $1 AND ($2::text IS NULL OR owner_user_id = $2)",
-            client_id, owner_user_id,
+        deleted = await self._pool.fetch(
+            "WITH deleted AS (DELETE FROM registry.clients"
+            " WHERE client_id = $1 AND ($2::text IS NULL OR owner_user_id = $2)"
+            " RETURNING client_id)"
+            " SELECT pg_notify($3, client_id) FROM deleted",
+            client_id, owner_user_id, CHANNEL,
         )
-        return bool(result.endswith(" 1"))
+        return len(deleted) == 1

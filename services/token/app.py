@@ -5,9 +5,10 @@ A failed client authentication (``invalid_client``, at any of the three client-a
 endpoints) is marked ``x-otesse-client-auth: failed`` for the gateway, which strips the mark and
 charges the failure to the caller's address (:mod:`services.common.internal_headers`).
 
-The lifespan opens the Postgres pool, Redis and the registry channel, loads the signing keys
-(and keeps refreshing them), and starts the gRPC server. On SIGTERM readiness turns false and the
-gRPC health ``NOT_SERVING`` (clients move to the other replicas); after the drain the gRPC server
+The lifespan opens the Postgres pool, Redis and the registry channel, listens for client
+changes (which empty the client-authentication cache), loads the signing keys (and keeps
+refreshing them), and starts the gRPC server. On SIGTERM readiness turns false and the gRPC
+health ``NOT_SERVING`` (clients move to the other replicas); after the drain the gRPC server
 stops with a grace period, then everything closes.
 """
 
@@ -32,6 +33,7 @@ from starlette.routing import Route
 
 from otesse.auth.v1 import registry_pb2, registry_pb2_grpc, token_pb2, token_pb2_grpc
 from services.common import db, internal_headers, redis_client
+from services.common.client_changes import ClientChangeFeed
 from services.common.errors import InvalidClient
 from services.common.grpc_client import create_channel
 from services.common.grpc_server import STOP_GRACE_SECONDS, GrpcServer
@@ -45,8 +47,9 @@ from services.common.http import (
     oauth_error_response,
 )
 from services.common.ratelimit import RateLimiter
+from services.common.service_auth import DEV_CREDENTIAL_WARNING, AccessPolicyInterceptor
 from services.token.access_tokens import AccessTokenIssuer
-from services.token.client_auth import ClientAuthenticator
+from services.token.client_auth import ClientAuthenticator, ClientChanges
 from services.token.client_budget import ClientBudget
 from services.token.denylist import DenyList
 from services.token.grants import Grant
@@ -57,7 +60,7 @@ from services.token.keys import KeyRing, NoSigningKey, PgKeyStore, WrongKek
 from services.token.metadata import authorization_server_metadata
 from services.token.metrics import RATE_LIMIT_FAIL_OPEN, RATE_LIMITED
 from services.token.revocation import Revoker
-from services.token.servicer import TokenServiceServicer
+from services.token.servicer import ACCESS, TokenServiceServicer
 from services.token.settings import JWKS_MAX_AGE_SECONDS, TokenSettings
 from services.token.store import PgGrantStore
 from services.token.token_endpoint import TokenEndpoint
@@ -85,7 +88,8 @@ class TokenComponents:
 
 
 def build_components(settings: TokenSettings, *, pool: asyncpg.Pool, redis: aioredis.Redis,
-                     registry: registry_pb2_grpc.ClientRegistryAsyncStub) -> TokenComponents:
+                     registry: registry_pb2_grpc.ClientRegistryAsyncStub,
+                     client_changes: ClientChanges) -> TokenComponents:
     ring = KeyRing(PgKeyStore(pool), kek=settings.kek_bytes)
     store = PgGrantStore(pool, access_token_ttl=settings.access_token_ttl)
     denylist = DenyList(redis, redis_prefix=settings.stores.redis_prefix,
@@ -96,7 +100,8 @@ def build_components(settings: TokenSettings, *, pool: asyncpg.Pool, redis: aior
     validator = AccessTokenValidator(ring, denylist, issuer=settings.issuer,
                                      audience=settings.audience)
     authenticator = ClientAuthenticator(registry,
-                                        cache_seconds=settings.client_auth_cache_seconds)
+                                        cache_seconds=settings.client_auth_cache_seconds,
+                                        changes=client_changes)
     budget = None
     if settings.rate_per_client is not None:
         limiter = RateLimiter(redis, prefix=settings.stores.redis_prefix, service="token",
@@ -133,9 +138,11 @@ def create_server(settings: TokenSettings, components: TokenComponents, *,
         token_pb2_grpc.add_TokenServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
+    access = AccessPolicyInterceptor(service="token", policy=ACCESS,
+                                     key=settings.service_credentials.key_bytes)
     return create_grpc_server(service="token", add_servicers=add, host=settings.grpc_host,
                               port=settings.grpc_port if port is None else port,
-                              tls=settings.tls)
+                              tls=settings.tls, interceptors=[access])
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,7 @@ class TokenRuntime:
 
     components: TokenComponents
     grpc_port: int
+    client_changes: ClientChangeFeed
 
 
 async def client_auth_failed(request: Request, exc: Exception) -> Response:
@@ -161,13 +169,19 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
         if settings.kek_is_default:
             log.warning("OTESSE_TOKEN_KEK is not set: signing keys are encrypted under the "
                         "PUBLIC local-development key. Set OTESSE_TOKEN_KEK in production.")
+        if settings.service_credentials.is_default:
+            log.warning(DEV_CREDENTIAL_WARNING)
         pool = await db.create_pool(settings.stores, application_name="otesse-token")
         redis = redis_client.create_redis(settings.stores)
         channel = create_channel(settings.registry_addr, services=(REGISTRY_SERVICE,),
                                  tls=settings.tls)
+        client_changes = ClientChangeFeed(settings.stores.database_url.value,
+                                          application_name="otesse-token-client-changes")
+        listener = asyncio.create_task(client_changes.run())
         components = build_components(
             settings, pool=pool, redis=redis,
-            registry=registry_pb2_grpc.ClientRegistryStub(channel))
+            registry=registry_pb2_grpc.ClientRegistryStub(channel),
+            client_changes=client_changes)
         ring = components.ring
         rotation = {"rotation_seconds": settings.key_rotation_seconds,
                     "retire_after_seconds": settings.key_retirement_seconds}
@@ -184,7 +198,8 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
         server = create_server(settings, components)
         await server.start()
         readiness.on_drain.append(server.drain)
-        app.state.runtime = TokenRuntime(components=components, grpc_port=server.port)
+        app.state.runtime = TokenRuntime(components=components, grpc_port=server.port,
+                                         client_changes=client_changes)
         health = health_pb2_grpc.HealthStub(channel)
 
         async def registry_ready() -> None:
@@ -203,7 +218,7 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
         finally:
             readiness.draining = True
             await server.stop(grace=STOP_GRACE_SECONDS)
-            for task in (refresher, syncer):
+            for task in (refresher, syncer, listener):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -6,6 +6,12 @@ with ``client_id`` and proves possession with PKCE instead, RFC 7636). Secrets a
 the registry (constant-time there); a successful check is remembered in-process for a few
 seconds, keyed by the client id and the secret's SHA-256. A registry that cannot be reached is
 ``503 temporarily_unavailable``, never ``401``.
+
+That memory never outlives a change of the client: the registry announces every rotation,
+update and deletion (:mod:`services.common.client_changes`), and each replica forgets that
+client as the change commits, so a rotated-out or deleted secret stops working at once on every
+replica. While the announcements cannot be heard, nothing is remembered or served from memory;
+and an answer the registry gave before a change is never remembered after it.
 """
 
 from __future__ import annotations
@@ -13,9 +19,9 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 from urllib.parse import unquote_plus
 
 import grpc
@@ -36,6 +42,15 @@ _MAX_SECRET_LENGTH = 512
 _CACHE_LIMIT = 10_000
 # The registry answers within its own database bound (services.common.db), plus a margin.
 _REGISTRY_TIMEOUT = 3.0
+
+
+class ClientChanges(Protocol):
+    """Announcements of changed clients (a ``services.common.client_changes.ClientChangeFeed``)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def subscribe(self, subscriber: Callable[[str | None], None]) -> None: ...
 
 
 class BasicAuthFailed(InvalidClient):
@@ -74,10 +89,24 @@ def _basic_credentials(header: str) -> tuple[str, str]:
 
 class ClientAuthenticator:
     def __init__(self, registry: registry_pb2_grpc.ClientRegistryAsyncStub, *,
-                 cache_seconds: float) -> None:
+                 cache_seconds: float, changes: ClientChanges) -> None:
         self._registry = registry
         self._cache_seconds = cache_seconds
-        self._cache: dict[tuple[str, bytes], tuple[float, AuthenticatedClient]] = {}
+        # client id → secret hash (b"" for a public client) → (expiry, client)
+        self._cache: dict[str, dict[bytes, tuple[float, AuthenticatedClient]]] = {}
+        self._size = 0
+        self._changes = changes
+        # Counts what was forgotten: an answer asked for before a change is not remembered.
+        self._generation = 0
+        changes.subscribe(self._forget)
+
+    def _forget(self, client_id: str | None) -> None:
+        self._generation += 1
+        if client_id is None:
+            self._cache.clear()
+            self._size = 0
+        else:
+            self._size -= len(self._cache.pop(client_id, {}))
 
     async def authenticate(self, *, authorization: str | None, params: Mapping[str, str],
                            allow_public: bool = True) -> AuthenticatedClient:
@@ -102,32 +131,41 @@ class ClientAuthenticator:
             raise InvalidClient("This endpoint requires client authentication.")
         return await self._public(body_id)
 
-    def _cached(self, key: tuple[str, bytes]) -> AuthenticatedClient | None:
-        entry = self._cache.get(key)
+    def _cached(self, client_id: str, secret_hash: bytes) -> AuthenticatedClient | None:
+        if not self._changes.connected:
+            return None
+        entry = self._cache.get(client_id, {}).get(secret_hash)
         if entry is None:
             return None
         if entry[0] < time.monotonic():
-            self._cache.pop(key, None)
+            del self._cache[client_id][secret_hash]
+            self._size -= 1
             return None
         return entry[1]
 
-    def _remember(self, key: tuple[str, bytes], client: AuthenticatedClient) -> None:
-        if self._cache_seconds <= 0:
+    def _remember(self, client_id: str, secret_hash: bytes, client: AuthenticatedClient,
+                  generation: int) -> None:
+        if (self._cache_seconds <= 0 or not self._changes.connected
+                or generation != self._generation):
             return
-        if len(self._cache) >= _CACHE_LIMIT:
+        if self._size >= _CACHE_LIMIT:
             self._cache.clear()
-        self._cache[key] = (time.monotonic() + self._cache_seconds, client)
+            self._size = 0
+        entries = self._cache.setdefault(client_id, {})
+        self._size += secret_hash not in entries
+        entries[secret_hash] = (time.monotonic() + self._cache_seconds, client)
 
     async def _confidential(self, client_id: str, secret: str, method: AuthMethod, *,
                             basic: bool) -> AuthenticatedClient:
         failure = BasicAuthFailed if basic else InvalidClient
         if not 0 < len(client_id) <= _MAX_ID_LENGTH or not 0 < len(secret) <= _MAX_SECRET_LENGTH:
             raise failure("Client authentication failed.")
-        key = (client_id, credentials.sha256(secret))
-        cached = self._cached(key)
+        secret_hash = credentials.sha256(secret)
+        cached = self._cached(client_id, secret_hash)
         if cached is not None:
             return AuthenticatedClient(cached.client_id, cached.client_type,
                                        cached.allowed_scopes, method)
+        generation = self._generation
         try:
             response = await self._registry.AuthenticateClient(
                 pb.AuthenticateClientRequest(client_id=client_id, client_secret=secret),
@@ -138,16 +176,16 @@ class ClientAuthenticator:
             raise
         client = AuthenticatedClient(response.client.client_id, "confidential",
                                      tuple(response.client.allowed_scopes), method)
-        self._remember(key, client)
+        self._remember(client_id, secret_hash, client, generation)
         return client
 
     async def _public(self, client_id: str) -> AuthenticatedClient:
         if not 0 < len(client_id) <= _MAX_ID_LENGTH:
             raise InvalidClient("Client authentication failed.")
-        key = (client_id, b"")
-        cached = self._cached(key)
+        cached = self._cached(client_id, b"")
         if cached is not None:
             return cached
+        generation = self._generation
         try:
             response = await self._registry.GetClient(pb.GetClientRequest(client_id=client_id),
                                                       timeout=_REGISTRY_TIMEOUT)
@@ -160,5 +198,5 @@ class ClientAuthenticator:
             raise InvalidClient("Client authentication failed.")
         client = AuthenticatedClient(response.client.client_id, "public",
                                      tuple(response.client.allowed_scopes), "none")
-        self._remember(key, client)
+        self._remember(client_id, b"", client, generation)
         return client

@@ -1,6 +1,9 @@
 """``TokenService`` over gRPC (DESIGN §5): validation for resource servers, grant management for
 the authorize service.
 
+Who may call what is :data:`ACCESS`, enforced for every call by
+:class:`services.common.service_auth.AccessPolicyInterceptor`.
+
 Errors are raised as :mod:`services.common.rpc_errors`; the server interceptor maps them (and a
 Redis or Postgres that is down, to ``UNAVAILABLE``). An unusable token is not an error: it is
 ``active=false`` with a reason.
@@ -18,6 +21,7 @@ from grpc import aio
 from otesse.auth.v1 import token_pb2 as pb
 from otesse.auth.v1 import token_pb2_grpc
 from services.common.rpc_errors import InvalidArgument
+from services.common.service_auth import ANY_CALLER, Policy
 from services.token.denylist import DenyList
 from services.token.metrics import GRANTS_REVOKED
 from services.token.store import GrantStore
@@ -33,6 +37,15 @@ _REASONS: dict[Reason, pb.ValidationReason.ValueType] = {
     "wrong_issuer_or_audience": pb.VALIDATION_REASON_WRONG_ISSUER_OR_AUDIENCE,
 }
 _MAX_ID_LENGTH = 128
+_SERVICE = pb.DESCRIPTOR.services_by_name["TokenService"].full_name
+# DESIGN §5: "Grant administration — RevokeGrant (user, client), ListGrants (user) — is a
+# different privilege: only the authorize service may call it […] A resource server can never
+# list or revoke anyone's grants."
+ACCESS: Policy = {
+    f"/{_SERVICE}/ValidateToken": ANY_CALLER,
+    f"/{_SERVICE}/RevokeGrant": frozenset({"authorize"}),
+    f"/{_SERVICE}/ListGrants": frozenset({"authorize"}),
+}
 
 
 def _timestamp(value: datetime | int | None) -> Timestamp | None:

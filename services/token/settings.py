@@ -19,6 +19,7 @@ from services.common.settings import (
     Env,
     GrpcTlsSettings,
     Secret,
+    ServiceCredentialSettings,
     StoreSettings,
 )
 
@@ -48,6 +49,8 @@ class TokenSettings:
     grpc_host: str
     grpc_port: int
     tls: GrpcTlsSettings
+    # Checks the service credentials of callers of grant administration (DESIGN §5).
+    service_credentials: ServiceCredentialSettings
     # Exactly the string in metadata ``issuer`` and the tokens' ``iss`` (DESIGN §7).
     issuer: str
     # The tokens' ``aud``: the resource servers behind api.otesse.com.
@@ -91,6 +94,7 @@ class TokenSettings:
             grpc_host=env.text("OTESSE_TOKEN_GRPC_HOST", "127.0.0.1"),
             grpc_port=env.integer("OTESSE_TOKEN_GRPC_PORT", 50052, maximum=65535),
             tls=GrpcTlsSettings.from_env(env),
+            service_credentials=ServiceCredentialSettings.from_env(env),
             issuer=env.url("OTESSE_ISSUER", DEFAULT_ISSUER),
             audience=env.text("OTESSE_TOKEN_AUDIENCE", "https://api.otesse.com"),
             kek=kek,

@@ -4,7 +4,14 @@ Security promises of this store:
 
 * only SHA-256 hashes of refresh tokens and authorization codes are stored;
 * a grant and its first refresh token are written by one statement (one transaction), and a
-  code hash can back one grant only;
+  code hash can back one grant row only;
+* a replayed code leaves no live grant behind, however late the first exchange commits: the
+  replay's one statement (``revoke_replayed_code``) and the exchange's insert meet on the unique
+  ``code_hash``, so the replay either revokes the committed grant, or waits for the exchange's
+  in-flight insert and revokes it, or leaves a revoked *tombstone* row that makes the later
+  insert fail (that exchange issues nothing). A tombstone has an empty user and client and no
+  refresh token: it is never listed, never validates, and purge removes it like any revoked
+  grant;
 * a refresh token is rotated by one atomic statement that succeeds for exactly one caller: the
   old token is marked rotated and its successor inserted together, or nothing happens;
 * revocation marks (``revoked_at``), never deletes; a revoked grant's tokens never refresh;
@@ -91,7 +98,7 @@ class GrantStore(Protocol):
                            scopes: Sequence[str], code_hash: bytes, refresh_hash: bytes,
                            refresh_ttl: int, code_issued_at: float) -> None: ...
 
-    async def revoke_by_code(self, *, code_hash: bytes) -> RevokeResult: ...
+    async def revoke_replayed_code(self, *, code_hash: bytes) -> RevokeResult: ...
 
     async def find_refresh(self, *, token_hash: bytes, retry_window: int,
                            ) -> RefreshRecord | None: ...
@@ -150,12 +157,26 @@ class PgGrantStore:
         if status.endswith(" 0"):
             raise AuthorizationRevoked()
 
-    async def revoke_by_code(self, *, code_hash: bytes) -> RevokeResult:
-        rows = await self._pool.fetch(
-            "UPDATE token.grants SET revoked_at = coalesce(revoked_at, now())"
-            " WHERE code_hash = $1 RETURNING grant_id, revoked_at",
-            code_hash)
-        return RevokeResult(revoked=len(rows), deny=_revocations(rows))
+    async def revoke_replayed_code(self, *, code_hash: bytes) -> RevokeResult:
+        """Revokes the grant a replayed code produced, or bars one from ever being created.
+
+        One statement keeps the module's promise: the upsert and ``create_grant``'s insert
+        serialize on the unique ``code_hash`` (an insert in flight is waited for), so whichever
+        commits first, the code's grant ends revoked or never exists. ``deny`` is empty when a
+        tombstone was left (no grant, no tokens to deny).
+        """
+        tombstone_id = uuid.uuid4()
+        row = await self._pool.fetchrow(
+            "INSERT INTO token.grants AS g (grant_id, user_id, client_id, scopes, code_hash,"
+            " expires_at, revoked_at)"
+            " VALUES ($1, '', '', '{}', $2, now(), now())"
+            " ON CONFLICT (code_hash) DO UPDATE SET revoked_at = coalesce(g.revoked_at, now())"
+            " RETURNING grant_id, revoked_at, revoked_at = now() AS newly",
+            tombstone_id, code_hash)
+        assert row is not None
+        if row["grant_id"] == tombstone_id:
+            return RevokeResult(revoked=0, deny=Revocations(grants=[], tokens=[]))
+        return RevokeResult(revoked=int(row["newly"]), deny=_revocations([row]))
 
     async def find_refresh(self, *, token_hash: bytes, retry_window: int,
                            ) -> RefreshRecord | None:
@@ -270,7 +291,7 @@ class PgGrantStore:
         grants = await self._pool.fetch(
             "SELECT grant_id, revoked_at FROM token.grants"
             " WHERE revoked_at > greatest(now() - $1::int * interval '1 second',"
-            "  to_timestamp($2::float8))",
+            "  to_timestamp($2::float8)) AND user_id <> ''",  # tombstones have no tokens
             self._deny_window, after)
         tokens = await self._pool.fetch(
             "SELECT jti, expires_at FROM token.revoked_access_tokens"

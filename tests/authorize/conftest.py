@@ -41,7 +41,8 @@ def authorize_settings(store_settings: StoreSettings, registry_address: str,
         registry_addr=registry_address, issuer=ISSUER, client_cache_seconds=0.3,
         login=LoginThrottleSettings(slowdown_after=3, slowdown_seconds=0.05,
                                     slowdown_max_seconds=0.2, account_lock_after=5,
-                                    ip_lock_after=12, lock_seconds=60))
+                                    ip_lock_after=12, lock_seconds=60, account_ip_lock_after=3,
+                                    device_lock_after=4, device_seconds=3600))
 
 
 @pytest_asyncio.fixture(scope="session")

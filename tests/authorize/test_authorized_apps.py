@@ -233,3 +233,27 @@ async def test_a_peer_down_is_a_503_page_and_the_page_comes_back(
         finally:
             await proxies[dependency].restore()
         assert (await _until_ok(load)).status_code in (200, 303)
+
+
+async def test_a_cross_site_prompt_login_signs_nobody_out(alice: User, pages: Pages) -> None:
+    app = await register(alice)
+    await grant_tokens(alice, pages, app)
+    session = alice.http.cookies["otesse_session"]
+    # Any site can send the browser here: a link, or a top-level navigation by script.
+    shown = await alice.http.get("/oauth/authorize", params={
+        "client_id": app.client_id, "redirect_uri": CALLBACK, "response_type": "code",
+        "scope": "bookings:read", "state": "s", "prompt": "login"})
+    assert shown.status_code == 302
+    login_page = await alice.page(shown.headers["location"])
+    assert login_page.status_code == 200 and 'name="password"' in login_page.text
+    # Even a failed sign-in there leaves the session as it was.
+    failed = await alice.post("/login", {"email": alice.person.email, "password": "wrong"})
+    assert failed.status_code == 400
+
+    # Still signed in, with the same session, on every settings page.
+    assert alice.http.cookies["otesse_session"] == session
+    listed = await alice.page(PAGE)
+    assert listed.status_code == 200 and app.client_id in listed.text
+    assert (await alice.page(APPS)).status_code == 200
+    revoked = await alice.post(f"{PAGE}/{app.client_id}/revoke")
+    assert revoked.status_code == 303

@@ -249,22 +249,26 @@ async def test_prompt_login_asks_for_a_fresh_sign_in(browser: httpx.AsyncClient,
     await sign_in(browser, person)
     await decide(browser, await consent_screen(browser, app), "approve")
     first_auth = time.time()
+    await asyncio.sleep(1.1)  # auth_time is kept in whole seconds in the code record
     response = await authorize(browser, app, prompt="login consent")
     assert response.status_code == 302
     assert response.headers["location"].startswith("/login?next=")
+    # The way back is the request itself: without a sign-in it only leads here again.
     next_target = query(response.headers["location"])["next"][0]
-    assert query(next_target)["prompt"] == ["consent"]
+    assert query(next_target)["prompt"] == ["login consent"]
+    again = await browser.get(next_target)
+    assert again.status_code == 302 and again.headers["location"].startswith("/login?next=")
     response = await authorize(browser, app, prompt="login")
     next_target = query(response.headers["location"])["next"][0]
-    assert "prompt" not in query(next_target)
-    # Taking the way back without signing in again does not skip the fresh sign-in.
-    skipped = await browser.get(next_target)
-    assert skipped.status_code == 302
-    assert skipped.headers["location"].startswith("/login?next=")
-    await sign_in(browser, person, next_target=next_target)
-    back = await browser.get(next_target)
+
+    signed_in = await sign_in(browser, person, next_target=next_target)
+
+    # The sign-in that prompt=login asked for has happened: it drops it from the way back.
+    back_target = signed_in.headers["location"]
+    assert back_target.startswith("/oauth/authorize?") and "prompt" not in query(back_target)
+    back = await browser.get(back_target)
     record, _ = await code_record(redis, redis_prefix, code_of(back))
-    assert record.auth_time.ToDatetime().timestamp() >= first_auth - 0.01
+    assert record.auth_time.ToDatetime().timestamp() >= first_auth + 1
 
 
 DECISION_CSRF_CASES = ["missing", "wrong", "other-session"]

@@ -21,6 +21,8 @@ def test_defaults_match_the_local_stack() -> None:
                                         ipaddress.ip_network("::1/128"))
     assert not settings.secure_cookies
     assert settings.login.account_lock_after == 10
+    assert (settings.login.account_ip_lock_after, settings.login.device_lock_after) == (5, 10)
+    assert settings.login.device_seconds == 180 * 24 * 3600
 
 
 def test_an_https_issuer_means_secure_cookies() -> None:
@@ -37,6 +39,10 @@ BAD = [
     ("OTESSE_AUTHORIZE_TRUSTED_PROXIES", "10.0.0.0/33"),
     ("OTESSE_AUTHORIZE_LOGIN_ACCOUNT_LOCK_AFTER", "0"),
     ("OTESSE_AUTHORIZE_CLIENT_CACHE_SECONDS", "-1"),
+    ("OTESSE_AUTHORIZE_LOGIN_ACCOUNT_IP_LOCK_AFTER", "0"),
+    ("OTESSE_AUTHORIZE_LOGIN_DEVICE_LOCK_AFTER", "many"),
+    ("OTESSE_AUTHORIZE_DEVICE_COOKIE_SECONDS", "10"),
+    ("OTESSE_SERVICE_CREDENTIAL_KEY", "c2hvcnQ="),
 ]
 
 

@@ -173,6 +173,9 @@ def test_secrets_are_placeholders_and_reach_only_who_needs_them() -> None:
                 if "secretRef" in source:
                     users.setdefault(source["secretRef"]["name"], set()).add(name)
     assert users["otesse-auth-token-kek"] == {"token"}
+    # Whoever holds the service-credential key can claim any service's name over gRPC: the
+    # three services that call or answer grant and client administration, nothing else.
+    assert users["otesse-auth-service-credential"] == {"authorize", "registry", "token"}
     assert "gateway" not in users["otesse-auth-stores"]  # it gets the Redis URL alone
 
 

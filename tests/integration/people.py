@@ -22,6 +22,7 @@ from otesse.auth.v1 import registry_pb2, registry_pb2_grpc
 from services.authorize import passwords
 from services.authorize.users import PgUserStore
 from services.common.grpc_client import create_channel
+from tests.callers import as_service
 
 PASSWORD = "correct horse battery staple"
 _PASSWORD_HASH = passwords.hash_password(PASSWORD)
@@ -54,7 +55,8 @@ async def register_app(registry_address: str, *, redirect_uri: str,
                        scopes: str = "bookings:read customers:read", public: bool = False,
                        name: str = "Acme Scheduler") -> RegisteredApp:
     """Registers an app with the stack's registry over gRPC, as the settings pages will."""
-    channel = create_channel(registry_address, services=("otesse.auth.v1.ClientRegistry",))
+    channel = create_channel(registry_address, services=("otesse.auth.v1.ClientRegistry",),
+                             interceptors=as_service("cli", "registry"))
     try:
         stub = registry_pb2_grpc.ClientRegistryStub(channel)
         response = await stub.RegisterClient(registry_pb2.RegisterClientRequest(

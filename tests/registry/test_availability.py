@@ -16,6 +16,7 @@ from services.common.grpc_client import create_channel
 from services.common.settings import Env, Secret, StoreSettings
 from services.registry.app import create_server
 from services.registry.settings import RegistrySettings
+from tests.callers import as_service
 from tests.proxy import FaultProxy
 
 
@@ -36,7 +37,8 @@ async def test_database_outage_is_unavailable_then_recovers(store_settings: Stor
     server = create_server(settings, pool, port=0)
     await server.start()
     channel = create_channel(f"127.0.0.1:{server.port}",
-                             services=("otesse.auth.v1.ClientRegistry",))
+                             services=("otesse.auth.v1.ClientRegistry",),
+                             interceptors=as_service("cli", "registry"))
     stub = registry_pb2_grpc.ClientRegistryStub(channel)
     request = pb.RegisterClientRequest(
         name="Outage", redirect_uris=["https://outage.example/cb"],

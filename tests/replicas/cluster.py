@@ -401,7 +401,8 @@ def _settings(test_env: dict[str, str], logs: Path) -> dict[str, str]:
     for name in [key for key in env if key.endswith("_PORT")]:
         del env[name]
     env.update({
-        "OTESSE_GATEWAY_RATE_TOKEN_PER_CLIENT": "off",
+        "OTESSE_TOKEN_RATE_PER_CLIENT": "off",
+        "OTESSE_GATEWAY_RATE_CLIENT_AUTH_FAILURES_PER_IP": "off",
         "OTESSE_SHUTDOWN_DRAIN_SECONDS": str(DRAIN_SECONDS),
         "OTESSE_TOKEN_KEY_REFRESH_SECONDS": str(KEY_REFRESH_SECONDS),
         # The retry window of the default; a client that lost an answer retries at once.

@@ -22,12 +22,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from otesse.auth.v1 import registry_pb2, registry_pb2_grpc, token_pb2_grpc
 from otesse.auth.v1.authorization_code_pb2 import AuthorizationCodeRecord
 from services.common import credentials
+from services.common.client_changes import ClientChangeFeed
 from services.common.grpc_client import create_channel
 from services.common.settings import Env, StoreSettings
 from services.token import pkce
 from services.token.app import TokenComponents, TokenRuntime, create_app
 from services.token.keys import SigningKey, public_jwk, seal_private_key
 from services.token.settings import DEV_KEK, TokenSettings
+from tests.callers import as_service
 from tests.servers import serve_app
 
 # Every test process shares one database of signing keys, so every test that runs the token
@@ -53,6 +55,7 @@ class TokenService:
     settings: TokenSettings
     base_url: str
     grpc_port: int
+    client_changes: ClientChangeFeed
 
 
 @asynccontextmanager
@@ -61,13 +64,16 @@ async def running(settings: TokenSettings) -> AsyncIterator[TokenService]:
     app = create_app(settings)
     async with serve_app(app) as base_url:
         runtime: TokenRuntime = app.state.runtime
+        # The authorize service's identity: tests list and revoke grants as it does.
         channel = create_channel(f"127.0.0.1:{runtime.grpc_port}",
-                                 services=("otesse.auth.v1.TokenService",))
+                                 services=("otesse.auth.v1.TokenService",),
+                                 interceptors=as_service("authorize", "token"))
         try:
             async with httpx.AsyncClient(base_url=base_url, timeout=10.0) as http:
                 yield TokenService(http=http, grpc=token_pb2_grpc.TokenServiceStub(channel),
                                    components=runtime.components, settings=settings,
-                                   base_url=base_url, grpc_port=runtime.grpc_port)
+                                   base_url=base_url, grpc_port=runtime.grpc_port,
+                                   client_changes=runtime.client_changes)
         finally:
             await channel.close()
 

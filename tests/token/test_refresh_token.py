@@ -224,6 +224,49 @@ async def test_scope_may_narrow_never_widen(
         assert body["error"] == expected
 
 
+RETRIES = [
+    # (first request's scope, the retry's scope, the retry gets the same pair)
+    ("bookings:read", "bookings:read", True),
+    ("bookings:read customers:read", "customers:read bookings:read", True),
+    (None, None, True),
+    (None, "bookings:read", False),
+    ("bookings:read customers:read", "bookings:read", False),
+    ("bookings:read", None, False),
+    ("bookings:read", "customers:read", False),
+]
+
+
+@pytest.mark.parametrize(("first_scope", "retry_scope", "same"), RETRIES, ids=[
+    "same scope", "same scopes in another order", "both without scope",
+    "fails because the retry narrows the grant's scope",
+    "fails because the retry narrows the first request's scope",
+    "fails because the retry drops the scope parameter",
+    "fails because the retry asks another scope"])
+async def test_a_retry_gets_the_same_pair_only_for_the_same_scope(
+        token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client,
+        pool: asyncpg.Pool, first_scope: str | None, retry_scope: str | None,
+        same: bool) -> None:
+    first = await tokens_for(token, redis, redis_prefix, client)
+    scope = {"scope": first_scope} if first_scope is not None else {}
+    pair = (await refresh(token.http, client, first["refresh_token"], **scope)).json()
+    grant_id = (await validate(token, pair["access_token"])).grant_id
+    count = "SELECT count(*) FROM token.refresh_tokens WHERE grant_id = $1::uuid"
+    tokens_before = await pool.fetchval(count, grant_id)
+
+    retry_args = {"scope": retry_scope} if retry_scope is not None else {}
+    retry = await refresh(token.http, client, first["refresh_token"], **retry_args)
+
+    if same:
+        assert retry.status_code == 200 and retry.json() == pair
+    else:
+        assert (retry.status_code, retry.json()["error"]) == (400, "invalid_grant")
+        assert "already used" in retry.json()["error_description"]
+    # Nothing minted either way, and the grant lives on: a retry is not theft.
+    assert await pool.fetchval(count, grant_id) == tokens_before
+    assert (await validate(token, pair["access_token"])).active
+    assert (await refresh(token.http, client, pair["refresh_token"])).status_code == 200
+
+
 async def test_after_narrowing_omitted_scope_is_the_original_grant(
         token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client) -> None:
     first = await tokens_for(token, redis, redis_prefix, client)

@@ -1,14 +1,22 @@
 """The ``authorization_code`` grant: exchanging a code for tokens (RFC 6749 §4.1.3; RFC 7636
 §4.5–4.6 PKCE).
 
-The code is taken from Redis with ``GETDEL``, so of two concurrent exchanges one gets the
-record and the other nothing. A code that is presented and fails a check stays consumed. A code
-presented again after it was exchanged revokes the grant it produced (RFC 6749 §4.1.2).
+The code is taken from Redis by one atomic script that leaves a "used" marker in its place
+(:mod:`services.token.codes`): of any number of concurrent exchanges one gets the record. A code
+that is presented and fails a check stays consumed. A code presented again while its marker
+lives is a replay: it is refused and revokes the grant the first exchange produced, however
+late that exchange commits (see ``GrantStore.revoke_replayed_code``). A code never issued or
+expired costs one Redis round trip and nothing else.
+
+RFC 6749 §4.1.2 asks that a code used more than once be denied and everything it issued be
+revoked; it names no winner among concurrent uses. So when one code is presented several times
+at once, at most one exchange answers with tokens, and once the replays are answered no token
+of that code works: either the first exchange committed and its grant is revoked, or a replay
+came first and the first exchange issues nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +30,7 @@ from services.common.errors import InvalidGrant, InvalidRequest
 from services.token import pkce
 from services.token.access_tokens import AccessTokenIssuer
 from services.token.client_auth import AuthenticatedClient
+from services.token.codes import CodeConsumer
 from services.token.denylist import DenyList
 from services.token.grants import Grant, mint_pair
 from services.token.metrics import GRANTS_REVOKED
@@ -29,8 +38,6 @@ from services.token.store import AuthorizationRevoked, CodeAlreadyExchanged, Gra
 
 log = logging.getLogger("otesse.token.grants")
 _MAX_CODE_LENGTH = 256
-# Far longer than an exchange takes between GETDEL and its commit.
-_REPLAY_RECHECK_SECONDS = 0.2
 _INVALID_CODE = "The authorization code is invalid, expired or already used."
 
 
@@ -46,8 +53,7 @@ class AuthorizationCodeGrant(Grant[CodeRequest]):
 
     def __init__(self, *, redis: aioredis.Redis, redis_prefix: str, store: GrantStore,
                  access_tokens: AccessTokenIssuer, denylist: DenyList, refresh_ttl: int) -> None:
-        self._redis = redis
-        self._prefix = redis_prefix
+        self._codes = CodeConsumer(redis, redis_prefix=redis_prefix)
         self._store = store
         self._access_tokens = access_tokens
         self._denylist = denylist
@@ -73,15 +79,18 @@ class AuthorizationCodeGrant(Grant[CodeRequest]):
         return CodeRequest(code=code, redirect_uri=redirect_uri, code_verifier=verifier)
 
     async def issue(self, request: CodeRequest, client: AuthenticatedClient) -> bytes:
+        consumed = await self._codes.consume(request.code)
+        if consumed.outcome == "unknown":
+            raise InvalidGrant(_INVALID_CODE)
         code_hash = credentials.sha256(request.code)
-        raw = await self._redis.getdel(
-            credentials.authorization_code_key(self._prefix, request.code))
-        if raw is None:
+        if consumed.outcome == "used":
+            # RFC 6749 §4.1.2: "If an authorization code is used more than once, the authorization
+            # server MUST deny the request and SHOULD revoke (when possible) all tokens previously
+            # issued based on that authorization code."
             await self._revoke_replayed(code_hash, client)
             raise InvalidGrant(_INVALID_CODE)
         try:
-            record = AuthorizationCodeRecord.FromString(
-                raw if isinstance(raw, bytes) else raw.encode("latin-1"))
+            record = AuthorizationCodeRecord.FromString(consumed.record)
         except DecodeError:
             raise InvalidGrant(_INVALID_CODE) from None
         # RFC 6749 §4.1.3: "ensure that the authorization code was issued to the authenticated
@@ -126,17 +135,12 @@ class AuthorizationCodeGrant(Grant[CodeRequest]):
             raise InvalidGrant("A code_verifier was sent but no code_challenge was.")
 
     async def _revoke_replayed(self, code_hash: bytes, client: AuthenticatedClient) -> None:
-        # RFC 6749 §4.1.2: "If an authorization code is used more than once, the authorization
-        # server MUST deny the request and SHOULD revoke (when possible) all tokens previously
-        # issued based on that authorization code."
-        result = await self._store.revoke_by_code(code_hash=code_hash)
-        if not result.deny.grants:
-            # Nothing found may mean an exchange of this same code is committing its grant
-            # right now (it took the code a moment ago): look once more, a moment later.
-            await asyncio.sleep(_REPLAY_RECHECK_SECONDS)
-            result = await self._store.revoke_by_code(code_hash=code_hash)
+        result = await self._store.revoke_replayed_code(code_hash=code_hash)
         if result.deny.grants:
             GRANTS_REVOKED.labels("code_replay").inc(result.revoked)
             await self._denylist.deny(result.deny)
             log.warning("authorization code replayed; its grant is revoked", extra={
                 "grant_id": result.deny.grants[0].grant_id, "client_id": client.client_id})
+        else:
+            log.warning("authorization code replayed before its exchange committed; that "
+                        "exchange will issue nothing", extra={"client_id": client.client_id})

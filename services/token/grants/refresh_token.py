@@ -2,9 +2,10 @@
 
 Each use returns a new refresh token and invalidates the old one in one atomic statement.
 Presenting a rotated token again is treated as theft and revokes the whole grant, except within
-the retry window while the successor is unused: then the same old token gets back exactly the
-same response, read from the copy sealed under a key derived from the old token. Concurrent
-refreshes of one token therefore yield one new pair and never a revoked grant.
+the retry window while the successor is unused: then the same old token with the same ``scope``
+parameter gets back exactly the same response, read from the copy sealed under a key derived
+from the old token; with another ``scope`` it is refused (``invalid_grant``), minting nothing.
+Concurrent refreshes of one token therefore yield one new pair and never a revoked grant.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from services.token.store import GrantStore, RefreshRecord
 
 log = logging.getLogger("otesse.token.grants")
 _INVALID = "The refresh token is invalid, expired or revoked."
+_ALREADY_USED = ("The refresh token was already used. A retry gets the same response only with "
+                 "the same scope parameter; use the newest refresh token.")
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,9 @@ class RefreshTokenGrant(Grant[RefreshRequest]):
                                     client_id=client.client_id, scopes=granted,
                                     grant_id=record.grant_id)
             body = response.to_json()
-            sealed = rotation_retry.seal(body, old_refresh_token=request.refresh_token,
-                                         old_hash=token_hash) if self._retry_window else None
+            sealed = rotation_retry.seal(
+                body, old_refresh_token=request.refresh_token, old_hash=token_hash,
+                requested_scopes=request.scopes) if self._retry_window else None
             if await self._store.rotate_refresh(
                     token_hash=token_hash,
                     successor_hash=credentials.sha256(response.refresh_token),
@@ -116,9 +120,14 @@ class RefreshTokenGrant(Grant[RefreshRequest]):
             try:
                 body = rotation_retry.open_sealed(record.successor_sealed,
                                                   old_refresh_token=request.refresh_token,
-                                                  old_hash=token_hash)
+                                                  old_hash=token_hash,
+                                                  requested_scopes=request.scopes)
                 REFRESH_RETRIES.inc()
                 return body
+            except rotation_retry.DifferentRequest:
+                # The holder of the old token, within the window, asking for something else:
+                # a retry that is not the same request gets no pair, and is no theft either.
+                raise InvalidGrant(_ALREADY_USED) from None
             except InvalidTag:
                 log.error("sealed refresh response does not open", extra={
                     "grant_id": record.grant_id})
