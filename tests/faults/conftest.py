@@ -22,7 +22,7 @@ from services.cli.migrate import migrate_all
 from services.common.grpc_client import create_channel
 from tests.faults.load import Load, Record, new_client
 from tests.faults.stores import PrivatePostgres, PrivateRedis
-from tests.integration.stack import Stack, running_stack
+from tests.integration.stack import ServiceProcesses, Stack, running_stack
 from tests.proxy import ProxyThread
 
 CLIENTS = 6
@@ -47,6 +47,11 @@ class World:
     # Straight to PostgreSQL: the test's own reads and writes never go through the cut.
     pool: asyncpg.Pool
     load: Load
+
+    @property
+    def processes(self) -> ServiceProcesses:
+        assert self.stack.processes is not None
+        return self.stack.processes
 
 
 @pytest.fixture(scope="package")

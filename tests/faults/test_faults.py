@@ -137,7 +137,7 @@ async def postgres_pause(world: World, marks: Marks) -> None:
 
 
 async def registry_kill(world: World, marks: Marks) -> None:
-    processes = world.stack.processes
+    processes = world.processes
     marks.down = time.monotonic()
     assert processes.kill("registry", signal.SIGKILL) == -signal.SIGKILL
     processes.start("registry")
@@ -201,7 +201,7 @@ def breakdown(answers: list[Answer]) -> str:
 async def seconds_until_ready(world: World) -> float:
     """From now until every service's /readyz answers 200 (polled)."""
     started = time.monotonic()
-    urls = [world.stack.processes.ready_url(name) for name in SERVICES]
+    urls = [world.processes.ready_url(name) for name in SERVICES]
     async with httpx.AsyncClient(timeout=2.0) as http:
         while True:
             try:
@@ -302,7 +302,7 @@ async def test_fault_under_load(world: World, fault: Fault) -> None:
     first = len(record.answers)
     revoked_before = len(record.revoked)
     logs = log_sizes(world)
-    processes = {name: world.stack.processes.running[name] for name in SERVICES
+    processes = {name: world.processes.running[name] for name in SERVICES
                  if name != fault.restarts}
     marks = Marks()
 

@@ -261,7 +261,7 @@ async def test_the_retry_never_takes_a_used_connection_even_from_a_full_pool() -
         stale = asyncio.create_task(post(b"/stale", b"retried"))
         await asyncio.sleep(0.05)
         queued = asyncio.create_task(post(b"/queued", b"queued"))
-        answers = await asyncio.gather(slow, stale, queued)
+        answers = list(await asyncio.gather(slow, stale, queued))
     assert answers == [(200, b"slow"), (200, b"retried"), (200, b"queued")]
 
 

@@ -115,7 +115,8 @@ class Stack:
     registry_grpc: str
     env: dict[str, str]
     logs: Path
-    processes: ServiceProcesses = field(repr=False, compare=False)
+    # The service processes (None for a stack this module did not start).
+    processes: ServiceProcesses | None = field(default=None, repr=False, compare=False)
 
     @property
     def issuer(self) -> str:
