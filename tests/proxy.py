@@ -19,10 +19,16 @@ def _drop(writer: asyncio.StreamWriter) -> None:
 
 
 class FaultProxy:
-    def __init__(self, target_host: str, target_port: int) -> None:
+    """``hold_closes``: when the server closes a connection, the client is not told until
+    :meth:`cut` — what a client sees when the server's last words arrive before its close
+    (a server shutting down says why, then closes)."""
+
+    def __init__(self, target_host: str, target_port: int, *, hold_closes: bool = False) -> None:
         self._target = (target_host, target_port)
+        self._hold_closes = hold_closes
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._cutting = asyncio.Event()
         self.port = 0
 
     async def start(self) -> None:
@@ -35,11 +41,13 @@ class FaultProxy:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        self._cutting.set()
         for writer in list(self._writers):
             _drop(writer)
         self._writers.clear()
 
     async def restore(self) -> None:
+        self._cutting.clear()
         await self.start()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -50,14 +58,18 @@ class FaultProxy:
             return
         self._writers.update((writer, up_writer))
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, *,
+                       from_server: bool) -> None:
             with contextlib.suppress(Exception):
                 while data := await src.read(65536):
                     dst.write(data)
                     await dst.drain()
+            if from_server and self._hold_closes:
+                await self._cutting.wait()
             _drop(dst)
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, from_server=False),
+                             pipe(up_reader, writer, from_server=True))
         self._writers.discard(writer)
         self._writers.discard(up_writer)
 

@@ -16,8 +16,10 @@ restarts, or stops answering (a stopped server, a network that drops packets):
   hold the request for as long again while a stopped server does not answer).
 
 A connection the server closed (a restart) is noticed and replaced as it leaves the pool, so
-no statement is sent on it. So a store call fails, with an error callers answer as 503 /
-UNAVAILABLE, within ``ACQUIRE_SECONDS + STATEMENT_SECONDS`` of when it began.
+no statement is sent on it; one the server has said it ends but not yet closed fails its next
+statement without sending it (an outage: the server is going away) and is not used again.
+So a store call fails, with an error callers answer as 503 / UNAVAILABLE, within
+``ACQUIRE_SECONDS + STATEMENT_SECONDS`` of when it began.
 
 The one patch of asyncpg's pool is here (:class:`BoundedPool`): its ``acquire`` with a default
 timeout and a context that drops a connection after a statement timeout.
@@ -45,7 +47,8 @@ async def _reset(connection: asyncpg.Connection) -> None:
 class _BoundedAcquire(PoolAcquireContext):
     async def __aexit__(self, *exc: object) -> None:
         connection = self.connection
-        if connection is not None and len(exc) > 1 and isinstance(exc[1], TimeoutError):
+        failure = exc[1] if len(exc) > 1 else None
+        if connection is not None and isinstance(failure, TimeoutError):
             # The statement outlived its timeout: the server may be stopped, and a cancel
             # request would wait as long again. The connection is dropped instead (a statement
             # that still runs on the server ends with it).

@@ -12,7 +12,7 @@ _UNAVAILABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEE
 # (:func:`is_unavailable` tells which): what an error handler must catch to answer 503 itself.
 DEPENDENCY_FAILURES: tuple[type[Exception], ...] = (
     OSError, redis.exceptions.RedisError, asyncpg.PostgresError, asyncpg.InterfaceError,
-    grpc.aio.AioRpcError)
+    asyncpg.InternalClientError, grpc.aio.AioRpcError)
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -24,6 +24,11 @@ def is_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                         asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)):
+        return True
+    if isinstance(exc, asyncpg.InternalClientError):
+        # A session the server ended (a shutdown says so, then closes the connection): a
+        # statement sent in between finds the connection still reading the server's last
+        # words. Nothing was sent; the server is going away.
         return True
     if isinstance(exc, asyncpg.PostgresError) and getattr(exc, "sqlstate", "").startswith(
             ("08", "57P")):  # connection exceptions; admin shutdown / crash shutdown

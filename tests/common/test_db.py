@@ -19,7 +19,9 @@ import pytest_asyncio
 
 from services.common import db
 from services.common.settings import Env, Secret, StoreSettings
+from services.common.unavailable import is_unavailable
 from tests.faults.stores import PrivatePostgres
+from tests.proxy import FaultProxy
 
 # Generous: the machine is busy.
 MARGIN_SECONDS = 1.0
@@ -88,3 +90,28 @@ async def test_connections_pooled_before_a_restart_are_replaced(
     await asyncio.sleep(0.2)  # the server's closes have reached this process
     assert await asyncio.gather(*(pool.fetchval("SELECT $1::int", i) for i in range(4))) == [
         *range(4)]
+
+
+async def test_a_connection_the_server_ended_is_dropped_at_its_first_failure(
+        server: PrivatePostgres) -> None:
+    """A fast shutdown tells each session it ends, then closes it. A statement sent between
+    the two (here, the close is held back) cannot run: the failure is an outage (503), and the
+    connection is dropped at once, so the next statement, once the server is back, runs."""
+    proxy = FaultProxy("127.0.0.1", server.port, hold_closes=True)
+    await proxy.start()
+    url = server.admin_url.replace(f":{server.port}/", f":{proxy.port}/")
+    settings = replace(StoreSettings.from_env(Env({})), database_url=Secret(url),
+                       db_pool_max=1)
+    pool = await db.create_pool(settings, application_name="otesse-test")
+    try:
+        assert await pool.fetchval("SELECT 1") == 1
+        server.stop()
+        await asyncio.sleep(0.2)  # the "terminating connection" message has arrived
+        server.start()
+        with pytest.raises(Exception) as caught:
+            await pool.fetchval("SELECT 2")
+        assert is_unavailable(caught.value), repr(caught.value)
+        assert await pool.fetchval("SELECT 3") == 3
+    finally:
+        await proxy.cut()
+        pool.terminate()
