@@ -1,20 +1,25 @@
 """The fault suite's steady mixed load: people using apps, every answer recorded with its time.
 
 Each :class:`LoadClient` is a person with an app of their own and a browser (a cookie jar) at
-the gateway. It loops over the documented flow, at a bounded pace:
+the gateway, running three loops at a bounded pace, as an app's users, the app's server and
+the APIs it calls do at once:
 
-1. ``authorize`` — ``GET /oauth/authorize``: signed in and consented, straight back with a code
-   (``sign_in`` again first when the session was lost with Redis's data);
-2. ``exchange`` — the code for a pair (sent again after a 503, as an app would: the same code);
-3. ``refresh`` — twice, each time with the newest refresh token (sent again after a 503 until
-   it is answered: a refresh token answered 200 must never be lost);
-4. ``validate`` — ``TokenService.ValidateToken`` over gRPC, as Otesse's APIs do;
-5. ``bookings`` — ``GET /v1/bookings`` on the example API with the access token;
+* authorizations — ``authorize`` (``GET /oauth/authorize``: signed in and consented, straight
+  back with a code; ``sign_in`` again first when the session was lost with Redis's data), then
+  ``exchange`` (sent again after a 503, as an app would: the same code); now and then the code
+  is sent twice at once instead (``double_exchange``: at most one answer may carry tokens).
+  Each new grant joins the client's live ones; the oldest retires (kept for the check after
+  the fault);
+* refreshes — ``refresh`` of a live grant's newest refresh token (sent again after a 503 until
+  it is answered: a refresh token answered 200 must never be lost), ``introspect`` now and
+  then, and revocations (``revoke``: the refresh token, so the whole grant, or the access token
+  alone);
+* API calls — ``validate`` (``TokenService.ValidateToken`` over gRPC, as Otesse's APIs do) and
+  ``bookings`` (``GET /v1/bookings`` on the example API) with a live grant's access token,
+  ``jwks``, and checks that a token revoked earlier is still refused (``revoked_validate``,
+  ``revoked_bookings``).
 
-and now and then ``introspect`` (RFC 7662), ``jwks``, a revocation (``revoke``: the refresh
-token, so the whole grant, or the access token alone), a code presented twice at once
-(``double_exchange``: at most one 200), and a check that a token revoked earlier is still
-refused (``revoked_validate``, ``revoked_bookings``).
+So a part that one step needs failing does not stop the steps that do not need it.
 
 Every request has a deadline (:data:`DEADLINE_SECONDS`): one that reaches it is recorded as
 ``timeout``, a failure wherever it happens. Answers are recorded as outcomes: ``ok``, ``503``
@@ -27,10 +32,8 @@ or records a token: only outcomes and short reasons.
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import functools
-import json
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -54,10 +57,14 @@ from tests.integration.people import (
 DEADLINE_SECONDS = 5.0
 CALLBACK = "http://127.0.0.1:8765/callback"
 SCOPE = "bookings:read"
-# Between two flows of one client, and before sending a request again after a 503: the load
+# Between two rounds of each loop, and before sending a request again after a 503: the load
 # stays bounded on a shared machine.
-PAUSE_SECONDS = 0.1
+AUTHORIZE_PAUSE_SECONDS = 0.3
+REFRESH_PAUSE_SECONDS = 0.15
+API_PAUSE_SECONDS = 0.15
 RETRY_SECONDS = 0.2
+# Grants each client keeps using; older ones retire.
+LIVE_GRANTS = 3
 # How long a client keeps sending one refresh token or code again before giving up.
 GIVE_UP_SECONDS = 30.0
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -81,6 +88,8 @@ class Chain:
     app: RegisteredApp
     access_token: str
     refresh_token: str
+    # Its revocation was asked for: from then on its tokens may be refused.
+    revoking: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,7 @@ class Record:
     """What the load saw, shared by every client."""
 
     answers: list[Answer] = field(default_factory=list)
-    # Grants in use, each with its newest pair, since the last check.
+    # Grants retired from use since the last check, each with its newest pair.
     chains: list[Chain] = field(default_factory=list)
     revoked: list[Revoked] = field(default_factory=list)
     # Every code, and how many exchanges of it were answered 200.
@@ -106,13 +115,6 @@ class Record:
 
     def add(self, answer: Answer) -> None:
         self.answers.append(answer)
-
-
-def grant_id_of(access_token: str) -> str:
-    """The grant id an access token names (its payload, unverified: it is the test's own)."""
-    payload = access_token.removeprefix("otesse_at_").split(".")[1]
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return str(claims["grant_id"])
 
 
 def http_outcome(response: httpx.Response, *, api: bool) -> str:
@@ -152,7 +154,10 @@ class LoadClient:
         self._random = random.Random(seed)
         self.browser = httpx.AsyncClient(base_url=gateway, follow_redirects=False,
                                          timeout=DEADLINE_SECONDS * 2)
-        self._flows = 0
+        # Grants in use.
+        self.chains: list[Chain] = []
+        # Access tokens this client asked to revoke on their own.
+        self._revoking: set[str] = set()
 
     async def aclose(self) -> None:
         await self.browser.aclose()
@@ -180,8 +185,11 @@ class LoadClient:
                                response.text[:160] if response.status_code >= 500 else ""))
         return response
 
-    async def validate(self, step: str, access_token: str,
-                        ) -> token_pb2.ValidateTokenResponse | None:
+    def _revoked_by_holder(self, access_token: str, chain: Chain | None) -> bool:
+        return access_token in self._revoking or (chain is not None and chain.revoking)
+
+    async def validate(self, step: str, access_token: str, chain: Chain | None = None,
+                       ) -> token_pb2.ValidateTokenResponse | None:
         started = time.monotonic()
         try:
             result = await self._tokens.ValidateToken(
@@ -196,6 +204,8 @@ class LoadClient:
         expected = REVOKED if step == "revoked_validate" else VALID
         outcome = "ok" if result.reason == expected else (
             "active!" if result.active else token_pb2.ValidationReason.Name(result.reason))
+        if result.reason == REVOKED and self._revoked_by_holder(access_token, chain):
+            outcome = "ok"  # revoked by its own holder meanwhile
         self.record.add(Answer(step, outcome, started, time.monotonic()))
         return result
 
@@ -321,25 +331,33 @@ class LoadClient:
             return False
         return False
 
-    async def call_api(self, access_token: str, step: str = "bookings") -> None:
+    async def call_api(self, access_token: str, step: str = "bookings",
+                       chain: Chain | None = None) -> None:
         def refused(response: httpx.Response) -> str:
             # Refused is what is expected of a revoked token; served is the failure.
             return {401: "ok", 200: "served!"}.get(response.status_code,
                                                    http_outcome(response, api=True))
 
+        def served(response: httpx.Response) -> str:
+            if response.status_code == 401 and self._revoked_by_holder(access_token, chain):
+                return "ok"  # revoked by its own holder meanwhile
+            return http_outcome(response, api=True)
+
         await self._http(step, lambda: self._bookings.get(
             "/v1/bookings", headers={"Authorization": f"Bearer {access_token}"}), api=True,
-            outcome=refused if step == "revoked_bookings" else None)
+            outcome=refused if step == "revoked_bookings" else served)
 
     async def introspect(self, chain: Chain) -> None:
+        token = chain.access_token
+
         def active(response: httpx.Response) -> str:
             outcome = http_outcome(response, api=True)
-            return "inactive" if outcome == "ok" and not response.json().get("active") else (
-                outcome)
+            if outcome == "ok" and not response.json().get("active"):
+                return "ok" if self._revoked_by_holder(token, chain) else "inactive"
+            return outcome
 
         await self._http("introspect", self._token_post(
-            "/oauth/introspect", {"token": chain.access_token}, chain.app), api=True,
-            outcome=active)
+            "/oauth/introspect", {"token": token}, chain.app), api=True, outcome=active)
 
     async def jwks(self) -> None:
         await self._http("jwks", lambda: self.browser.get("/.well-known/jwks.json"), api=True)
@@ -348,6 +366,10 @@ class LoadClient:
         """Revokes the refresh token (the whole grant) or the access token alone; sent again
         after a 503 until answered."""
         token = chain.refresh_token if whole_grant else chain.access_token
+        if whole_grant:
+            chain.revoking = True
+        else:
+            self._revoking.add(token)
         given_up = time.monotonic() + GIVE_UP_SECONDS
         while time.monotonic() < given_up:
             response = await self._http("revoke", self._token_post(
@@ -385,48 +407,69 @@ class LoadClient:
         await self.validate("revoked_validate", revoked.access_token)
         await self.call_api(revoked.access_token, step="revoked_bookings")
 
-    # -- the flow -----------------------------------------------------------------------------
-    async def flow(self) -> None:
-        self._flows += 1
-        n = self._flows
-        code = await self.authorize()
-        if code is None:
-            return
-        if n % 9 == 0:
-            await self.double_exchange(code)
-            return
-        chain = await self.exchange(code)
-        if chain is None:
-            return
-        for _ in range(2):
-            if not await self.refresh(chain):
-                return
-        await self.validate("validate", chain.access_token)
-        await self.call_api(chain.access_token)
-        if n % 3 == 0:
-            await self.introspect(chain)
-        if n % 5 == 0:
-            await self.jwks()
-        if n % 4 == 0:
-            await self.revoke(chain, whole_grant=True)
-            return
-        if n % 7 == 0 and await self.revoke(chain, whole_grant=False):
-            # The grant lives on: its next access token works.
-            if not await self.refresh(chain):
-                return
-        self.record.chains.append(chain)
-        await self.probe_revoked()
+    # -- the loops ----------------------------------------------------------------------------
+    def _adopt(self, chain: Chain) -> None:
+        self.chains.append(chain)
+        while len(self.chains) > LIVE_GRANTS:
+            self.record.chains.append(self.chains.pop(0))
+
+    async def authorizations(self, stop: asyncio.Event) -> None:
+        rounds = 0
+        while not stop.is_set():
+            rounds += 1
+            code = await self.authorize()
+            if code is not None and rounds % 5 == 0:
+                await self.double_exchange(code)
+            elif code is not None:
+                chain = await self.exchange(code)
+                if chain is not None:
+                    self._adopt(chain)
+            await asyncio.sleep(AUTHORIZE_PAUSE_SECONDS)
+
+    async def refreshes(self, stop: asyncio.Event) -> None:
+        rounds = 0
+        while not stop.is_set():
+            if self.chains:
+                rounds += 1
+                chain = self._random.choice(self.chains)
+                if rounds % 10 == 0:
+                    self.chains.remove(chain)
+                    await self.revoke(chain, whole_grant=True)
+                elif rounds % 7 == 0:
+                    # The grant lives on: its next access token works.
+                    if not (await self.revoke(chain, whole_grant=False)
+                            and await self.refresh(chain)):
+                        self.chains.remove(chain)
+                elif not await self.refresh(chain):
+                    self.chains.remove(chain)
+                elif rounds % 4 == 0:
+                    await self.introspect(chain)
+            await asyncio.sleep(REFRESH_PAUSE_SECONDS)
+
+    async def api_calls(self, stop: asyncio.Event) -> None:
+        rounds = 0
+        while not stop.is_set():
+            rounds += 1
+            if self.chains:
+                chain = self._random.choice(self.chains)
+                token = chain.access_token
+                await self.validate("validate", token, chain)
+                await self.call_api(token, chain=chain)
+            if rounds % 5 == 0:
+                await self.jwks()
+            if rounds % 3 == 0:
+                await self.probe_revoked()
+            await asyncio.sleep(API_PAUSE_SECONDS)
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self.flow()
-            await asyncio.sleep(PAUSE_SECONDS)
+        await asyncio.gather(self.authorizations(stop), self.refreshes(stop),
+                             self.api_calls(stop))
 
 
 async def new_client(*, gateway: str, registry_grpc: str, bookings: httpx.AsyncClient,
                      pool: asyncpg.Pool, tokens: token_pb2_grpc.TokenServiceAsyncStub,
                      record: Record, seed: int) -> LoadClient:
-    """A new person and app, signed in and consented once."""
+    """A new person and app, signed in and consented once (the code is left unused)."""
     app = await register_app(registry_grpc, redirect_uri=CALLBACK, scopes=SCOPE,
                              name=f"Fault load {seed}")
     person = await new_person(pool)

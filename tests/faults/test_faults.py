@@ -271,7 +271,9 @@ async def stays_revoked(world: World, revoked: Revoked) -> list[str]:
 async def invariants(world: World, record: Record, revoked_before: int) -> list[str]:
     problems: list[str] = []
     first = len(record.answers)
+    # The grants retired since the last check, and those still in use.
     chains, record.chains = record.chains, []
+    chains += [chain for client in world.load.clients for chain in client.chains]
     limit = asyncio.Semaphore(len(world.load.clients))
 
     async def check_chain(chain: Chain) -> None:
