@@ -328,12 +328,14 @@ async def test_fault_under_load(world: World, fault: Fault) -> None:
     problems += log_problems(world, logs)
 
     refused = [a for a in answers if a.outcome in ("503", "UNAVAILABLE")]
-    touched = [a for a in answers if a.ended >= marks.down and a.started <= marks.back]
+    # In flight from the fault until the part's return, or the last refusal if later.
+    horizon = max([marks.back, *(a.started for a in refused)])
+    touched = [a for a in answers if a.ended >= marks.down and a.started <= horizon]
     slowest = max((a.ended - a.started for a in refused), default=0.0)
     last = max((a.ended - marks.back for a in refused), default=0.0)
     TIMINGS.append(
         f"{fault.name:<17} part down {marks.back - marks.down:4.1f} s | "
-        f"{len(refused):3d} of {len(touched):4d} requests during it refused (503/UNAVAILABLE), "
+        f"{len(refused):3d} of {len(touched):4d} requests in flight refused (503/UNAVAILABLE), "
         f"slowest {slowest:.2f} s | last refusal {max(0.0, last):.2f} s after its return | "
         f"all ready {ready_after:.2f} s after its return | {len(answers)} requests in "
         f"{answers[-1].ended - answers[0].started if answers else 0:.0f} s "
