@@ -13,10 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
-import asyncpg
-import grpc
 import jinja2
-import redis.exceptions
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -28,6 +25,7 @@ from services.authorize.csrf import CsrfFailure
 from services.authorize.security_headers import content_security_policy
 from services.common.errors import OAuthError, TemporarilyUnavailable
 from services.common.http import classify
+from services.common.unavailable import DEPENDENCY_FAILURES
 
 log = logging.getLogger("otesse.authorize")
 
@@ -97,8 +95,7 @@ async def _render(request: Request, exc: Exception) -> Response:
 # Starlette picks a handler by the exception's class; the stores' and peers' failures are
 # listed so that an outage is a 503 page (and not re-raised as a crash).
 _HANDLED: tuple[type[BaseException], ...] = (
-    AuthorizationErrorRedirect, OAuthError, HTTPException, OSError, redis.exceptions.RedisError,
-    asyncpg.PostgresError, asyncpg.InterfaceError, grpc.aio.AioRpcError, Exception)
+    AuthorizationErrorRedirect, OAuthError, HTTPException, *DEPENDENCY_FAILURES, Exception)
 
 
 def html_error_handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:

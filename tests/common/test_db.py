@@ -5,13 +5,9 @@ before a statement is sent on them."""
 from __future__ import annotations
 
 import asyncio
-import secrets
-import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -20,8 +16,7 @@ import pytest_asyncio
 from services.common import db
 from services.common.settings import Env, Secret, StoreSettings
 from services.common.unavailable import is_unavailable
-from tests.faults.stores import PrivatePostgres
-from tests.proxy import FaultProxy
+from tests.faults.stores import PrivatePostgres, ended_session, private_postgres
 
 # Generous: the machine is busy.
 MARGIN_SECONDS = 1.0
@@ -30,15 +25,8 @@ BOUND = db.ACQUIRE_SECONDS + db.STATEMENT_SECONDS + MARGIN_SECONDS
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[PrivatePostgres]:
-    postgres = PrivatePostgres(Path(tempfile.gettempdir())
-                               / f"otesse-db-test-{secrets.token_hex(4)}")
-    try:
-        postgres.init()
-        postgres.start()
-        yield postgres
-    finally:
-        postgres.stop()
-        shutil.rmtree(postgres.root, ignore_errors=True)
+    with private_postgres("otesse-db-test") as running:
+        yield running
 
 
 @pytest_asyncio.fixture
@@ -92,26 +80,13 @@ async def test_connections_pooled_before_a_restart_are_replaced(
         *range(4)]
 
 
-async def test_a_connection_the_server_ended_is_dropped_at_its_first_failure(
+async def test_a_connection_the_server_ended_fails_as_an_outage_and_is_not_reused(
         server: PrivatePostgres) -> None:
     """A fast shutdown tells each session it ends, then closes it. A statement sent between
     the two (here, the close is held back) cannot run: the failure is an outage (503), and the
-    connection is dropped at once, so the next statement, once the server is back, runs."""
-    proxy = FaultProxy("127.0.0.1", server.port, hold_closes=True)
-    await proxy.start()
-    url = server.admin_url.replace(f":{server.port}/", f":{proxy.port}/")
-    settings = replace(StoreSettings.from_env(Env({})), database_url=Secret(url),
-                       db_pool_max=1)
-    pool = await db.create_pool(settings, application_name="otesse-test")
-    try:
-        assert await pool.fetchval("SELECT 1") == 1
-        server.stop()
-        await asyncio.sleep(0.2)  # the "terminating connection" message has arrived
-        server.start()
+    connection is not used again, so the next statement, once the server is back, runs."""
+    async with ended_session(server) as pool:
         with pytest.raises(Exception) as caught:
             await pool.fetchval("SELECT 2")
         assert is_unavailable(caught.value), repr(caught.value)
         assert await pool.fetchval("SELECT 3") == 3
-    finally:
-        await proxy.cut()
-        pool.terminate()

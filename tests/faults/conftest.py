@@ -5,12 +5,8 @@ of the package, which take turns; each fault's timings are printed at the end of
 
 from __future__ import annotations
 
-import secrets
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -21,7 +17,7 @@ from otesse.auth.v1 import token_pb2_grpc
 from services.cli.migrate import migrate_all
 from services.common.grpc_client import create_channel
 from tests.faults.load import Load, Record, new_client
-from tests.faults.stores import PrivatePostgres, PrivateRedis
+from tests.faults.stores import PrivatePostgres, PrivateRedis, private_postgres
 from tests.integration.stack import ServiceProcesses, Stack, running_stack
 from tests.proxy import ProxyThread
 
@@ -57,19 +53,13 @@ class World:
 @pytest.fixture(scope="package")
 def stores(tmp_path_factory: pytest.TempPathFactory,
            ) -> Iterator[tuple[PrivatePostgres, PrivateRedis]]:
-    # PostgreSQL's folder must be reachable by its own user: not under pytest's (root-only).
-    postgres = PrivatePostgres(Path(tempfile.gettempdir())
-                               / f"otesse-faults-{secrets.token_hex(4)}")
     redis = PrivateRedis(tmp_path_factory.mktemp("redis"))
-    try:
-        postgres.init()
-        postgres.start()
-        redis.start()
-        yield postgres, redis
-    finally:
-        redis.kill()
-        postgres.stop()
-        shutil.rmtree(postgres.root, ignore_errors=True)
+    with private_postgres("otesse-faults") as postgres:
+        try:
+            redis.start()
+            yield postgres, redis
+        finally:
+            redis.kill()
 
 
 @pytest_asyncio.fixture(scope="package")

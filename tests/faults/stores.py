@@ -17,16 +17,26 @@ then every backend), ``resume`` is ``SIGCONT``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import asyncpg
+
+from services.common import db
+from services.common.settings import Env, Secret, StoreSettings
 from tests.conftest import free_port
+from tests.proxy import FaultProxy
 
 START_SECONDS = 30.0
 
@@ -193,3 +203,39 @@ class PrivateRedis:
     def resume(self) -> None:
         if self.process is not None and self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def private_postgres(name: str) -> Iterator[PrivatePostgres]:
+    """A PostgreSQL of the caller's own, running; removed afterwards. Its folder is in the
+    system's temporary folder, which its own user can reach (pytest's is root's alone)."""
+    server = PrivatePostgres(Path(tempfile.gettempdir()) / f"{name}-{secrets.token_hex(4)}")
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def ended_session(server: PrivatePostgres) -> AsyncIterator[asyncpg.Pool]:
+    """A service pool (one connection) whose session ``server`` has ended in a fast restart,
+    with the connection's close held back: what a statement sent between a shutdown's
+    "terminating connection" message and its close meets. The server is up again."""
+    proxy = FaultProxy("127.0.0.1", server.port, hold_closes=True)
+    await proxy.start()
+    url = server.admin_url.replace(f":{server.port}/", f":{proxy.port}/")
+    settings = replace(StoreSettings.from_env(Env({})), database_url=Secret(url),
+                       db_pool_max=1)
+    pool = await db.create_pool(settings, application_name="otesse-test")
+    try:
+        assert await pool.fetchval("SELECT 1") == 1
+        server.stop()
+        await asyncio.sleep(0.2)  # the "terminating connection" message has arrived
+        server.start()
+        yield pool
+    finally:
+        await proxy.cut()
+        pool.terminate()
