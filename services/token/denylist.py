@@ -181,13 +181,12 @@ class DenyList:
         if failed_since is not None:
             since = min(since, failed_since)
         revocations = await self._source(since)
-        if revocations.grants or revocations.tokens:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                if self._queue(pipe, revocations):
-                    await pipe.execute()
-        else:
-            # Nothing to write, but Redis must answer before it is trusted again.
-            await self._redis.ping()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if self._queue(pipe, revocations):
+                await pipe.execute()
+            else:
+                # Nothing to write, but Redis must answer before it is trusted again.
+                await self._redis.ping()
         if failed_since is not None and self._unsynced_since == failed_since:
             self._unsynced_since = None
             log.info("deny-list caught up; checking revocations in Redis again")
@@ -195,6 +194,7 @@ class DenyList:
     async def run(self, *, interval: float) -> None:
         """Background loop of :meth:`sync`: every ``interval``, and every
         :data:`RESYNC_SECONDS` while Redis may be behind."""
+        failing = False
         while True:
             wait = RESYNC_SECONDS if self._unsynced_since is not None else interval
             with contextlib.suppress(TimeoutError):
@@ -203,10 +203,14 @@ class DenyList:
             self._resync.clear()
             try:
                 await self.sync()
+                failing = False
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - retried at the next interval
-                log.warning("deny-list sync failed", extra={"error": type(exc).__name__})
+                # Once per outage, not once per retry.
+                if not failing:
+                    log.warning("deny-list sync failed", extra={"error": type(exc).__name__})
+                failing = True
             if self._unsynced_since is not None:
                 await asyncio.sleep(RESYNC_SECONDS)
 
