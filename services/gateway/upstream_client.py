@@ -15,9 +15,8 @@ with concurrency. Here a request costs the same whatever the pool holds:
 * a request whose reused connection the upstream closed before answering (the keep-alive race,
   RFC 9112 §9.3.1; or an upstream that closes a connection after an answer without saying so)
   is sent once more on a connection never used before — only when its body was in memory,
-  never a body streamed from the client, which cannot be sent twice. When it cannot be sent
-  again, or meets a closed connection again, it fails with :class:`NotDelivered`: the upstream
-  is not taking requests (a 503 at the gateway, never a 502).
+  never a body streamed from the client, which cannot be sent twice: that one fails with
+  :class:`NotDelivered`, as nothing reached the upstream (a 503 at the gateway, not a 502).
 
 Bodies stream both ways: a request body with ``Content-Length`` as it is, else chunked; the
 response body as it arrives (``Content-Length``, chunked — decoded — or until the close), with
@@ -57,8 +56,8 @@ class BadResponse(UpstreamError):
 
 
 class NotDelivered(ConnectFailed):
-    """A reused connection closed before any byte of the answer (the keep-alive race), and the
-    request could not be sent again: the upstream closed it before reading the request."""
+    """A reused connection closed before any byte of the answer (the keep-alive race): the
+    upstream closed it before reading the request, which was not sent again."""
 
 
 class _UnaskedAnswer(Exception):
