@@ -3,8 +3,8 @@
 One fault at a time, with recovery in between, on the suite's own PostgreSQL and Redis
 (:mod:`tests.faults.conftest`): Redis restarted with every key lost, Redis paused (SIGSTOP) 5 s,
 PostgreSQL restarted (fast shutdown, then start), PostgreSQL paused (the postmaster and every
-backend) 5 s, the registry killed (SIGKILL) and started again, and the network to PostgreSQL
-cut (the proxy drops every connection and refuses new ones) for 5 s.
+backend) 5 s, the registry killed (SIGKILL) and started again 5 s later, and the network to
+PostgreSQL cut (the proxy drops every connection and refuses new ones) for 5 s.
 
 For each fault, :data:`FAULTS` says which steps of the load need the broken part. While it is
 down, those may answer ``503`` with ``Retry-After`` and an RFC error body (or a clear page), or
@@ -140,6 +140,8 @@ async def registry_kill(world: World, marks: Marks) -> None:
     processes = world.processes
     marks.down = time.monotonic()
     assert processes.kill("registry", signal.SIGKILL) == -signal.SIGKILL
+    # Down past its callers' 5-second memory of each client, as when its restart is delayed.
+    await hold()
     processes.start("registry")
     await asyncio.to_thread(processes.wait_ready, "registry")
     marks.back = time.monotonic()
