@@ -3,13 +3,15 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-12)
+PEER := bench/peer
+PEER_STAMP := $(PEER)/node_modules/.installed-$(shell sha256sum $(PEER)/package-lock.json | cut -c1-12)
 
-.PHONY: run test test-containers lint proto lock venv stores browser haproxy bench clean
+.PHONY: run test test-containers lint proto lock venv stores browser haproxy peer bench bench-peer soak clean
 
 run: venv stores ## start every service locally and print how to try the flow
 	@scripts/run-local
 
-test: venv stores browser haproxy ## ruff, mypy, import contracts and the whole pytest suite
+test: venv stores browser haproxy peer ## ruff, mypy, import contracts and the whole pytest suite
 	@scripts/run-tests
 
 test-containers: venv ## build the image, run docker-compose.yml and check it (scripts/test-containers)
@@ -45,7 +47,20 @@ lock: venv ## re-pin every dependency (with hashes) from pyproject.toml
 	@$(BIN)/pip-compile -q --extra dev --generate-hashes --strip-extras --allow-unsafe -o requirements.lock pyproject.toml
 
 bench: venv stores ## throughput and latency of the whole flow (see bench/README.md)
-	@$(BIN)/python -m bench
+	@$(BIN)/python -m bench $(ARGS)
+
+bench-peer: venv stores peer ## Otesse against node-oidc-provider, alternating rounds (bench/README.md)
+	@$(BIN)/python -m bench.compare $(ARGS)
+
+soak: venv stores ## ten minutes of the mixed flow: memory, files and connections stay flat (bench/README.md)
+	@$(BIN)/python -m bench.soak $(ARGS)
+
+peer: $(PEER_STAMP) ## the reference server of bench-peer, exactly as bench/peer/package-lock.json pins it
+
+$(PEER_STAMP): $(PEER)/package-lock.json $(PEER)/package.json
+	@command -v npm >/dev/null || { echo "npm is missing: install Node 20 (Debian's nodejs and npm packages)"; exit 1; }
+	@cd $(PEER) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null
+	@rm -f $(PEER)/node_modules/.installed-* && touch $@
 
 clean:
 	rm -rf $(VENV) tests/artifacts .mypy_cache .ruff_cache

@@ -4,7 +4,8 @@ a measurement.
 * ``client``: this process (the load generator, gRPC's threads included): it shares the
   machine with the servers, so its share is CPU the servers did not get.
 * each service: its ``otesse-auth serve`` process.
-* ``postgres``: the server backends connected to the benchmark database (their own work only).
+* ``postgres``: the server backends connected to the benchmark database (their own work only;
+  none for a server that has no database, such as the reference in ``make bench-peer``).
 * ``redis``: the whole Redis server, from ``INFO cpu``; it may also serve other users of the
   same server (other test runs), so read it as an upper bound.
 * ``other``: everything else the machine did meanwhile (``/proc/stat`` minus the above): below
@@ -44,8 +45,8 @@ def process_seconds(pid: int) -> float:
 
 
 class CpuMeter:
-    def __init__(self, *, services: dict[str, int], database_name: str, database_url: str,
-                 redis_url: str) -> None:
+    def __init__(self, *, services: dict[str, int], database_name: str | None,
+                 database_url: str, redis_url: str) -> None:
         self._services = services
         self._database_name = database_name
         self._database_url = database_url
@@ -53,8 +54,14 @@ class CpuMeter:
         self._db: asyncpg.Connection | None = None
         self._redis: aioredis.Redis | None = None
 
+    @property
+    def services(self) -> dict[str, int]:
+        """Service name → process id."""
+        return dict(self._services)
+
     async def open(self) -> None:
-        self._db = await asyncpg.connect(self._database_url)
+        if self._database_name is not None:
+            self._db = await asyncpg.connect(self._database_url)
         self._redis = aioredis.Redis.from_url(self._redis_url)
 
     async def close(self) -> None:
@@ -64,15 +71,16 @@ class CpuMeter:
             await self._redis.aclose()
 
     async def snapshot(self) -> Snapshot:
-        assert self._db is not None and self._redis is not None
+        assert self._redis is not None
         taken: Snapshot = {"client": time.process_time(), "machine": machine_seconds()}
         for name, pid in self._services.items():
             taken[name] = process_seconds(pid)
-        backends = await self._db.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-            self._database_name)
-        for row in backends:
-            taken[f"pg:{row['pid']}"] = process_seconds(row["pid"])
+        if self._db is not None:
+            backends = await self._db.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                self._database_name)
+            for row in backends:
+                taken[f"pg:{row['pid']}"] = process_seconds(row["pid"])
         info = await self._redis.info("cpu")
         taken["redis"] = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
         return taken

@@ -37,6 +37,8 @@ class Result:
     error_samples: tuple[str, ...] = ()
     # CPU milliseconds per request, by process (client, gateway, token, …, postgres, redis).
     cpu_ms: dict[str, float] = field(default_factory=dict)
+    # Resident memory of each server process (KiB) as the measurement ended, still under load.
+    rss_kib: dict[str, int] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -52,7 +54,8 @@ class Result:
                 "seconds": round(self.seconds, 3), "rps": round(self.rps, 1),
                 "p50_ms": round(self.p50_ms, 3), "p99_ms": round(self.p99_ms, 3),
                 "concurrency": self.concurrency, "error_samples": list(self.error_samples),
-                "cpu_ms_per_request": {k: round(v, 3) for k, v in self.cpu_ms.items()}}
+                "cpu_ms_per_request": {k: round(v, 3) for k, v in self.cpu_ms.items()},
+                "rss_mib": {k: round(v / 1024, 1) for k, v in self.rss_kib.items()}}
 
 
 def percentile(samples: list[float], fraction: float) -> float:

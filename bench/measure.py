@@ -26,6 +26,7 @@ from bench import flow, load
 from bench.cpu import CpuMeter, per_request
 from bench.http1 import Client
 from bench.load import Result, StepFailed
+from bench.procs import rss_of
 from bench.stack import Stack
 from otesse.auth.v1 import token_pb2_grpc
 from services.common.grpc_client import create_channel
@@ -75,11 +76,10 @@ class _Runner:
         result = await load.run(name, step, total=total, concurrency=self._options.concurrency)
         if self._meter:
             after = await self._meter.snapshot()
-            result = replace(result, cpu_ms=per_request(before, after, result.requests))
+            result = replace(result, cpu_ms=per_request(before, after, result.requests),
+                             rss_kib=rss_of(self._meter.services))
         self._out.results.append(result)
         return result
-
-
 
 
 async def measure_all(stack: Stack, options: Options, meter: CpuMeter | None = None,

@@ -35,7 +35,7 @@ def text(measured: Measurements, options: Options, before: dict[str, Any],
     for direct, through in DIRECT.items():
         if direct in by_name and through in by_name:
             extra = by_name[through].p50_ms - by_name[direct].p50_ms
-            overhead.append(f"{through} +{extra:.2f} ms")
+            overhead.append(f"{through} {extra:+.2f} ms")
     if overhead:
         lines += ["", "Gateway overhead at p50 (through the gateway minus direct): "
                   + ", ".join(overhead)]
@@ -49,6 +49,14 @@ def text(measured: Measurements, options: Options, before: dict[str, Any],
             cells = [r.cpu_ms.get(c, 0.0) for c in ours]
             lines.append(f"  {r.name:<19}" + "".join(f"{v:>10.3f}" for v in cells)
                          + f"{sum(cells):>10.3f}{r.cpu_ms.get('other', 0.0):>10.3f}")
+    if any(r.rss_kib for r in measured.results):
+        names = [c for c in CPU_COLUMNS if any(c in r.rss_kib for r in measured.results)]
+        lines += ["", "Resident memory (MiB, VmRSS) of each service as each measurement ended, "
+                  "under load:"]
+        lines.append(f"  {'':<19}" + "".join(f"{c:>10}" for c in names))
+        for r in measured.results:
+            lines.append(f"  {r.name:<19}" + "".join(
+                f"{r.rss_kib.get(c, 0) / 1024:>10.1f}" for c in names))
     if store_touches:
         lines += ["", "Redis commands per request on the benchmark's keys (a sequential "
                   "sample watched with MONITOR):"]

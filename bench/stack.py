@@ -20,7 +20,7 @@ import signal
 import socket
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -51,7 +51,7 @@ PORT_VARIABLES = ("OTESSE_GATEWAY_PORT", "OTESSE_GATEWAY_ADMIN_PORT", "OTESSE_AU
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # A benchmark killed outright (SIGKILL) must not leave the stack running: run-local gets
     # SIGTERM and stops its services.
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -73,6 +73,8 @@ class Stack:
     database_name: str
     # Service name → process id, to read each one's CPU time.
     pids: dict[str, int]
+    # Every signed-up user with their own app (``person`` and ``app`` are the first).
+    clients: tuple[tuple[Person, App], ...] = field(default_factory=tuple)
 
 
 def free_port() -> int:
@@ -147,8 +149,9 @@ async def _cli(env: dict[str, str], *args: str) -> str:
     return out.decode()
 
 
-def _children(parent: int) -> dict[str, int]:
-    """The services ``run-local`` started: ``otesse-auth serve NAME`` processes."""
+def service_pids(parent: int) -> dict[str, int]:
+    """The services ``parent`` started (``run-local``, or a test's stack): ``otesse-auth serve
+    NAME`` processes, by name."""
     found: dict[str, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -179,7 +182,8 @@ async def _wait_ready(log_path: Path, process: asyncio.subprocess.Process) -> bo
 
 @contextlib.asynccontextmanager
 async def running_stack(*, database_url: str = DATABASE_URL, redis_url: str = REDIS_URL,
-                        log_path: Path) -> AsyncIterator[Stack]:
+                        log_path: Path, clients: int = 1) -> AsyncIterator[Stack]:
+    """The stack, with ``clients`` users each with an app of their own."""
     await drop_database(database_url)
     await clear_redis(redis_url, REDIS_PREFIX)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,13 +194,13 @@ async def running_stack(*, database_url: str = DATABASE_URL, redis_url: str = RE
         with log_path.open("wb") as log:
             process = await asyncio.create_subprocess_exec(
                 str(RUN_LOCAL), env=env, cwd=ROOT, stdout=log, stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=_die_with_parent)
+                preexec_fn=die_with_parent)
         try:
             if not await _wait_ready(log_path, process):
                 lines = log_path.read_text(errors="replace").rstrip().splitlines()[-8:]
                 tail = "\n  ".join(lines)
                 raise StackFailed(f"the stack did not start (see {log_path}):\n  {tail}")
-            yield await _prepare(env, process.pid, database_url)
+            yield await _prepare(env, process.pid, database_url, clients)
         finally:
             if process.returncode is None:
                 process.send_signal(signal.SIGINT)
@@ -209,17 +213,24 @@ async def running_stack(*, database_url: str = DATABASE_URL, redis_url: str = RE
             await clear_redis(redis_url, REDIS_PREFIX)
 
 
-async def _prepare(env: dict[str, str], run_local_pid: int, database_url: str) -> Stack:
+async def _client(env: dict[str, str], number: int) -> tuple[Person, App]:
     person = Person(email=f"bench-{secrets.token_hex(4)}@otesse.test",
                     password=secrets.token_urlsafe(16))
     await _cli(env, "users", "create", "--email", person.email, "--password", person.password)
+    name = "Otesse Bench" if number == 0 else f"Otesse Bench {number + 1}"
     created = json.loads(await _cli(
-        env, "clients", "create", "--name", "Otesse Bench", "--description",
+        env, "clients", "create", "--name", name, "--description",
         "The app `make bench` drives.", "--redirect-uri", REDIRECT_URI, "--scope", SCOPE,
         "--json"))
-    app = App(client_id=created["client_id"], client_secret=created["client_secret"],
-              redirect_uri=REDIRECT_URI, scope=SCOPE)
-    pids = _children(run_local_pid)
+    return person, App(client_id=created["client_id"], client_secret=created["client_secret"],
+                       redirect_uri=REDIRECT_URI, scope=SCOPE)
+
+
+async def _prepare(env: dict[str, str], run_local_pid: int, database_url: str,
+                   clients: int) -> Stack:
+    made = tuple([await _client(env, number) for number in range(max(1, clients))])
+    person, app = made[0]
+    pids = service_pids(run_local_pid)
     missing = [name for name in SERVICES if name not in pids]
     if missing:
         raise StackFailed(f"cannot find the process of {', '.join(missing)}")
@@ -229,4 +240,5 @@ async def _prepare(env: dict[str, str], run_local_pid: int, database_url: str) -
         token_url=f"http://127.0.0.1:{env['OTESSE_TOKEN_HTTP_PORT']}",
         token_grpc=f"127.0.0.1:{env['OTESSE_TOKEN_GRPC_PORT']}",
         bookings_url=f"http://127.0.0.1:{env['OTESSE_BOOKINGS_PORT']}",
-        person=person, app=app, database_name=_admin_url(database_url)[1], pids=pids)
+        person=person, app=app, database_name=_admin_url(database_url)[1], pids=pids,
+        clients=made)

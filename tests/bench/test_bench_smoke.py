@@ -5,18 +5,22 @@ timed test)."""
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
+
 import asyncpg
 import pytest
 
-from bench import flow, load
+from bench import flow, load, report
+from bench.cpu import CpuMeter
 from bench.load import StepFailed
 from bench.measure import Options, measure_all
-from bench.stack import REDIRECT_URI, SCOPE
+from bench.stack import REDIRECT_URI, SCOPE, service_pids
 from bench.stack import Stack as BenchStack
 from bench.stores import store_touches
 from tests.conftest import REDIS_URL
 from tests.integration.people import new_person, register_app
-from tests.integration.stack import Stack
+from tests.integration.stack import SERVICES, Stack
 
 pytest_plugins = ["tests.integration.fixtures"]
 
@@ -94,3 +98,26 @@ async def test_a_failing_request_is_counted_and_never_stops_the_run(
 
     assert (result.requests, result.errors) == (len(outcomes), errors)
     assert len(result.error_samples) == errors
+
+
+async def test_each_measurement_reads_the_cpu_and_memory_of_every_service(
+        stack: Stack, pool: asyncpg.Pool, database_url: str) -> None:
+    # The integration stack's services are this test process's own children.
+    target = replace(await bench_target(stack, pool), pids=service_pids(os.getpid()),
+                     database_name=database_url.rsplit("/", 1)[1])
+    options = Options(requests=4, concurrency=2, warmup=2)
+    meter = CpuMeter(services=target.pids, database_name=target.database_name,
+                     database_url=database_url, redis_url=REDIS_URL)
+    await meter.open()
+    try:
+        measured = await measure_all(target, options, meter)
+    finally:
+        await meter.close()
+
+    assert measured.errors == 0
+    for result in measured.results:
+        assert set(result.rss_kib) == set(SERVICES) and min(result.rss_kib.values()) > 0
+        assert {"client", "other", "gateway", "token"} <= set(result.cpu_ms)
+        assert result.as_json()["rss_mib"]
+    assert "Resident memory (MiB, VmRSS)" in report.text(measured, options, report.machine(),
+                                                          {})

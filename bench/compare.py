@@ -1,0 +1,515 @@
+"""``python -m bench.compare`` (``make bench-peer``): Otesse side by side with the reference
+server, node-oidc-provider, on the same machine in the same run (issue #13 item 1).
+
+Three servers run at once: Otesse's whole stack (:mod:`bench.stack`, measured through its
+gateway) and node-oidc-provider twice, with its Redis adapter and in memory
+(:mod:`bench.reference`). Each is measured in turn, in alternating rounds (Otesse, peer with
+Redis, peer in memory, Otesse, …), with the same load generator, the same requests, the same
+concurrency and the same steps:
+
+1. ``authorize``: ``GET`` the authorization endpoint for a user who signed in and approved the
+   app before (with PKCE ``S256``): a redirect straight back with a code; the codes are kept.
+2. ``exchange``: those codes at the token endpoint, form body, ``client_secret_basic``, with
+   the PKCE verifier.
+3. ``refresh``: C independent chains (C = the concurrency), each rotating strictly one refresh
+   after the other.
+
+Each step is warmed up first. Around each measurement the CPU time of every server process is
+read from ``/proc`` (Otesse: its services, the Postgres backends of its database and Redis;
+the peer: node and Redis), and the load generator's own. The report gives the median of each
+figure over the rounds and the median of the per-round ratios Otesse / peer; the JSON has every
+round. The exit code is 1 when any request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import secrets
+import signal
+import statistics
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import asyncpg
+import httpx
+import uvloop
+
+from bench import flow, load, report
+from bench.cpu import CpuMeter, per_request
+from bench.http1 import Client
+from bench.load import Result, StepFailed
+from bench.procs import rss_of
+from bench.reference import VERSION, Storage, node_version, running_reference
+from bench.stack import DATABASE_URL, REDIS_URL, StackFailed, running_stack
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_ROUNDS = 3
+DEFAULT_REQUESTS = 5000
+DEFAULT_CONCURRENCY = 16
+STEPS = ("authorize", "exchange", "refresh")
+# Above this, the load generator takes enough of the cores to bend the comparison.
+CLIENT_CPU_LIMIT_MS = 0.15
+# Not server work: the load generator, and everything else the machine did meanwhile.
+NOT_SERVER = ("client", "other")
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One server as the load generator sees it."""
+
+    name: str
+    base_url: str
+    authorize_path: str
+    token_path: str
+    app: flow.App
+    # The signed-in user's ``Cookie`` header.
+    session: dict[str, str]
+    # Its processes, whose CPU time and memory count as its own.
+    pids: dict[str, int]
+    # Its Postgres database, whose backends' CPU counts too (None: it has none).
+    database_name: str | None
+    # What its access and refresh tokens start with.
+    prefixes: tuple[str, str] = ("", "")
+
+
+@dataclass(frozen=True)
+class Options:
+    rounds: int
+    requests: int
+    concurrency: int
+    warmup: int
+
+
+def _basic(app: flow.App) -> str:
+    # RFC 6749 §2.3.1: the client id and secret are form-encoded before Basic encoding.
+    pair = f"{quote(app.client_id, safe='')}:{quote(app.client_secret, safe='')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode()
+
+
+class Requests:
+    """The three requests, the same bytes for every server but the paths."""
+
+    def __init__(self, contender: Contender) -> None:
+        self.contender = contender
+        self.verifier = secrets.token_urlsafe(48)
+        # Everything but the state is the same in every authorization request: encoded once,
+        # so the load generator spends its time on the servers' answers, not on building URLs.
+        fixed = {**flow.authorize_params(contender.app, ""), **flow.pkce_params(self.verifier)}
+        del fixed["state"]
+        self._authorize_target = f"{contender.authorize_path}?{urlencode(fixed)}&state="
+        self.headers = {"Content-Type": "application/x-www-form-urlencoded",
+                        "Authorization": _basic(contender.app)}
+
+    async def authorize(self, browser: Client) -> str:
+        # token_urlsafe's alphabet needs no escaping in a query.
+        state = secrets.token_urlsafe(12)
+        response = await browser.get(self._authorize_target + state)
+        return flow.code_from(response, self.contender.app, state)
+
+    async def exchange(self, api: Client, code: str) -> flow.Tokens:
+        return await self._token(api, {
+            "grant_type": "authorization_code", "code": code,
+            "redirect_uri": self.contender.app.redirect_uri, "code_verifier": self.verifier})
+
+    async def refresh(self, api: Client, refresh_token: str) -> flow.Tokens:
+        return await self._token(api, {"grant_type": "refresh_token",
+                                        "refresh_token": refresh_token})
+
+    async def _token(self, api: Client, form: dict[str, str]) -> flow.Tokens:
+        response = await api.request("POST", self.contender.token_path, headers=self.headers,
+                                     body=urlencode(form).encode())
+        if response.status != 200:
+            raise StepFailed(f"POST {response.path} answered {response.status}: "
+                             f"{response.text[:160]}")
+        body = response.json()
+        access, refresh = body.get("access_token", ""), body.get("refresh_token", "")
+        at_prefix, rt_prefix = self.contender.prefixes
+        if (not access.startswith(at_prefix) or not refresh.startswith(rt_prefix)
+                or len(access) <= len(at_prefix) or len(refresh) <= len(rt_prefix)
+                or body.get("token_type") != "Bearer" or body.get("expires_in") != 3600):
+            raise StepFailed(f"not the expected token response: {sorted(body)}, "
+                             f"expires_in {body.get('expires_in')}")
+        return flow.Tokens(access, refresh)
+
+
+@dataclass
+class Round:
+    contender: str
+    number: int
+    results: dict[str, Result]
+    warmup_errors: int
+    warmup_error_samples: tuple[str, ...]
+    # Step → WAL flushes and bytes per request (the whole Postgres server's), when the server
+    # has a database.
+    wal: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> int:
+        return self.warmup_errors + sum(r.errors for r in self.results.values())
+
+
+def server_cpu(result: Result) -> float:
+    """CPU ms per request of the server's own processes and stores."""
+    return sum(v for k, v in result.cpu_ms.items() if k not in NOT_SERVER)
+
+
+async def _wal(database: asyncpg.Connection | None) -> tuple[float, float]:
+    """The server's WAL flushes (``fsync`` and the like) and bytes so far (``pg_stat_wal``).
+    Backends report them within about a second, and every database on the server adds to
+    them: over a measurement of several seconds, Otesse's own plus whatever else wrote."""
+    if database is None:
+        return 0.0, 0.0
+    row = await database.fetchrow("SELECT wal_sync, wal_bytes FROM pg_stat_wal")
+    assert row is not None
+    return float(row["wal_sync"]), float(row["wal_bytes"])
+
+
+async def measure(contender: Contender, options: Options, meter: CpuMeter, number: int,
+                  database: asyncpg.Connection | None = None) -> Round:
+    """One round of the three steps on ``contender``; ``database``, a connection to its
+    Postgres, to count the WAL each step writes."""
+    n, w, c = options.requests, options.warmup, options.concurrency
+    requests = Requests(contender)
+    out = Round(contender.name, number, {}, 0, ())
+
+    async def run(name: str, step: Callable[[int], Awaitable[None]], total: int,
+                  warm: bool) -> None:
+        if warm:
+            result = await load.run(name, step, total=total, concurrency=c)
+            out.warmup_errors += result.errors
+            out.warmup_error_samples += result.error_samples
+            return
+        before, wal_before = await meter.snapshot(), await _wal(database)
+        result = await load.run(name, step, total=total, concurrency=c)
+        after, wal_after = await meter.snapshot(), await _wal(database)
+        out.results[name] = replace(result, cpu_ms=per_request(before, after, result.requests),
+                                    rss_kib=rss_of(contender.pids))
+        if database is not None and result.requests:
+            out.wal[name] = {"flushes": (wal_after[0] - wal_before[0]) / result.requests,
+                             "bytes": (wal_after[1] - wal_before[1]) / result.requests}
+
+    async with (Client(contender.base_url, connections=c, headers=contender.session) as browser,
+                Client(contender.base_url, connections=c) as api):
+
+        async def codes(total: int, warm: bool) -> list[str | None]:
+            minted: list[str | None] = [None] * total
+
+            async def step(index: int) -> None:
+                minted[index] = await requests.authorize(browser)
+
+            await run("authorize", step, total, warm)
+            return minted
+
+        async def exchanges(minted: list[str | None], warm: bool) -> list[flow.Tokens | None]:
+            tokens: list[flow.Tokens | None] = [None] * len(minted)
+
+            async def step(index: int) -> None:
+                code = minted[index]
+                if code is None:
+                    raise StepFailed("no code to exchange (its authorization failed)")
+                tokens[index] = await requests.exchange(api, code)
+
+            await run("exchange", step, len(minted), warm)
+            return tokens
+
+        # Codes live 60 s: each batch is exchanged right after it is minted.
+        warm_codes = await codes(w, warm=True)
+        measured_codes = await codes(n, warm=False)
+        await exchanges(warm_codes, warm=True)
+        pairs = [t for t in await exchanges(measured_codes, warm=False) if t is not None]
+        if len(pairs) < c:
+            raise StepFailed(f"{contender.name}: only {len(pairs)} exchanges succeeded; {c} "
+                             "refresh chains need as many")
+        chains: asyncio.Queue[str] = asyncio.Queue()
+        for pair in pairs[:c]:
+            chains.put_nowait(pair.refresh_token)
+
+        async def refresh(_: int) -> None:
+            token = await chains.get()
+            try:
+                token = (await requests.refresh(api, token)).refresh_token
+            finally:
+                # The next refresh of this chain waits for this one: never two at once.
+                chains.put_nowait(token)
+
+        await run("refresh", refresh, w, warm=True)
+        await run("refresh", refresh, n, warm=False)
+    return out
+
+
+def median_figures(rounds: list[Round], step: str) -> dict[str, float]:
+    results = [r.results[step] for r in rounds if step in r.results]
+    if not results:
+        return {}
+
+    def mid(values: list[float]) -> float:
+        return float(statistics.median(values))
+
+    figures = {
+        "rps": mid([r.rps for r in results]),
+        "p50_ms": mid([r.p50_ms for r in results]),
+        "p99_ms": mid([r.p99_ms for r in results]),
+        "server_cpu_ms": mid([server_cpu(r) for r in results]),
+        "client_cpu_ms": mid([r.cpu_ms.get("client", 0.0) for r in results]),
+        "other_cpu_ms": mid([r.cpu_ms.get("other", 0.0) for r in results]),
+        "rss_mib": mid([sum(r.rss_kib.values()) / 1024 for r in results]),
+    }
+    for name in sorted({k for r in results for k in r.cpu_ms} - set(NOT_SERVER)):
+        figures[f"cpu_ms:{name}"] = mid([r.cpu_ms.get(name, 0.0) for r in results])
+    return figures
+
+
+def median_ratios(ours: list[Round], theirs: list[Round], step: str) -> dict[str, float]:
+    """Per round, Otesse's figure over the peer's measured right after it; the median."""
+    pairs = [(a.results[step], b.results[step]) for a, b in zip(ours, theirs, strict=False)
+             if step in a.results and step in b.results]
+    if not pairs:
+        return {}
+
+    def ratio(mine: float, peer: float) -> float:
+        return mine / peer if peer else float("nan")
+
+    return {
+        "server_cpu": float(statistics.median(ratio(server_cpu(a), server_cpu(b))
+                                              for a, b in pairs)),
+        "rps": float(statistics.median(ratio(a.rps, b.rps) for a, b in pairs)),
+        "p50": float(statistics.median(ratio(a.p50_ms, b.p50_ms) for a, b in pairs)),
+    }
+
+
+def text(by_name: dict[str, list[Round]], options: Options, header: list[str]) -> str:
+    names = list(by_name)
+    otesse, peers = names[0], names[1:]
+    lines = [*header, "",
+             f"Medians of {options.rounds} rounds (server CPU: every process of that server "
+             "and its stores; client: this load generator):",
+             f"  {'step':<10} {'server':<30} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
+             f"{'server CPU':>11} {'client':>8} {'other':>7} {'RSS MiB':>8}",
+             f"  {'':<10} {'':<30} {'':>7} {'':>8} {'':>8} {'ms/req':>11} {'ms/req':>8} "
+             f"{'ms/req':>7} {'':>8}"]
+    heavy_client = False
+    for step in STEPS:
+        for index, name in enumerate(names):
+            m = median_figures(by_name[name], step)
+            if not m:
+                continue
+            heavy_client |= m["client_cpu_ms"] > CLIENT_CPU_LIMIT_MS
+            lines.append(f"  {step if index == 0 else '':<10} {name:<30} {m['rps']:>7.0f} "
+                         f"{m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['server_cpu_ms']:>11.3f} "
+                         f"{m['client_cpu_ms']:>8.3f} {m['other_cpu_ms']:>7.3f} "
+                         f"{m['rss_mib']:>8.0f}")
+    lines += ["", "Otesse / peer, median of the per-round ratios (server CPU per request: "
+                  "at most 1.00 means Otesse spends no more per request; req/s: at least 1.00 "
+                  "means Otesse serves as many):"]
+    lines.append(f"  {'step':<10} " + "".join(f"{'vs ' + p:<40}" for p in peers))
+    lines.append(f"  {'':<10} " + "".join(f"{'CPU/req':>9} {'req/s':>7} {'p50':>7}{'':<15}"
+                                          for _ in peers))
+    for step in STEPS:
+        cells = []
+        for peer in peers:
+            ratios = median_ratios(by_name[otesse], by_name[peer], step)
+            cells.append(f"{ratios.get('server_cpu', float('nan')):>9.2f} "
+                         f"{ratios.get('rps', float('nan')):>7.2f} "
+                         f"{ratios.get('p50', float('nan')):>7.2f}{'':<15}")
+        lines.append(f"  {step:<10} " + "".join(cells))
+    wal = [(step, statistics.median(r.wal[step]["bytes"] for r in by_name[otesse]),
+            statistics.median(r.wal[step]["flushes"] for r in by_name[otesse]))
+           for step in STEPS if all(step in r.wal for r in by_name[otesse])]
+    if wal:
+        lines += ["", f"{otesse}'s Postgres WAL per request (medians; the whole server's, so "
+                      "other users of it add to it): " + ", ".join(
+                          f"{step} {size:.0f} bytes, {flushes:.2f} flushes"
+                          for step, size, flushes in wal)]
+    lines.append("")
+    client = max((median_figures(by_name[n], s).get("client_cpu_ms", 0.0)
+                  for n in names for s in STEPS), default=0.0)
+    lines.append(f"The load generator spent at most {client:.3f} ms of CPU per request "
+                 f"(limit {CLIENT_CPU_LIMIT_MS} ms)"
+                 + (": ABOVE THE LIMIT, the figures are bent by it." if heavy_client else "."))
+    errors = sum(r.errors for rounds in by_name.values() for r in rounds)
+    if errors:
+        lines.append(f"ERRORS: {errors} (warm-ups included)")
+        for rounds in by_name.values():
+            for r in rounds:
+                samples = [*r.warmup_error_samples,
+                           *(s for res in r.results.values() for s in res.error_samples)]
+                lines += [f"  {r.contender} round {r.number}: {s}" for s in samples[:3]]
+    else:
+        lines.append("0 errors.")
+    return "\n".join(lines)
+
+
+def as_json(by_name: dict[str, list[Round]], options: Options,
+            context: dict[str, Any]) -> dict[str, Any]:
+    names = list(by_name)
+    return {
+        **context,
+        "options": {"rounds": options.rounds, "requests": options.requests,
+                    "concurrency": options.concurrency, "warmup": options.warmup},
+        "rounds": [{"server": r.contender, "round": r.number,
+                    "warmup_errors": r.warmup_errors,
+                    "wal_per_request": {step: {k: round(v, 3) for k, v in figures.items()}
+                                        for step, figures in r.wal.items()},
+                    "results": [res.as_json() | {"server_cpu_ms_per_request":
+                                                 round(server_cpu(res), 3)}
+                                for res in r.results.values()]}
+                   for rounds in by_name.values() for r in rounds],
+        "medians": {name: {step: {k: round(v, 3) for k, v in
+                                  median_figures(by_name[name], step).items()}
+                           for step in STEPS} for name in names},
+        "ratios_otesse_over": {peer: {step: {k: round(v, 3) for k, v in
+                                             median_ratios(by_name[names[0]], by_name[peer],
+                                                           step).items()}
+                                      for step in STEPS} for peer in names[1:]},
+        "errors": sum(r.errors for rounds in by_name.values() for r in rounds),
+    }
+
+
+async def durable_commits(database_url: str) -> str:
+    """Postgres's ``synchronous_commit`` as the services' connections get it (server, database
+    and role settings); raises unless a commit waits for its WAL to be flushed."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        synchronous_commit = await connection.fetchval("SHOW synchronous_commit")
+        fsync = await connection.fetchval("SHOW fsync")
+    finally:
+        await connection.close()
+    if synchronous_commit != "on" or fsync != "on":
+        raise StackFailed(f"Postgres has synchronous_commit = {synchronous_commit}, fsync = "
+                          f"{fsync}: a refresh token could be answered before it is on disk; "
+                          "the comparison needs both on")
+    return str(synchronous_commit)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.compare",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, metavar="N",
+                        help=f"alternating rounds of each server (default {DEFAULT_ROUNDS})")
+    parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, metavar="N",
+                        help=f"requests per measurement (default {DEFAULT_REQUESTS})")
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="C",
+                        help=f"requests in flight at once, and refresh chains (default "
+                             f"{DEFAULT_CONCURRENCY})")
+    parser.add_argument("--warmup", type=int, default=None, metavar="W",
+                        help="requests before each measurement (default N/10, at least C)")
+    parser.add_argument("--peer", choices=("both", "redis", "memory"), default="both",
+                        help="node-oidc-provider's storage: its Redis adapter, its in-memory "
+                             "one, or both (default)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--database-url", default=DATABASE_URL,
+                        help=f"Otesse's database, created then dropped (default {DATABASE_URL})")
+    parser.add_argument("--redis-url", default=REDIS_URL, help=f"default {REDIS_URL}")
+    args = parser.parse_args(argv)
+    if min(args.rounds, args.requests, args.concurrency) < 1 or (args.warmup or 0) < 0:
+        parser.error("--rounds, --requests and --concurrency must be at least 1, --warmup at "
+                     "least 0")
+    return args
+
+
+def say(text: str, *, quiet: bool) -> None:
+    print(text, file=sys.stderr if quiet else sys.stdout, flush=True)
+
+
+async def main(argv: list[str]) -> int:
+    args = parse(argv)
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    warmup = args.warmup if args.warmup is not None else max(args.concurrency,
+                                                             args.requests // 10)
+    options = Options(rounds=args.rounds, requests=args.requests,
+                      concurrency=args.concurrency, warmup=warmup)
+    storages: tuple[Storage, ...] = (("redis", "memory") if args.peer == "both"
+                                     else (args.peer,))
+    before = report.machine()
+    quiet = args.json
+    say(f"bench-peer: starting Otesse and node-oidc-provider {VERSION} "
+        f"({', '.join(storages)}) (load average {before['load_average'][0]})", quiet=quiet)
+    by_name: dict[str, list[Round]] = {}
+    try:
+        async with running_stack(database_url=args.database_url, redis_url=args.redis_url,
+                                 log_path=RESULTS / "stack.log") as stack:
+            synchronous_commit = await durable_commits(args.database_url)
+            say(f"bench-peer: Postgres synchronous_commit = {synchronous_commit}: every "
+                "refresh token Otesse answers is on disk first", quiet=quiet)
+            async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30.0) as browser:
+                await flow.sign_in_and_consent(browser, person=stack.person, app=stack.app)
+                otesse_session = flow.session_cookie(browser)
+            contenders = [Contender(
+                name="Otesse", base_url=stack.gateway_url, authorize_path="/oauth/authorize",
+                token_path="/oauth/token", app=stack.app, session=otesse_session,
+                pids=stack.pids, database_name=stack.database_name,
+                prefixes=("otesse_at_", "otesse_rt_"))]
+            async with contextlib.AsyncExitStack() as exits:
+                for storage in storages:
+                    peer = await exits.enter_async_context(running_reference(
+                        storage, redis_url=args.redis_url,
+                        log_path=RESULTS / f"peer-{storage}.log"))
+                    contenders.append(Contender(
+                        name=peer.name, base_url=peer.base_url, authorize_path="/auth",
+                        token_path="/token", app=peer.app, session=peer.session,
+                        pids={"node": peer.pid}, database_name=None))
+                node = await node_version()
+                for number in range(1, options.rounds + 1):
+                    for contender in contenders:
+                        say(f"bench-peer: round {number}/{options.rounds}: {contender.name}",
+                            quiet=quiet)
+                        meter = CpuMeter(services=contender.pids,
+                                         database_name=contender.database_name,
+                                         database_url=args.database_url,
+                                         redis_url=args.redis_url)
+                        await meter.open()
+                        database = (await asyncpg.connect(args.database_url)
+                                    if contender.database_name else None)
+                        try:
+                            measured = await measure(contender, options, meter, number,
+                                                     database)
+                        finally:
+                            await meter.close()
+                            if database is not None:
+                                await database.close()
+                        by_name.setdefault(contender.name, []).append(measured)
+    except (StackFailed, StepFailed) as exc:
+        print(f"bench-peer: {exc}", file=sys.stderr)
+        return 1
+    except asyncio.CancelledError:
+        print("bench-peer: interrupted; every server is stopped and Otesse's database dropped",
+              file=sys.stderr)
+        return 130
+    after = report.machine()
+    context = {"machine": {**before, "load_average_after": after["load_average"],
+                           "note": "the load generator shares these cores with every server"},
+               "peer": {"package": "oidc-provider", "version": VERSION, "node": node,
+                        "storages": list(storages)},
+               "postgres_synchronous_commit": synchronous_commit}
+    document = as_json(by_name, options, context)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "peer.json").write_text(json.dumps(document, indent=2) + "\n")
+    header = [
+        f"Otesse vs node-oidc-provider {VERSION} (Node {node}): {options.rounds} alternating "
+        f"rounds, {options.requests} requests per measurement, concurrency "
+        f"{options.concurrency}, warm-up {options.warmup}",
+        f"Postgres synchronous_commit = {synchronous_commit}. The load generator shares the "
+        f"machine's {before['cores']} cores with every server (load average before: "
+        f"{' '.join(map(str, before['load_average']))}).",
+    ]
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print(text(by_name, options, header))
+        print(f"Load average after: {' '.join(map(str, after['load_average']))}; results in "
+              f"{RESULTS / 'peer.json'}")
+    return 1 if document["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(uvloop.run(main(sys.argv[1:])))
