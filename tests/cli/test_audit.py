@@ -148,19 +148,6 @@ async def test_a_malformed_retention_is_one_line_naming_it(env: dict[str, str],
     assert len(err.strip().splitlines()) == 1 and "OTESSE_AUDIT_RETENTION_DAYS" in err
 
 
-async def test_an_operators_key_rotation_is_recorded_with_its_request_id(
-        env: dict[str, str], pool: asyncpg.Pool) -> None:
-    after = await pool.fetchval("SELECT coalesce(max(event_id), 0) FROM audit.events")
-    out, _ = await cli({**env, "OTESSE_TOKEN_KEK": KEK}, "keys", "rotate", "--force", "--json")
-    current = next(key["kid"] for key in json.loads(out) if key["state"] == "current")
-    (row,) = await events(pool, where="event_id > $1 AND event_type = 'signing_key.rotated'",
-                          args=[after])
-    assert (row["actor_kind"], row["actor_id"]) == ("operator", "operator")
-    assert json.loads(row["details"])["current_kid"] == current
-    assert json.loads(row["details"])["forced"] is True
-    assert row["request_id"] and len(row["request_id"]) == 32
-
-
 @pytest.fixture
 def env(test_env: dict[str, str], registry_address: str) -> dict[str, str]:
     return {**test_env, "OTESSE_REGISTRY_ADDR": registry_address}

@@ -46,6 +46,7 @@ from tests.token.conftest import (
     running,
 )
 from tests.token.test_authorization_code import CountingPool, authenticated, grant_over
+from tests.token.test_purge import cli
 
 USER_IP = "203.0.113.77"
 
@@ -482,6 +483,23 @@ async def test_a_rotation_that_falls_due_is_recorded_as_the_systems(
     assert details["retired_kid"] == before and details["current_kid"] == ring.current().kid
     assert details["forced"] is False
     assert (row["client_ip"], row["request_id"], row["client_id"]) == (None, None, None)
+
+
+async def test_an_operators_rotation_is_recorded_as_the_operators_with_its_request_id(
+        token: TokenService, test_env: dict[str, str], pool: asyncpg.Pool) -> None:
+    # Here, not in tests/cli: a rotation leaves one more published key behind, which the
+    # replica tests (run before tests/token) must not find.
+    after = await pool.fetchval("SELECT coalesce(max(event_id), 0) FROM audit.events")
+    rotated = await asyncio.to_thread(cli, test_env, "keys", "rotate", "--force", "--json")
+    assert rotated.returncode == 0, rotated.stderr
+    current = next(key["kid"] for key in json.loads(rotated.stdout)
+                   if key["state"] == "current")
+    (row,) = await events(pool, where="event_id > $1 AND event_type = 'signing_key.rotated'",
+                          args=[after])
+    assert (row["actor_kind"], row["actor_id"]) == ("operator", "operator")
+    details = json.loads(row["details"])
+    assert (details["current_kid"], details["forced"]) == (current, True)
+    assert row["request_id"] and len(row["request_id"]) == 32
 
 
 async def test_every_event_written_is_counted_in_metrics(
