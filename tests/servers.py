@@ -17,6 +17,9 @@ async def serve_app(app: ASGIApp, *, lifespan: Literal["on", "off"] = "on",
                     **options: Any) -> AsyncIterator[str]:
     """Runs ``app`` under uvicorn on 127.0.0.1 and a free port; yields its base URL.
     ``options`` are more ``uvicorn.Config`` arguments."""
+    # As every service runs (services/common/serve.py): the app alone decides whom to believe
+    # about the client's address; uvicorn would believe X-Forwarded-For from loopback.
+    options = {"proxy_headers": False, **options}
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False,
                             lifespan=lifespan, loop="none", **options)
     server = uvicorn.Server(config)

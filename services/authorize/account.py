@@ -21,6 +21,7 @@ from services.authorize import csrf, session_cookie
 from services.authorize.components import Components, components
 from services.authorize.pages import NO_STORE
 from services.authorize.sessions import Session
+from services.common import audit, client_ip
 
 
 class SignInRequired(Exception):
@@ -40,6 +41,12 @@ class Account:
     user_id: str
     email: str
     csrf_token: str
+    # Where this request came from, for the audit events of what the user changes.
+    origin: audit.Origin
+
+    def on_behalf(self) -> tuple[tuple[str, str], ...]:
+        """gRPC metadata of a call made for this user (the callee records them as the actor)."""
+        return audit.on_behalf(self.user_id, self.origin)
 
     def nav(self) -> Mapping[str, Any]:
         """What the header's account menu shows (``base.html``)."""
@@ -71,8 +78,10 @@ async def _account(request: Request, c: Components) -> tuple[Account, Session]:
     if user is None or user.disabled:
         await c.sessions.delete(session_id=session_id)
         raise SignInRequired(_come_back_to(request))
+    origin = audit.Origin.of(client_ip.of_request(request, c.settings.trusted_proxies))
     return Account(session_id=session_id, session_key=session.key, user_id=session.user_id,
-                   email=session.email or "", csrf_token=session.csrf_token), session
+                   email=session.email or "", csrf_token=session.csrf_token,
+                   origin=origin), session
 
 
 async def signed_in(request: Request) -> Account:

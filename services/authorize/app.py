@@ -47,6 +47,8 @@ from services.authorize.sessions import RedisSessionStore
 from services.authorize.settings import AuthorizeSettings
 from services.authorize.users import PgUserStore
 from services.common import db, redis_client
+from services.common.audit import PgAuditLog
+from services.common.audit_search import AuditSearch
 from services.common.client_changes import ClientChangeFeed
 from services.common.grpc_client import create_channel
 from services.common.http import Readiness, RequestContextMiddleware, health_routes
@@ -136,6 +138,8 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
             apps=RegistryDeveloperApps(registry),
             grants=TokenServiceGrants(token_pb2_grpc.TokenServiceStub(token_channel)),
             reveals=RedisRevealStore(redis, prefix=prefix),
+            audit=PgAuditLog(pool),
+            events=AuditSearch(pool),
         )
 
         async def registry_serving() -> None:

@@ -30,6 +30,7 @@ from services.authorize.components import Components, components
 from services.authorize.origins import csp_origin, display_host
 from services.authorize.pages import NO_STORE, page
 from services.authorize.sessions import Session
+from services.common import audit, client_ip
 from services.common import scopes as scope_catalogue
 from services.common.errors import (
     AccessDenied,
@@ -156,6 +157,7 @@ async def decide(request: Request) -> Response:
                                          state=auth_request.state)
     assert session.user_id is not None
     await c.consents.grant(user_id=session.user_id, client_id=auth_request.client_id,
-                           scopes=auth_request.scopes)
+                           scopes=auth_request.scopes, origin=audit.Origin.of(
+                               client_ip.of_request(request, c.settings.trusted_proxies)))
     # RFC 9700 §4.12: 303 after a POST, so the browser does not re-send the form.
     return await _issue(c, auth_request, session, status=303)

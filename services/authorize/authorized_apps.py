@@ -87,7 +87,7 @@ async def revoke(request: Request) -> Response:
         raise InvalidRequest("There is no such app.")
     # The consent first, so the app cannot silently get a new code while its grants are
     # being revoked; then every grant (and so every token) this user gave it.
-    await c.consents.revoke(user_id=who.user_id, client_id=client_id)
-    await c.grants.revoke(user_id=who.user_id, client_id=client_id)
+    await c.consents.revoke(user_id=who.user_id, client_id=client_id, origin=who.origin)
+    await c.grants.revoke(user_id=who.user_id, client_id=client_id, on_behalf=who.on_behalf())
     # RFC 9700 §4.12: 303 after a POST.
     return RedirectResponse(f"{PATH}?revoked=1", status_code=303, headers=NO_STORE)

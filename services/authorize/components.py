@@ -18,6 +18,8 @@ from services.authorize.secret_reveal import RevealStore
 from services.authorize.sessions import SessionStore
 from services.authorize.settings import AuthorizeSettings
 from services.authorize.users import UserStore
+from services.common.audit import PgAuditLog
+from services.common.audit_search import AuditSearch
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ class Components:
     apps: DeveloperAppStore
     grants: GrantDirectory
     reveals: RevealStore
+    # The audit trail: sign-in events written here; an app's events read for its owner.
+    audit: PgAuditLog
+    events: AuditSearch
 
 
 def components(request: Request) -> Components:

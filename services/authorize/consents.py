@@ -3,7 +3,8 @@ authorization decision"; RFC 9700 §2.1 on not skipping consent silently for new
 
 A user's approval of a client is kept in Postgres (``authorize.consents``). A later request
 for the same scopes or a subset skips the consent screen; anything wider asks again, and the
-new approval adds to what was remembered. Revoking deletes the row.
+new approval adds to what was remembered. Revoking deletes the row. Both write their audit
+event (``consent.granted``, ``consent.revoked``, by the user) in the same statement.
 
 :meth:`ConsentStore.standing` is on the hot path of every authorization request of a signed-in
 user, so one statement answers both "is this user still allowed to sign in?" and "what has
@@ -18,6 +19,9 @@ from datetime import datetime
 from typing import Protocol
 
 import asyncpg
+
+from services.common import audit
+from services.common.audit import Actor, Origin
 
 
 @dataclass(frozen=True)
@@ -41,9 +45,10 @@ class Consent:
 class ConsentStore(Protocol):
     async def standing(self, *, user_id: str, client_id: str) -> Standing | None: ...
 
-    async def grant(self, *, user_id: str, client_id: str, scopes: Sequence[str]) -> None: ...
+    async def grant(self, *, user_id: str, client_id: str, scopes: Sequence[str],
+                    origin: Origin) -> None: ...
 
-    async def revoke(self, *, user_id: str, client_id: str) -> bool: ...
+    async def revoke(self, *, user_id: str, client_id: str, origin: Origin) -> bool: ...
 
     async def list_for_user(self, *, user_id: str) -> list[Consent]: ...
 
@@ -67,21 +72,35 @@ class PgConsentStore:
         return Standing(email=row["email"], disabled=row["disabled"],
                         granted=frozenset(row["scopes"] or ()))
 
-    async def grant(self, *, user_id: str, client_id: str, scopes: Sequence[str]) -> None:
+    async def grant(self, *, user_id: str, client_id: str, scopes: Sequence[str],
+                    origin: Origin) -> None:
         """Remembers ``scopes`` in addition to anything approved before."""
+        approved = sorted(set(scopes))
         await self._pool.execute(
+            "WITH c AS ("
             "INSERT INTO authorize.consents (user_id, client_id, scopes)"
             " VALUES ($1::text::uuid, $2, $3)"
             " ON CONFLICT (user_id, client_id) DO UPDATE SET"
             " scopes = ARRAY(SELECT DISTINCT s FROM unnest(consents.scopes || EXCLUDED.scopes) s"
-            " ORDER BY s), updated_at = now()",
-            user_id, client_id, sorted(set(scopes)))
+            " ORDER BY s), updated_at = now()"
+            " RETURNING user_id, client_id) "
+            + audit.insert_from("consent.granted", first=4, rows="c", subject="user_id::text",
+                                client="client_id", grant="NULL"),
+            user_id, client_id, approved,
+            *audit.params(Actor.user(user_id), origin, {"scope": " ".join(approved)}))
+        audit.counted("consent.granted")
 
-    async def revoke(self, *, user_id: str, client_id: str) -> bool:
+    async def revoke(self, *, user_id: str, client_id: str, origin: Origin) -> bool:
         result = await self._pool.execute(
-            "DELETE FROM authorize.consents WHERE user_id = $1::text::uuid AND client_id = $2",
-            user_id, client_id)
-        return bool(result.endswith(" 1"))
+            "WITH c AS ("
+            "DELETE FROM authorize.consents WHERE user_id = $1::text::uuid AND client_id = $2"
+            " RETURNING user_id, client_id) "
+            + audit.insert_from("consent.revoked", first=3, rows="c", subject="user_id::text",
+                                client="client_id", grant="NULL"),
+            user_id, client_id, *audit.params(Actor.user(user_id), origin))
+        revoked = result.endswith(" 1")
+        audit.counted("consent.revoked", int(revoked))
+        return revoked
 
     async def list_for_user(self, *, user_id: str) -> list[Consent]:
         rows = await self._pool.fetch(

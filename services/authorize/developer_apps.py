@@ -5,7 +5,9 @@ Every call names the signed-in user as ``owner_user_id``, so the registry itself
 that belongs to someone else with ``NOT_FOUND`` — exactly what it answers for an id that does
 not exist. Callers get ``None`` for both and cannot tell them apart (nor can an attacker).
 A field the registry refuses (``INVALID_ARGUMENT``, message ``"field: problem"``) becomes
-:class:`InvalidField`, so the form can show the problem next to that field.
+:class:`InvalidField`, so the form can show the problem next to that field. Every change carries
+``on_behalf`` metadata (the user and their address,
+:func:`services.common.audit.on_behalf`), which the registry records in its audit events.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from otesse.auth.v1 import registry_pb2, registry_pb2_grpc
 _DEADLINE_SECONDS = 5.0
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 ClientType = Literal["confidential", "public"]
+OnBehalf = Sequence[tuple[str, str]]
 _TYPES: dict[ClientType, registry_pb2.ClientType.ValueType] = {
     "confidential": registry_pb2.CLIENT_TYPE_CONFIDENTIAL,
     "public": registry_pb2.CLIENT_TYPE_PUBLIC,
@@ -87,15 +90,16 @@ class DeveloperAppStore(Protocol):
     async def get(self, *, owner: str, client_id: str) -> DeveloperApp | None: ...
 
     async def register(self, *, owner: str, details: AppDetails, client_type: ClientType,
-                       logo: bytes | None) -> Credentials: ...
+                       logo: bytes | None, on_behalf: OnBehalf) -> Credentials: ...
 
     async def update(self, *, owner: str, client_id: str, details: AppDetails,
-                     logo: bytes | None, remove_logo: bool) -> DeveloperApp | None: ...
+                     logo: bytes | None, remove_logo: bool,
+                     on_behalf: OnBehalf) -> DeveloperApp | None: ...
 
-    async def rotate_secret(self, *, owner: str, client_id: str,
-                            overlap_seconds: int | None) -> Credentials | None: ...
+    async def rotate_secret(self, *, owner: str, client_id: str, overlap_seconds: int | None,
+                            on_behalf: OnBehalf) -> Credentials | None: ...
 
-    async def delete(self, *, owner: str, client_id: str) -> bool: ...
+    async def delete(self, *, owner: str, client_id: str, on_behalf: OnBehalf) -> bool: ...
 
     async def names(self, *, client_ids: Sequence[str]) -> dict[str, DeveloperApp]: ...
 
@@ -169,7 +173,7 @@ class RegistryDeveloperApps:
         return _app(response.client)
 
     async def register(self, *, owner: str, details: AppDetails, client_type: ClientType,
-                       logo: bytes | None) -> Credentials:
+                       logo: bytes | None, on_behalf: OnBehalf) -> Credentials:
         if not owner:
             raise ValueError("owner is required")
         try:
@@ -178,13 +182,14 @@ class RegistryDeveloperApps:
                 redirect_uris=list(details.redirect_uris), allowed_scopes=list(details.scopes),
                 client_type=_TYPES[client_type], owner_user_id=owner,
                 logo=registry_pb2.Logo(data=logo) if logo is not None else None),
-                timeout=_DEADLINE_SECONDS)
+                timeout=_DEADLINE_SECONDS, metadata=on_behalf)
         except aio.AioRpcError as exc:
             raise _refused(exc) or exc from None
         return Credentials(response.client.client_id, response.client_secret)
 
     async def update(self, *, owner: str, client_id: str, details: AppDetails,
-                     logo: bytes | None, remove_logo: bool) -> DeveloperApp | None:
+                     logo: bytes | None, remove_logo: bool,
+                     on_behalf: OnBehalf) -> DeveloperApp | None:
         if not owner or not well_formed_client_id(client_id):
             return None
         paths = ["name", "description", "redirect_uris", "allowed_scopes"]
@@ -196,15 +201,16 @@ class RegistryDeveloperApps:
                 description=details.description, redirect_uris=list(details.redirect_uris),
                 allowed_scopes=list(details.scopes),
                 logo=registry_pb2.Logo(data=logo) if logo is not None else None,
-                update_mask=FieldMask(paths=paths)), timeout=_DEADLINE_SECONDS)
+                update_mask=FieldMask(paths=paths)), timeout=_DEADLINE_SECONDS,
+                metadata=on_behalf)
         except aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
             raise _refused(exc) or exc from None
         return _app(response.client)
 
-    async def rotate_secret(self, *, owner: str, client_id: str,
-                            overlap_seconds: int | None) -> Credentials | None:
+    async def rotate_secret(self, *, owner: str, client_id: str, overlap_seconds: int | None,
+                            on_behalf: OnBehalf) -> Credentials | None:
         """A new secret; the old one works ``overlap_seconds`` more (``None``: the registry's
         default, ``0``: stops at once). ``None`` when there is no such app of ``owner``."""
         if not owner or not well_formed_client_id(client_id):
@@ -214,7 +220,8 @@ class RegistryDeveloperApps:
         if overlap_seconds is not None:
             request.overlap_seconds = overlap_seconds
         try:
-            response = await self._stub.RotateClientSecret(request, timeout=_DEADLINE_SECONDS)
+            response = await self._stub.RotateClientSecret(request, timeout=_DEADLINE_SECONDS,
+                                                           metadata=on_behalf)
         except aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
                 return None
@@ -223,13 +230,13 @@ class RegistryDeveloperApps:
                    if response.HasField("previous_secret_expires_at") else None)
         return Credentials(client_id, response.client_secret, expires)
 
-    async def delete(self, *, owner: str, client_id: str) -> bool:
+    async def delete(self, *, owner: str, client_id: str, on_behalf: OnBehalf) -> bool:
         if not owner or not well_formed_client_id(client_id):
             return False
         try:
             await self._stub.DeleteClient(
                 registry_pb2.DeleteClientRequest(client_id=client_id, owner_user_id=owner),
-                timeout=_DEADLINE_SECONDS)
+                timeout=_DEADLINE_SECONDS, metadata=on_behalf)
         except aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return False

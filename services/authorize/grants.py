@@ -3,11 +3,14 @@
 
 The authorize service owns the remembered consent; the token service owns the grants and their
 tokens. The "Authorized apps" page lists both and revokes both. A token service that is down
-raises (the page says 503), and nothing is cached, so the page recovers by itself.
+raises (the page says 503), and nothing is cached, so the page recovers by itself. A revocation
+carries ``on_behalf`` metadata (the user and their address), which the token service records
+in its audit events.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -18,6 +21,7 @@ from otesse.auth.v1 import token_pb2, token_pb2_grpc
 
 SERVICE_NAME = token_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name
 _DEADLINE_SECONDS = 3.0
+OnBehalf = Sequence[tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -34,9 +38,9 @@ class Grant:
 class GrantDirectory(Protocol):
     async def list(self, *, user_id: str) -> list[Grant]: ...
 
-    async def revoke(self, *, user_id: str, client_id: str) -> int: ...
+    async def revoke(self, *, user_id: str, client_id: str, on_behalf: OnBehalf) -> int: ...
 
-    async def revoke_client(self, *, client_id: str) -> int: ...
+    async def revoke_client(self, *, client_id: str, on_behalf: OnBehalf) -> int: ...
 
 
 def _when(stamp: Timestamp, present: bool) -> datetime | None:
@@ -57,20 +61,21 @@ class TokenServiceGrants:
                       last_used_at=_when(g.last_used_at, g.HasField("last_used_at")))
                 for g in response.grants]
 
-    async def revoke(self, *, user_id: str, client_id: str) -> int:
+    async def revoke(self, *, user_id: str, client_id: str, on_behalf: OnBehalf) -> int:
         """Revokes every grant ``user_id`` gave ``client_id``; how many were live."""
         # Both fields, always: an empty user id would widen this to every user of the app.
         if not user_id or not client_id:
             raise ValueError("user_id and client_id are both required")
         response = await self._stub.RevokeGrant(
             token_pb2.RevokeGrantRequest(user_id=user_id, client_id=client_id),
-            timeout=_DEADLINE_SECONDS)
+            timeout=_DEADLINE_SECONDS, metadata=on_behalf)
         return response.revoked_grants
 
-    async def revoke_client(self, *, client_id: str) -> int:
+    async def revoke_client(self, *, client_id: str, on_behalf: OnBehalf) -> int:
         """Revokes every grant of ``client_id``, whoever gave it (the app is being deleted)."""
         if not client_id:
             raise ValueError("client_id is required")
         response = await self._stub.RevokeGrant(
-            token_pb2.RevokeGrantRequest(client_id=client_id), timeout=_DEADLINE_SECONDS)
+            token_pb2.RevokeGrantRequest(client_id=client_id), timeout=_DEADLINE_SECONDS,
+            metadata=on_behalf)
         return response.revoked_grants

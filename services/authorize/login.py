@@ -10,6 +10,12 @@ Authentication and Session Management cheat sheets).
   never locks the owner out. Every successful sign-in leaves such a cookie.
 * After sign-in only a same-origin relative ``next`` is followed (RFC 9700 §4.11, open
   redirectors).
+* Every attempt that is judged is in the audit trail: ``sign_in.succeeded`` (by the user),
+  ``sign_in.failed`` and ``sign_in.locked`` (by an anonymous visitor, about the account when
+  the email is a user's). Nothing typed is kept, in any form: not the email (it may be a
+  password typed in the wrong field), nor a hash of it (an unkeyed hash of a guessable value
+  gives it back). An unknown email and a known one cost the same one INSERT, and the page
+  shows nothing of it.
 """
 
 from __future__ import annotations
@@ -23,12 +29,12 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from services.authorize import csrf, devices, passwords, session_cookie
-from services.authorize.client_ip import client_ip
 from services.authorize.components import Components, components
 from services.authorize.login_throttle import Attempt
 from services.authorize.origins import csp_origin
 from services.authorize.pages import NO_STORE, page
 from services.authorize.sessions import Session
+from services.common import audit, client_ip
 
 AUTHORIZE_PATH = "/oauth/authorize"
 MAX_NEXT_LENGTH = 8192
@@ -118,11 +124,6 @@ async def login_form(request: Request) -> Response:
                                  request.query_params.get("next")))
 
 
-def _client_ip(request: Request, c: Components) -> str:
-    peer = request.client.host if request.client else "unknown"
-    return client_ip(peer, request.headers.getlist("x-forwarded-for"), c.settings.trusted_proxies)
-
-
 async def login(request: Request) -> Response:
     c = components(request)
     form = await request.form(max_files=0, max_fields=10)
@@ -146,7 +147,8 @@ async def login(request: Request) -> Response:
                                  new_session=False, next_target=next_target, email=email,
                                  message=message, status=status)
 
-    ip = _client_ip(request, c)
+    ip = client_ip.of_request(request, c.settings.trusted_proxies)
+    origin = audit.Origin.of(ip)
     device_id = devices.from_request(request, c.settings)
     # Looked up whatever the email, so that the answer's timing says nothing about it.
     device_owner = await c.devices.user_of(device_id=device_id) if device_id else None
@@ -154,7 +156,12 @@ async def login(request: Request) -> Response:
     known_device = device_id if (user is not None and device_owner == user.user_id) else None
     attempt = Attempt(email=email, ip=ip, known_device=known_device)
     verdict = await c.throttle.check(attempt)
+    device = "known" if known_device else "new"
     if verdict.locked_for:
+        await c.audit.record(audit.Event(
+            type="sign_in.locked", actor=audit.Actor.anonymous(), origin=origin,
+            subject_user_id=user.user_id if user else None,
+            details={"device": device, "locked_for_seconds": verdict.locked_for}))
         minutes = max(1, -(-verdict.locked_for // 60))
         return await again(f"Too many failed sign-in attempts. Try again in {minutes} "
                            f"minute{'s' if minutes != 1 else ''}.", 429)
@@ -168,8 +175,15 @@ async def login(request: Request) -> Response:
         await asyncio.to_thread(passwords.verify_dummy, candidate)
         verified = False
     verified = verified and len(password) <= passwords.MAX_LENGTH
+    delayed = {"delayed_ms": int(verdict.delay * 1000)} if verdict.delay else {}
     if user is None or not verified or user.disabled:
         await c.throttle.failed(attempt)
+        reason = ("unknown_account" if user is None else
+                  "wrong_password" if not verified else "account_disabled")
+        await c.audit.record(audit.Event(
+            type="sign_in.failed", actor=audit.Actor.anonymous(), origin=origin,
+            subject_user_id=user.user_id if user else None,
+            details={"device": device, "reason": reason, **delayed}))
         return await again(WRONG_CREDENTIALS, 400)
     await c.throttle.succeeded(attempt)
     # OWASP: "renew the session ID after any privilege level change" — a session id the
@@ -177,6 +191,11 @@ async def login(request: Request) -> Response:
     await c.sessions.delete(session_id=old_id)
     session_id, _ = await c.sessions.create(user_id=user.user_id, email=user.email,
                                             auth_time=time.time())
+    # Recorded before the session is handed out: were this to fail, the browser would get an
+    # error page and never the new session's id, so no sign-in goes unrecorded.
+    await c.audit.record(audit.Event(
+        type="sign_in.succeeded", actor=audit.Actor.user(user.user_id), origin=origin,
+        subject_user_id=user.user_id, details={"device": device, **delayed}))
     response = RedirectResponse(after_sign_in(next_target), status_code=303, headers=NO_STORE)
     session_cookie.set_cookie(response, session_id, c.settings)
     if known_device is None:

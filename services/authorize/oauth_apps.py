@@ -8,6 +8,8 @@
   after the POST, from a one-time server-side record (:mod:`secret_reveal`); never in a URL.
 * Deleting an app first revokes every grant and token it holds (``TokenService.RevokeGrant``),
   then deletes it from the registry, so nothing issued to it outlives it.
+* An app's page shows its recent security events from the audit trail (:mod:`app_events`),
+  read only once the app is known to be the signed-in user's.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from services.authorize import account, app_form, dates
+from services.authorize import account, app_events, app_form, dates
 from services.authorize.account import Account
 from services.authorize.components import components
 from services.authorize.developer_apps import DeveloperApp, InvalidField
@@ -92,7 +94,7 @@ async def register(request: Request) -> Response:
             credentials = await c.apps.register(
                 owner=who.user_id, details=form.details(),
                 client_type="public" if form.client_type == "public" else "confidential",
-                logo=submitted.logo)
+                logo=submitted.logo, on_behalf=who.on_behalf())
         except InvalidField as problem:
             form.refused(problem)
         else:
@@ -121,17 +123,22 @@ def _edit_form(app: DeveloperApp) -> app_form.AppForm:
                             client_type=app.client_type)
 
 
-def _edit_page(request: Request, who: Account, app: DeveloperApp, form: app_form.AppForm, *,
-               status: int = 200, saved: bool = False) -> Response:
+async def _edit_page(request: Request, who: Account, app: DeveloperApp,
+                     form: app_form.AppForm, *, status: int = 200, saved: bool = False,
+                     ) -> Response:
+    # ``app`` came from _owned: the registry has confirmed it is this user's.
+    events = await components(request).events.of_client(client_id=app.client_id,
+                                                        limit=app_events.LIMIT)
     return _page(request, who, "oauth_apps_edit.html", {
-        **form.context(), "app": _view(app), "saved": saved}, status=status)
+        **form.context(), "app": _view(app), "saved": saved,
+        "events": app_events.view(events, owner=who.user_id)}, status=status)
 
 
 async def show(request: Request) -> Response:
     who = await account.signed_in(request)
     app = await _owned(request, who)
-    return _edit_page(request, who, app, _edit_form(app),
-                      saved=request.query_params.get("saved") == "1")
+    return await _edit_page(request, who, app, _edit_form(app),
+                            saved=request.query_params.get("saved") == "1")
 
 
 async def update(request: Request) -> Response:
@@ -145,14 +152,15 @@ async def update(request: Request) -> Response:
         try:
             updated = await c.apps.update(
                 owner=who.user_id, client_id=app.client_id, details=form.details(),
-                logo=submitted.logo, remove_logo=submitted.get("remove_logo") == "1")
+                logo=submitted.logo, remove_logo=submitted.get("remove_logo") == "1",
+                on_behalf=who.on_behalf())
         except InvalidField as problem:
             form.refused(problem)
         else:
             if updated is None:
                 raise HTTPException(404)
             return _see_other(f"{BASE}/{app.client_id}?saved=1")
-    return _edit_page(request, who, app, form, status=400)
+    return await _edit_page(request, who, app, form, status=400)
 
 
 async def rotate_secret(request: Request) -> Response:
@@ -166,7 +174,8 @@ async def rotate_secret(request: Request) -> Response:
     if overlap not in ("default", "none"):
         raise InvalidRequest("Choose how long the current secret keeps working.")
     rotated = await c.apps.rotate_secret(owner=who.user_id, client_id=app.client_id,
-                                         overlap_seconds=0 if overlap == "none" else None)
+                                         overlap_seconds=0 if overlap == "none" else None,
+                                         on_behalf=who.on_behalf())
     if rotated is None:
         raise HTTPException(404)
     await c.reveals.put(session_id=who.session_id, session_key=who.session_key,
@@ -189,7 +198,8 @@ async def delete(request: Request) -> Response:
     app = await _owned(request, who)
     # Grants first: were the app deleted first and this call then failed, its tokens would
     # outlive it with no page left to revoke them from. Retrying is safe (both idempotent).
-    await c.grants.revoke_client(client_id=app.client_id)
-    if not await c.apps.delete(owner=who.user_id, client_id=app.client_id):
+    await c.grants.revoke_client(client_id=app.client_id, on_behalf=who.on_behalf())
+    if not await c.apps.delete(owner=who.user_id, client_id=app.client_id,
+                               on_behalf=who.on_behalf()):
         raise HTTPException(404)
     return _see_other(f"{BASE}?deleted=1")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from services.common.client_ip import Network
 from services.common.settings import (
     DEFAULT_ISSUER,
     DEFAULT_REGISTRY_ADDR,
@@ -15,8 +15,6 @@ from services.common.settings import (
     ServiceCredentialSettings,
     StoreSettings,
 )
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from services.cli.output import emit
+from services.common.audit import Actor, Origin
 from services.token.keys import NextKeyTooYoung, PgKeyStore, StoredKey
 from services.token.settings import TokenSettings
 
@@ -62,7 +63,8 @@ def _rotate(args: argparse.Namespace) -> int:
         await store.rotate(kek=settings.kek_bytes,
                            retire_after_seconds=settings.key_retirement_seconds,
                            min_next_age_seconds=0.0 if args.force
-                           else settings.key_publish_lead_seconds)
+                           else settings.key_publish_lead_seconds,
+                           actor=Actor.operator(), origin=Origin.of(None))
         return await store.published()
 
     try:

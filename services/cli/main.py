@@ -10,10 +10,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from services.cli import clients, keys, migrate, purge, serve, users
+from services.cli import audit, clients, grants, keys, migrate, purge, serve, users
+from services.common.log import request_id_var
+from services.common.request_id import new_request_id
 from services.common.settings import ConfigError
 
-COMMANDS = (migrate, users, clients, keys, purge, serve)
+COMMANDS = (migrate, users, clients, grants, keys, audit, purge, serve)
 
 
 class CommandError(Exception):
@@ -30,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    # One request id per command, sent with its gRPC calls and kept in the audit events it
+    # causes, so an operator's change can be found in every service's logs.
+    request_id_var.set(new_request_id())
     try:
         code = args.handler(args)
     except ConfigError as exc:

@@ -14,12 +14,15 @@ import asyncpg
 from services.common.migrations import migrate
 from services.common.settings import Env, StoreSettings
 
-# Schema → the package whose migrations/ folder owns it, in dependency order.
-SCHEMAS = ("registry", "authorize", "token")
+# Schema → the package whose migrations/ folder owns it, in dependency order. ``audit`` is the
+# one schema no service owns: every service appends to it (its migration says why that is sound).
+SCHEMAS = ("registry", "authorize", "token", "audit")
+_FOLDERS = {"audit": ("services.common", "audit_migrations")}
 
 
 def migration_dir(schema: str) -> Path:
-    return Path(str(resources.files(f"services.{schema}") / "migrations"))
+    package, folder = _FOLDERS.get(schema, (f"services.{schema}", "migrations"))
+    return Path(str(resources.files(package) / folder))
 
 
 async def migrate_all(database_url: str) -> list[str]:

@@ -21,6 +21,10 @@ A caller proves its name in either of two ways, and may use both:
   credentials (authorize, token, registry, the operator CLI) — never by resource servers — so
   a credential is only as good as that circle; within TLS it cannot be read off the wire.
 
+A call that passes the check runs with its proven names in :func:`proven_callers`, so the
+method can tell who asked (the audit trail records an operator's change as the operator's, and
+believes the user a caller names only from the authorize service).
+
 Refusals: ``UNAUTHENTICATED`` when no name is proven (nothing sent, or a credential that is
 malformed, forged, expired, for another audience or signed with another key — a credential
 that does not verify is never ignored); ``PERMISSION_DENIED`` when the proven caller may not
@@ -40,6 +44,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextvars import ContextVar
 from typing import Any, Final
 
 import grpc
@@ -60,6 +65,8 @@ _NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 Policy = Mapping[str, frozenset[str]]
+# The names proven by the call being served (empty for a method open to anyone).
+_PROVEN: ContextVar[frozenset[str]] = ContextVar("proven_callers", default=frozenset())
 DEV_CREDENTIAL_WARNING: Final = (
     "OTESSE_SERVICE_CREDENTIAL_KEY is not set: internal gRPC callers are authenticated with the "
     "PUBLIC local-development key. Set OTESSE_SERVICE_CREDENTIAL_KEY in production.")
@@ -190,8 +197,15 @@ class AccessPolicyInterceptor(aio.ServerInterceptor):
                     "peer": context.peer()})
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                     "this caller may not call this method")
+            _PROVEN.set(frozenset(names))
 
         return _guarded(handler, check)
+
+
+def proven_callers() -> frozenset[str]:
+    """The service names the call being served proved (empty when its method is open to anyone,
+    and outside a call)."""
+    return _PROVEN.get()
 
 
 def _guarded(handler: grpc.RpcMethodHandler[Any, Any],

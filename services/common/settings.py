@@ -217,3 +217,16 @@ class ServiceCredentialSettings:
         if len(raw) < 32:
             raise ConfigError(f"{name} must be base64 of at least 32 random bytes")
         return cls(key=Secret(key.value.strip()))
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """The audit trail's retention: ``otesse-auth purge`` deletes events older than this."""
+
+    retention_days: int
+
+    @classmethod
+    def from_env(cls, env: Env) -> AuditSettings:
+        # At least a day: the table refuses to delete anything younger (its migration).
+        return cls(retention_days=env.integer("OTESSE_AUDIT_RETENTION_DAYS", 400, minimum=1,
+                                              maximum=36500))

@@ -18,7 +18,7 @@ from grpc import aio
 
 from otesse.auth.v1 import registry_pb2 as pb
 from otesse.auth.v1 import registry_pb2_grpc
-from services.common import credentials
+from services.common import audit, credentials
 from services.common.rpc_errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -117,7 +117,8 @@ class ClientRegistryServicer(registry_pb2_grpc.ClientRegistryServicer):
         logo = _logo_fields(request.logo if request.HasField("logo") else None)
         secret = credentials.new_credential(credentials.CLIENT_SECRET_PREFIX) \
             if client_type == "confidential" else ""
-        record = await self._store.create(client=NewClient(
+        actor, origin = audit.from_grpc(context)
+        record = await self._store.create(actor=actor, origin=origin, client=NewClient(
             client_id=CLIENT_ID_PREFIX + credentials.random_urlsafe(16),
             name=validation.name(request.name),
             description=validation.description(request.description),
@@ -189,9 +190,10 @@ class ClientRegistryServicer(registry_pb2_grpc.ClientRegistryServicer):
             changes["allowed_scopes"] = validation.allowed_scopes(request.allowed_scopes)
         if "logo" in paths:
             changes.update(_logo_fields(request.logo if request.HasField("logo") else None))
+        actor, origin = audit.from_grpc(context)
         record = await self._store.update(client_id=client_id,
                                           owner_user_id=_owner_filter(request.owner_user_id),
-                                          changes=changes)
+                                          changes=changes, actor=actor, origin=origin)
         if record is None:
             raise NotFound("client not found")
         return pb.UpdateClientResponse(client=to_proto(record))
@@ -206,9 +208,11 @@ class ClientRegistryServicer(registry_pb2_grpc.ClientRegistryServicer):
         if overlap < 0 or overlap > 7 * 24 * 3600:
             raise InvalidArgument("overlap_seconds", "must be between 0 and 604800")
         secret = credentials.new_credential(credentials.CLIENT_SECRET_PREFIX)
+        actor, origin = audit.from_grpc(context)
         rotated = await self._store.rotate_secret(client_id=client_id, owner_user_id=owner,
                                                   new_hash=credentials.sha256(secret),
-                                                  overlap_seconds=overlap)
+                                                  overlap_seconds=overlap, actor=actor,
+                                                  origin=origin)
         if rotated is None:
             existing = await self._store.get(client_id=client_id, owner_user_id=owner)
             if existing is None:
@@ -221,8 +225,10 @@ class ClientRegistryServicer(registry_pb2_grpc.ClientRegistryServicer):
 
     async def DeleteClient(self, request: pb.DeleteClientRequest,
                            context: aio.ServicerContext[Any, Any]) -> pb.DeleteClientResponse:
+        actor, origin = audit.from_grpc(context)
         deleted = await self._store.delete(client_id=_client_id(request.client_id),
-                                           owner_user_id=_owner_filter(request.owner_user_id))
+                                           owner_user_id=_owner_filter(request.owner_user_id),
+                                           actor=actor, origin=origin)
         if not deleted:
             raise NotFound("client not found")
         return pb.DeleteClientResponse()

@@ -119,9 +119,11 @@ def build_components(settings: TokenSettings, *, pool: asyncpg.Pool, redis: aior
     return TokenComponents(
         ring=ring, store=store, denylist=denylist, validator=validator,
         token_endpoint=TokenEndpoint(grants=grants, authenticator=authenticator,
-                                     max_body_bytes=settings.max_body_bytes, budget=budget),
+                                     max_body_bytes=settings.max_body_bytes,
+                                     trusted_proxies=settings.trusted_proxies, budget=budget),
         revoker=Revoker(store=store, denylist=denylist, ring=ring, issuer=settings.issuer,
-                        authenticator=authenticator, max_body_bytes=settings.max_body_bytes),
+                        authenticator=authenticator, max_body_bytes=settings.max_body_bytes,
+                        trusted_proxies=settings.trusted_proxies),
         introspector=Introspector(store=store, validator=validator, issuer=settings.issuer,
                                   authenticator=authenticator,
                                   max_body_bytes=settings.max_body_bytes),

@@ -11,7 +11,9 @@ never touches Postgres. Three states (DESIGN §3):
   the last token it signed has expired.
 
 Rotation (``next`` → ``current`` → ``previous`` and a fresh ``next``) is one transaction under
-an advisory lock, conditioned on the current key, so replicas rotating at once rotate once.
+an advisory lock, conditioned on the current key, so replicas rotating at once rotate once; its
+``signing_key.rotated`` audit event (by the operator, or by the system when due) is written in
+that transaction.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from services.common import audit
+from services.common.audit import NOWHERE, Actor, Origin
 
 log = logging.getLogger("otesse.token.keys")
 
@@ -134,8 +139,8 @@ class KeyStore(Protocol):
     async def ensure(self, *, kek: bytes) -> None: ...
 
     async def rotate(self, *, kek: bytes, retire_after_seconds: int,
-                     min_next_age_seconds: float, expected_current: str | None = None,
-                     ) -> bool: ...
+                     min_next_age_seconds: float, actor: Actor, origin: Origin = NOWHERE,
+                     expected_current: str | None = None) -> bool: ...
 
 
 _COLUMNS = ("kid, state, public_jwk::text AS public_jwk, private_key, created_at, activated_at,"
@@ -195,12 +200,22 @@ class PgKeyStore:
                 await self._insert(connection, state="next", kek=kek)
 
     async def rotate(self, *, kek: bytes, retire_after_seconds: int,
-                     min_next_age_seconds: float, expected_current: str | None = None,
-                     ) -> bool:
+                     min_next_age_seconds: float, actor: Actor, origin: Origin = NOWHERE,
+                     expected_current: str | None = None) -> bool:
         """next → current → previous, plus a new next. With ``expected_current``, rotates only
         if that key is still current (replicas racing to rotate rotate once). Returns whether
         it rotated. Raises :class:`NextKeyTooYoung` when the next key has been published for
-        less than ``min_next_age_seconds`` (0 forces the rotation)."""
+        less than ``min_next_age_seconds`` (0 forces the rotation). ``actor`` rotated it."""
+        rotated = await self._rotate(kek=kek, retire_after_seconds=retire_after_seconds,
+                                     min_next_age_seconds=min_next_age_seconds, actor=actor,
+                                     origin=origin, expected_current=expected_current)
+        if rotated:
+            audit.counted("signing_key.rotated")
+        return rotated
+
+    async def _rotate(self, *, kek: bytes, retire_after_seconds: int,
+                      min_next_age_seconds: float, actor: Actor, origin: Origin,
+                      expected_current: str | None) -> bool:
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
             current = await connection.fetchval(
@@ -224,8 +239,15 @@ class PgKeyStore:
                 "UPDATE token.signing_keys SET state = 'current', activated_at = now()"
                 " WHERE state = 'next' RETURNING kid")
             if promoted is None:
-                await self._insert(connection, state="current", kek=kek)
-            await self._insert(connection, state="next", kek=kek)
+                promoted = await self._insert(connection, state="current", kek=kek)
+            published = await self._insert(connection, state="next", kek=kek)
+            details: dict[str, audit.DetailValue] = {
+                "current_kid": promoted, "next_kid": published,
+                "forced": min_next_age_seconds <= 0}
+            if current is not None:
+                details["retired_kid"] = current
+            await audit.write(connection, audit.Event(type="signing_key.rotated", actor=actor,
+                                                      origin=origin, details=details))
             return True
 
 
@@ -309,7 +331,8 @@ class KeyRing:
         try:
             rotated = await self._store.rotate(
                 kek=self._kek, retire_after_seconds=retire_after_seconds,
-                min_next_age_seconds=rotation_seconds / 2, expected_current=current.kid)
+                min_next_age_seconds=rotation_seconds / 2, actor=Actor.system(),
+                expected_current=current.kid)
         except NextKeyTooYoung:
             return
         if rotated:

@@ -20,11 +20,12 @@ from grpc import aio
 
 from otesse.auth.v1 import token_pb2 as pb
 from otesse.auth.v1 import token_pb2_grpc
+from services.common import audit
 from services.common.rpc_errors import InvalidArgument
 from services.common.service_auth import ANY_CALLER, Policy
 from services.token.denylist import DenyList
 from services.token.metrics import GRANTS_REVOKED
-from services.token.store import GrantStore
+from services.token.store import GrantStore, RevocationReason, RevokedBy
 from services.token.validation import AccessTokenValidator, Reason
 
 _REASONS: dict[Reason, pb.ValidationReason.ValueType] = {
@@ -40,10 +41,11 @@ _MAX_ID_LENGTH = 128
 _SERVICE = pb.DESCRIPTOR.services_by_name["TokenService"].full_name
 # DESIGN §5: "Grant administration — RevokeGrant (user, client), ListGrants (user) — is a
 # different privilege: only the authorize service may call it […] A resource server can never
-# list or revoke anyone's grants."
+# list or revoke anyone's grants." The operator CLI may revoke too (`otesse-auth grants
+# revoke`), as it may change clients: it holds the same key.
 ACCESS: Policy = {
     f"/{_SERVICE}/ValidateToken": ANY_CALLER,
-    f"/{_SERVICE}/RevokeGrant": frozenset({"authorize"}),
+    f"/{_SERVICE}/RevokeGrant": frozenset({"authorize", "cli"}),
     f"/{_SERVICE}/ListGrants": frozenset({"authorize"}),
 }
 
@@ -104,8 +106,15 @@ class TokenServiceServicer(token_pb2_grpc.TokenServiceServicer):
         client_id = _optional_id("client_id", request.client_id)
         if grant_id is None and user_id is None and client_id is None:
             raise InvalidArgument("grant_id", "give grant_id, or user_id and/or client_id")
-        result = await self._store.revoke_grants(grant_id=grant_id, user_id=user_id,
-                                                 client_id=client_id)
+        actor, origin = audit.from_grpc(context)
+        reason: RevocationReason = "operator"
+        if actor.kind == "user":
+            # The authorize service revokes for a user in two ways only: one app from
+            # Authorized apps (user and client), or every grant of an app its owner deletes.
+            reason = "user_revoked_app" if user_id is not None else "app_deleted"
+        result = await self._store.revoke_grants(
+            grant_id=grant_id, user_id=user_id, client_id=client_id,
+            by=RevokedBy(actor=actor, reason=reason, origin=origin))
         GRANTS_REVOKED.labels("revoke_grant").inc(result.revoked)
         await self._denylist.deny(result.deny)
         return pb.RevokeGrantResponse(revoked_grants=result.revoked)

@@ -11,6 +11,7 @@ import base64
 import binascii
 from dataclasses import dataclass
 
+from services.common.client_ip import Network
 from services.common.ratelimit import RateLimit
 from services.common.settings import (
     DEFAULT_ISSUER,
@@ -75,6 +76,9 @@ class TokenSettings:
     # A rate-limit check slower than this fails open (Redis slow or down).
     rate_redis_timeout: float
     registry_addr: str
+    # X-Forwarded-For is believed only from these peers (the gateway): the client's address
+    # in the audit trail.
+    trusted_proxies: tuple[Network, ...]
     log_level: str
     drain_seconds: float
 
@@ -119,6 +123,8 @@ class TokenSettings:
             rate_redis_timeout=env.number("OTESSE_TOKEN_RATE_REDIS_TIMEOUT_SECONDS", 0.25,
                                           minimum=0.01),
             registry_addr=env.text("OTESSE_REGISTRY_ADDR", DEFAULT_REGISTRY_ADDR),
+            trusted_proxies=env.networks("OTESSE_TOKEN_TRUSTED_PROXIES",
+                                         ("127.0.0.1/32", "::1/128")),
             log_level=env.text("OTESSE_LOG_LEVEL", "INFO"),
             drain_seconds=env.number("OTESSE_SHUTDOWN_DRAIN_SECONDS", 0.0),
         )

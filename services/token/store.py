@@ -15,7 +15,13 @@ Security promises of this store:
 * a refresh token is rotated by one atomic statement that succeeds for exactly one caller: the
   old token is marked rotated and its successor inserted together, or nothing happens;
 * revocation marks (``revoked_at``), never deletes; a revoked grant's tokens never refresh;
-* statements are single and prepared; only ``create_grant`` writes two tables, in one statement.
+* statements are single and prepared; ``create_grant`` writes a grant and its refresh token in
+  one statement;
+* every issue and revocation is in the audit trail, written by the statement that makes it
+  (one more CTE: :func:`services.common.audit.insert_from`), so neither commits without the
+  other and the hot paths gain no round trip: ``token.issued`` with the grant and with each
+  rotation, ``grant.revoked`` for each grant a revocation ends (who, and why), and the attack
+  that caused one (``code.replayed``, ``refresh_token.reused``) beside it.
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 import asyncpg
 
+from services.common import audit
+from services.common.audit import Actor, Origin
 from services.token.denylist import GrantRevocation, Revocations, TokenRevocation
 from services.token.settings import CLOCK_SKEW_SECONDS
 
@@ -90,29 +98,49 @@ class RevokeResult:
     deny: Revocations
 
 
+# Why a grant was revoked, as the audit trail says it (the actor says who).
+RevocationReason = Literal["user_revoked_app", "app_deleted", "client_revoked_token",
+                           "operator", "refresh_token_reuse", "code_replay"]
+
+
+@dataclass(frozen=True)
+class RevokedBy:
+    """Who revokes, why and from where: what the audit trail records of a revocation."""
+
+    actor: Actor
+    reason: RevocationReason
+    origin: Origin
+    # The refresh-token reuse that caused this revocation, and who presented the token: a
+    # ``refresh_token.reused`` event in the same statement (grant_id selector only).
+    reuse_presented_by: Actor | None = None
+
+
 class GrantStore(Protocol):
     """Grants and refresh tokens. Stores only hashes; one grant per code; rotation succeeds for
     exactly one caller; revocation marks and never deletes (see the module docstring)."""
 
     async def create_grant(self, *, grant_id: str, user_id: str, client_id: str,
                            scopes: Sequence[str], code_hash: bytes, refresh_hash: bytes,
-                           refresh_ttl: int, code_issued_at: float) -> None: ...
+                           refresh_ttl: int, code_issued_at: float, origin: Origin) -> None: ...
 
-    async def revoke_replayed_code(self, *, code_hash: bytes) -> RevokeResult: ...
+    async def revoke_replayed_code(self, *, code_hash: bytes, presented_by: str,
+                                   origin: Origin) -> RevokeResult: ...
 
     async def find_refresh(self, *, token_hash: bytes, retry_window: int,
                            ) -> RefreshRecord | None: ...
 
     async def rotate_refresh(self, *, token_hash: bytes, successor_hash: bytes,
-                             successor_sealed: bytes | None, refresh_ttl: int) -> bool: ...
+                             successor_sealed: bytes | None, refresh_ttl: int, client_id: str,
+                             scopes: Sequence[str], origin: Origin) -> bool: ...
 
     async def refresh_token_info(self, *, token_hash: bytes) -> RefreshTokenInfo | None: ...
 
-    async def revoke_grants(self, *, grant_id: str | None = None, user_id: str | None = None,
-                            client_id: str | None = None) -> RevokeResult: ...
+    async def revoke_grants(self, *, by: RevokedBy, grant_id: str | None = None,
+                            user_id: str | None = None, client_id: str | None = None,
+                            ) -> RevokeResult: ...
 
     async def revoke_access_token(self, *, jti: str, grant_id: str, client_id: str,
-                                  expires_at: int) -> None: ...
+                                  user_id: str, expires_at: int, origin: Origin) -> None: ...
 
     async def list_grants(self, *, user_id: str) -> list[GrantRecord]: ...
 
@@ -135,9 +163,9 @@ class PgGrantStore:
 
     async def create_grant(self, *, grant_id: str, user_id: str, client_id: str,
                            scopes: Sequence[str], code_hash: bytes, refresh_hash: bytes,
-                           refresh_ttl: int, code_issued_at: float) -> None:
+                           refresh_ttl: int, code_issued_at: float, origin: Origin) -> None:
         # One statement: the grant is written only if the user has not revoked this client
-        # since the code was issued, and its first refresh token with it.
+        # since the code was issued, and its first refresh token and its audit event with it.
         try:
             status = await self._pool.execute(
                 "WITH g AS ("
@@ -147,35 +175,57 @@ class PgGrantStore:
                 " WHERE NOT EXISTS (SELECT 1 FROM token.authorization_revocations a"
                 "  WHERE a.user_id = $2 AND a.client_id = $3"
                 "  AND a.revoked_at > to_timestamp($8))"
-                " RETURNING grant_id, expires_at)"
+                " RETURNING grant_id, expires_at),"
+                " audited AS (" + audit.insert_from(
+                    "token.issued", first=9, rows="g", subject="$2::text", client="$3::text",
+                    grant="grant_id") + ")"
                 " INSERT INTO token.refresh_tokens (token_hash, grant_id, expires_at)"
                 " SELECT $6, grant_id, expires_at FROM g",
                 uuid.UUID(grant_id), user_id, client_id, list(scopes), code_hash, refresh_hash,
-                refresh_ttl, code_issued_at)
+                refresh_ttl, code_issued_at,
+                *audit.params(Actor.client(client_id), origin, {
+                    "grant_type": "authorization_code", "scope": " ".join(scopes)}))
         except asyncpg.UniqueViolationError:
             raise CodeAlreadyExchanged() from None
         if status.endswith(" 0"):
             raise AuthorizationRevoked()
+        audit.counted("token.issued")
 
-    async def revoke_replayed_code(self, *, code_hash: bytes) -> RevokeResult:
+    async def revoke_replayed_code(self, *, code_hash: bytes, presented_by: str,
+                                   origin: Origin) -> RevokeResult:
         """Revokes the grant a replayed code produced, or bars one from ever being created.
 
         One statement keeps the module's promise: the upsert and ``create_grant``'s insert
         serialize on the unique ``code_hash`` (an insert in flight is waited for), so whichever
         commits first, the code's grant ends revoked or never exists. ``deny`` is empty when a
-        tombstone was left (no grant, no tokens to deny).
+        tombstone was left (no grant, no tokens to deny). The same statement records the replay
+        (by the client that presented the code) and the revocation (by the system).
         """
         tombstone_id = uuid.uuid4()
         row = await self._pool.fetchrow(
+            "WITH r AS ("
             "INSERT INTO token.grants AS g (grant_id, user_id, client_id, scopes, code_hash,"
             " expires_at, revoked_at)"
             " VALUES ($1, '', '', '{}', $2, now(), now())"
             " ON CONFLICT (code_hash) DO UPDATE SET revoked_at = coalesce(g.revoked_at, now())"
-            " RETURNING grant_id, revoked_at, revoked_at = now() AS newly",
-            tombstone_id, code_hash)
+            " RETURNING grant_id, revoked_at, revoked_at = now() AS newly, user_id, client_id),"
+            # A tombstone (no user) stands for no grant: the replay names none.
+            " replayed AS (" + audit.insert_from(
+                "code.replayed", first=3, rows="r", subject="nullif(user_id, '')",
+                client="coalesce(nullif(client_id, ''), $4::text)",
+                grant="CASE WHEN user_id <> '' THEN grant_id END") + "),"
+            " revoked AS (" + audit.insert_from(
+                "grant.revoked", first=8, rows="r", subject="user_id", client="client_id",
+                grant="grant_id", where="newly AND user_id <> ''") + ")"
+            " SELECT grant_id, revoked_at, newly FROM r",
+            tombstone_id, code_hash,
+            *audit.params(Actor.client(presented_by), origin),
+            *audit.params(Actor.system(), origin, {"reason": "code_replay"}))
         assert row is not None
+        audit.counted("code.replayed")
         if row["grant_id"] == tombstone_id:
             return RevokeResult(revoked=0, deny=Revocations(grants=[], tokens=[]))
+        audit.counted("grant.revoked", int(row["newly"]))
         return RevokeResult(revoked=int(row["newly"]), deny=_revocations([row]))
 
     async def find_refresh(self, *, token_hash: bytes, retry_window: int,
@@ -201,9 +251,11 @@ class PgGrantStore:
                              successor_sealed=row["successor_sealed"])
 
     async def rotate_refresh(self, *, token_hash: bytes, successor_hash: bytes,
-                             successor_sealed: bytes | None, refresh_ttl: int) -> bool:
+                             successor_sealed: bytes | None, refresh_ttl: int, client_id: str,
+                             scopes: Sequence[str], origin: Origin) -> bool:
         # One statement: the WHERE on rotated_at lets exactly one of any number of concurrent
-        # callers mark the old token; only that caller's successor is inserted.
+        # callers mark the old token; only that caller's successor (and its audit event) is
+        # inserted.
         grant_id = await self._pool.fetchval(
             "WITH old AS ("
             " UPDATE token.refresh_tokens SET rotated_at = now(), successor_hash = $2,"
@@ -214,11 +266,19 @@ class PgGrantStore:
             " UPDATE token.grants SET last_used_at = now(),"
             "  expires_at = now() + $4::int * interval '1 second'"
             " WHERE grant_id = (SELECT grant_id FROM old) AND revoked_at IS NULL"
-            " RETURNING grant_id, expires_at)"
+            " RETURNING grant_id, expires_at, user_id, client_id),"
+            " audited AS (" + audit.insert_from(
+                "token.issued", first=5, rows="g", subject="user_id", client="client_id",
+                grant="grant_id") + ")"
             " INSERT INTO token.refresh_tokens (token_hash, grant_id, expires_at)"
             " SELECT $2, grant_id, expires_at FROM g RETURNING grant_id",
-            token_hash, successor_hash, successor_sealed, refresh_ttl)
-        return grant_id is not None
+            token_hash, successor_hash, successor_sealed, refresh_ttl,
+            *audit.params(Actor.client(client_id), origin, {
+                "grant_type": "refresh_token", "scope": " ".join(scopes)}))
+        if grant_id is None:
+            return False
+        audit.counted("token.issued")
+        return True
 
     async def refresh_token_info(self, *, token_hash: bytes) -> RefreshTokenInfo | None:
         row = await self._pool.fetchrow(
@@ -234,10 +294,15 @@ class PgGrantStore:
                                 created_at=row["created_at"], expires_at=row["expires_at"],
                                 active=row["active"])
 
-    async def revoke_grants(self, *, grant_id: str | None = None, user_id: str | None = None,
-                            client_id: str | None = None) -> RevokeResult:
+    async def revoke_grants(self, *, by: RevokedBy, grant_id: str | None = None,
+                            user_id: str | None = None, client_id: str | None = None,
+                            ) -> RevokeResult:
         if grant_id is None and user_id is None and client_id is None:
             raise ValueError("a selector is required")
+        if by.reuse_presented_by is not None and grant_id is None:
+            raise ValueError("a reuse revokes one grant, by its id")
+        reuse = (audit.params(by.reuse_presented_by, by.origin)
+                 if by.reuse_presented_by is not None else (None,) * 5)
         # The CTE's UPDATE and the second SELECT see the same snapshot, so "already revoked"
         # rows are only those revoked before this call.
         rows = await self._pool.fetch(
@@ -255,22 +320,41 @@ class PgGrantStore:
             " revoked AS ("
             " UPDATE token.grants SET revoked_at = now()"
             " WHERE grant_id IN (SELECT grant_id FROM matched) AND revoked_at IS NULL"
-            " RETURNING grant_id, revoked_at)"
+            " RETURNING grant_id, revoked_at, user_id, client_id),"
+            " audited AS (" + audit.insert_from(
+                "grant.revoked", first=5, rows="revoked", subject="nullif(user_id, '')",
+                client="nullif(client_id, '')", grant="grant_id") + "),"
+            # Only when a reuse caused this call: recorded even if the grant was revoked first.
+            " reused AS (" + audit.insert_from(
+                "refresh_token.reused", first=10, rows="token.grants d",
+                subject="nullif(d.user_id, '')", client="nullif(d.client_id, '')",
+                grant="d.grant_id", where="d.grant_id = $1 AND $10::text IS NOT NULL") + ")"
             " SELECT grant_id, revoked_at, true AS newly FROM revoked"
             " UNION ALL"
             " SELECT grant_id, revoked_at, false FROM token.grants"
             " WHERE grant_id IN (SELECT grant_id FROM matched)"
             "  AND revoked_at > now() - $4::int * interval '1 second'",
-            uuid.UUID(grant_id) if grant_id else None, user_id, client_id, self._deny_window)
-        return RevokeResult(revoked=sum(1 for row in rows if row["newly"]),
-                            deny=_revocations(rows))
+            uuid.UUID(grant_id) if grant_id else None, user_id, client_id, self._deny_window,
+            *audit.params(by.actor, by.origin, {"reason": by.reason}), *reuse)
+        revoked = sum(1 for row in rows if row["newly"])
+        audit.counted("grant.revoked", revoked)
+        if by.reuse_presented_by is not None:
+            audit.counted("refresh_token.reused")
+        return RevokeResult(revoked=revoked, deny=_revocations(rows))
 
     async def revoke_access_token(self, *, jti: str, grant_id: str, client_id: str,
-                                  expires_at: int) -> None:
-        await self._pool.execute(
+                                  user_id: str, expires_at: int, origin: Origin) -> None:
+        # Recorded (by the client, RFC 7009) only the first time; the token's id is not.
+        status = await self._pool.execute(
+            "WITH t AS ("
             "INSERT INTO token.revoked_access_tokens (jti, grant_id, client_id, expires_at)"
-            " VALUES ($1, $2, $3, to_timestamp($4)) ON CONFLICT (jti) DO NOTHING",
-            jti, uuid.UUID(grant_id), client_id, float(expires_at))
+            " VALUES ($1, $2, $3, to_timestamp($4)) ON CONFLICT (jti) DO NOTHING"
+            " RETURNING grant_id, client_id) "
+            + audit.insert_from("access_token.revoked", first=6, rows="t", subject="$5::text",
+                                client="client_id", grant="grant_id"),
+            jti, uuid.UUID(grant_id), client_id, float(expires_at), user_id,
+            *audit.params(Actor.client(client_id), origin))
+        audit.counted("access_token.revoked", int(status.rsplit(" ", 1)[-1]))
 
     async def list_grants(self, *, user_id: str) -> list[GrantRecord]:
         rows = await self._pool.fetch(

@@ -14,6 +14,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from services.common import client_ip
+from services.common.audit import Origin
+from services.common.client_ip import Network
 from services.common.errors import InvalidRequest, UnsupportedGrantType
 from services.common.http import NO_STORE
 from services.token import params
@@ -25,10 +28,12 @@ from services.token.metrics import TOKENS_ISSUED
 
 class TokenEndpoint:
     def __init__(self, *, grants: Sequence[Grant[Any]], authenticator: ClientAuthenticator,
-                 max_body_bytes: int, budget: ClientBudget | None = None) -> None:
+                 max_body_bytes: int, trusted_proxies: Sequence[Network],
+                 budget: ClientBudget | None = None) -> None:
         self._grants: dict[str, Grant[Any]] = {grant.grant_type: grant for grant in grants}
         self._authenticator = authenticator
         self._max_body_bytes = max_body_bytes
+        self._trusted_proxies = trusted_proxies
         self._budget = budget
 
     @property
@@ -49,7 +54,8 @@ class TokenEndpoint:
             # Charged to the client only now that it is authenticated, and before the grant
             # consumes anything.
             await self._budget.charge(client)
-        body = await grant.handle(values, client)
+        origin = Origin.of(client_ip.of_request(request, self._trusted_proxies))
+        body = await grant.handle(values, client, origin)
         TOKENS_ISSUED.labels(grant.grant_type).inc()
         # RFC 6749 §5.1: "The authorization server MUST include the HTTP "Cache-Control"
         # response header field with a value of "no-store" in any response containing tokens".

@@ -19,6 +19,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from otesse.auth.v1 import token_pb2
+from services.common.audit import Actor
 from services.token.access_tokens import AccessClaims, sign
 from services.token.keys import (
     KeyRing,
@@ -124,7 +125,7 @@ async def test_rotation_keeps_old_tokens_valid_and_replicas_agree(
     store = PgKeyStore(pool)
 
     assert await store.rotate(kek=base64.b64decode(KEK), retire_after_seconds=3700,
-                              min_next_age_seconds=0)
+                              min_next_age_seconds=0, actor=Actor.operator())
     await ring.refresh()
     replica = KeyRing(store, kek=base64.b64decode(KEK))
     await replica.refresh()
@@ -152,6 +153,7 @@ async def test_rotation_by_racing_replicas_happens_once(token: TokenService,
     results = await asyncio.gather(*(store.rotate(kek=base64.b64decode(KEK),
                                                   retire_after_seconds=3700,
                                                   min_next_age_seconds=0,
+                                                  actor=Actor.system(),
                                                   expected_current=current)
                                      for _ in range(5)))
     assert sorted(results) == [False] * 4 + [True]
@@ -190,11 +192,12 @@ async def test_a_next_key_too_young_for_jwks_caches_does_not_sign(
         token: TokenService, pool: asyncpg.Pool) -> None:
     store = PgKeyStore(pool)
     await store.rotate(kek=base64.b64decode(KEK), retire_after_seconds=3700,
-                       min_next_age_seconds=0)  # a brand-new next key
+                       min_next_age_seconds=0, actor=Actor.operator())  # a brand-new next key
     before = {key.kid: key.state for key in await store.published()}
     with pytest.raises(NextKeyTooYoung):
         await store.rotate(kek=base64.b64decode(KEK), retire_after_seconds=3700,
-                           min_next_age_seconds=token.settings.key_publish_lead_seconds)
+                           min_next_age_seconds=token.settings.key_publish_lead_seconds,
+                           actor=Actor.operator())
     assert {key.kid: key.state for key in await store.published()} == before
     await token.components.ring.refresh()
 

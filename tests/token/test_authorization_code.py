@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from otesse.auth.v1 import registry_pb2_grpc, token_pb2
 from services.common import credentials
+from services.common.audit import NOWHERE
 from services.common.errors import InvalidGrant
 from services.token.access_tokens import AccessTokenIssuer
 from services.token.client_auth import AuthenticatedClient
@@ -230,7 +231,7 @@ async def test_a_replay_during_the_first_exchange_waits_for_its_commit_and_revok
     store = HeldExchange(pool, hold="before_commit")
     code = await issue_code(redis, redis_prefix, client)
     first = asyncio.create_task(grant_over(token, redis, redis_prefix, store).handle(
-        {"code": code, "redirect_uri": REDIRECT_URI}, authenticated(client)))
+        {"code": code, "redirect_uri": REDIRECT_URI}, authenticated(client), NOWHERE))
     try:
         await asyncio.wait_for(store.reached.wait(), 10)
         # The first exchange has taken the code and inserted its grant, not yet committed.
@@ -260,7 +261,7 @@ async def test_a_replay_before_the_first_exchange_writes_makes_it_issue_nothing(
     user_id = f"user-{credentials.random_urlsafe(6)}"
     code = await issue_code(redis, redis_prefix, client, user_id=user_id)
     first = asyncio.create_task(grant_over(token, redis, redis_prefix, store).handle(
-        {"code": code, "redirect_uri": REDIRECT_URI}, authenticated(client)))
+        {"code": code, "redirect_uri": REDIRECT_URI}, authenticated(client), NOWHERE))
     try:
         await asyncio.wait_for(store.reached.wait(), 10)
         # The first exchange has taken the code and not written anything yet.
@@ -288,7 +289,8 @@ async def test_a_tombstone_is_never_denied_nor_kept_past_purge(
     code_hash = credentials.sha256(credentials.new_authorization_code())
     store = PgGrantStore(pool, access_token_ttl=3600)
 
-    result = await store.revoke_replayed_code(code_hash=code_hash)
+    result = await store.revoke_replayed_code(code_hash=code_hash, presented_by="attacker",
+                                              origin=NOWHERE)
 
     assert (result.revoked, result.deny.grants) == (0, [])
     grant_id = await pool.fetchval("SELECT grant_id FROM token.grants WHERE code_hash = $1",
@@ -322,7 +324,7 @@ async def test_a_junk_or_expired_code_costs_no_postgres_and_no_wait(
     for code in codes:
         with pytest.raises(InvalidGrant):
             await grant.handle({"code": code, "redirect_uri": REDIRECT_URI},
-                               authenticated(client))
+                               authenticated(client), NOWHERE)
     elapsed = time.monotonic() - started
 
     assert counting.statements == 0

@@ -2,7 +2,8 @@
 
 A grant declares its ``grant_type``; ``validate`` checks the request's parameters and raises
 before any side effect; ``issue`` consumes (a code, a refresh token), writes and answers. The
-token endpoint dispatches from a dict ``grant_type → grant``.
+token endpoint dispatches from a dict ``grant_type → grant``. ``origin`` (the client's address
+and the request id) goes into the audit events the writes record.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Generic, Literal, TypeVar
 
 from services.common import credentials
+from services.common.audit import Origin
 from services.token.access_tokens import AccessTokenIssuer
 from services.token.client_auth import AuthenticatedClient
 
@@ -63,8 +65,9 @@ class Grant(ABC, Generic[R]):
         """Every check that needs no store; raises an OAuth error before any side effect."""
 
     @abstractmethod
-    async def issue(self, request: R, client: AuthenticatedClient) -> bytes:
+    async def issue(self, request: R, client: AuthenticatedClient, origin: Origin) -> bytes:
         """Consumes the grant, writes, and returns the JSON response body."""
 
-    async def handle(self, params: Mapping[str, str], client: AuthenticatedClient) -> bytes:
-        return await self.issue(self.validate(params, client), client)
+    async def handle(self, params: Mapping[str, str], client: AuthenticatedClient,
+                     origin: Origin) -> bytes:
+        return await self.issue(self.validate(params, client), client, origin)

@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError
 
 from otesse.auth.v1.authorization_code_pb2 import AuthorizationCodeRecord
 from services.common import credentials
+from services.common.audit import Origin
 from services.common.errors import InvalidGrant, InvalidRequest
 from services.token import pkce
 from services.token.access_tokens import AccessTokenIssuer
@@ -78,7 +79,8 @@ class AuthorizationCodeGrant(Grant[CodeRequest]):
             raise InvalidGrant(_INVALID_CODE)
         return CodeRequest(code=code, redirect_uri=redirect_uri, code_verifier=verifier)
 
-    async def issue(self, request: CodeRequest, client: AuthenticatedClient) -> bytes:
+    async def issue(self, request: CodeRequest, client: AuthenticatedClient,
+                    origin: Origin) -> bytes:
         consumed = await self._codes.consume(request.code)
         if consumed.outcome == "unknown":
             raise InvalidGrant(_INVALID_CODE)
@@ -87,7 +89,7 @@ class AuthorizationCodeGrant(Grant[CodeRequest]):
             # RFC 6749 §4.1.2: "If an authorization code is used more than once, the authorization
             # server MUST deny the request and SHOULD revoke (when possible) all tokens previously
             # issued based on that authorization code."
-            await self._revoke_replayed(code_hash, client)
+            await self._revoke_replayed(code_hash, client, origin)
             raise InvalidGrant(_INVALID_CODE)
         try:
             record = AuthorizationCodeRecord.FromString(consumed.record)
@@ -111,7 +113,7 @@ class AuthorizationCodeGrant(Grant[CodeRequest]):
                 scopes=scopes, code_hash=code_hash,
                 refresh_hash=credentials.sha256(response.refresh_token),
                 refresh_ttl=self._refresh_ttl,
-                code_issued_at=record.issued_at.ToMicroseconds() / 1e6)
+                code_issued_at=record.issued_at.ToMicroseconds() / 1e6, origin=origin)
         except (CodeAlreadyExchanged, AuthorizationRevoked):
             raise InvalidGrant(_INVALID_CODE) from None
         return response.to_json()
@@ -134,8 +136,10 @@ class AuthorizationCodeGrant(Grant[CodeRequest]):
         if request.code_verifier is not None:
             raise InvalidGrant("A code_verifier was sent but no code_challenge was.")
 
-    async def _revoke_replayed(self, code_hash: bytes, client: AuthenticatedClient) -> None:
-        result = await self._store.revoke_replayed_code(code_hash=code_hash)
+    async def _revoke_replayed(self, code_hash: bytes, client: AuthenticatedClient,
+                               origin: Origin) -> None:
+        result = await self._store.revoke_replayed_code(
+            code_hash=code_hash, presented_by=client.client_id, origin=origin)
         if result.deny.grants:
             GRANTS_REVOKED.labels("code_replay").inc(result.revoked)
             await self._denylist.deny(result.deny)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 
 from services.common import credentials, scopes
+from services.common.audit import Actor, Origin
 from services.common.errors import InvalidGrant, InvalidRequest, InvalidScope
 from services.token import rotation_retry
 from services.token.access_tokens import AccessTokenIssuer
@@ -24,7 +25,7 @@ from services.token.client_auth import AuthenticatedClient
 from services.token.denylist import DenyList
 from services.token.grants import Grant, mint_pair
 from services.token.metrics import GRANTS_REVOKED, REFRESH_RETRIES
-from services.token.store import GrantStore, RefreshRecord
+from services.token.store import GrantStore, RefreshRecord, RevokedBy
 
 log = logging.getLogger("otesse.token.grants")
 _INVALID = "The refresh token is invalid, expired or revoked."
@@ -68,7 +69,8 @@ class RefreshTokenGrant(Grant[RefreshRequest]):
             raise InvalidGrant(_INVALID)
         return RefreshRequest(refresh_token=token, scopes=requested)
 
-    async def issue(self, request: RefreshRequest, client: AuthenticatedClient) -> bytes:
+    async def issue(self, request: RefreshRequest, client: AuthenticatedClient,
+                    origin: Origin) -> bytes:
         token_hash = credentials.sha256(request.refresh_token)
         for _attempt in range(2):
             record = await self._store.find_refresh(token_hash=token_hash,
@@ -76,7 +78,7 @@ class RefreshTokenGrant(Grant[RefreshRequest]):
             granted = self._check(record, request, client)
             assert record is not None
             if record.rotated:
-                return await self._rotated_again(record, request, token_hash, client)
+                return await self._rotated_again(record, request, token_hash, client, origin)
             response, _ = mint_pair(self._access_tokens, user_id=record.user_id,
                                     client_id=client.client_id, scopes=granted,
                                     grant_id=record.grant_id)
@@ -87,7 +89,8 @@ class RefreshTokenGrant(Grant[RefreshRequest]):
             if await self._store.rotate_refresh(
                     token_hash=token_hash,
                     successor_hash=credentials.sha256(response.refresh_token),
-                    successor_sealed=sealed, refresh_ttl=self._refresh_ttl):
+                    successor_sealed=sealed, refresh_ttl=self._refresh_ttl,
+                    client_id=client.client_id, scopes=granted, origin=origin):
                 return body
             # Another request rotated this token (or the grant was revoked) between our read
             # and our write: read again and answer as that state demands.
@@ -115,7 +118,8 @@ class RefreshTokenGrant(Grant[RefreshRequest]):
         return granted
 
     async def _rotated_again(self, record: RefreshRecord, request: RefreshRequest,
-                             token_hash: bytes, client: AuthenticatedClient) -> bytes:
+                             token_hash: bytes, client: AuthenticatedClient,
+                             origin: Origin) -> bytes:
         if self._retry_window and record.retry_allowed and record.successor_sealed:
             try:
                 body = rotation_retry.open_sealed(record.successor_sealed,
@@ -135,7 +139,10 @@ class RefreshTokenGrant(Grant[RefreshRequest]):
         # the attacker and the legitimate client, one of them will present an invalidated
         # refresh token, which will inform the authorization server of the breach; the
         # authorization server revokes the active refresh token (here: the whole grant).
-        result = await self._store.revoke_grants(grant_id=record.grant_id)
+        result = await self._store.revoke_grants(
+            grant_id=record.grant_id,
+            by=RevokedBy(actor=Actor.system(), reason="refresh_token_reuse", origin=origin,
+                         reuse_presented_by=Actor.client(client.client_id)))
         GRANTS_REVOKED.labels("refresh_reuse").inc(result.revoked)
         await self._denylist.deny(result.deny)
         log.warning("rotated refresh token reused; grant revoked", extra={

@@ -3,6 +3,9 @@
 ``X-Forwarded-For`` is believed only when the TCP peer is a trusted proxy; then the list is read
 from the right, skipping trusted hops, and the first untrusted address is the client. Anything
 left of it could have been written by the client itself.
+
+Shared by the services behind the gateway that record who asked (authorize for its sign-in
+throttle and the audit trail, token for the audit trail); each has its own trusted networks.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from services.authorize.settings import Network
+from starlette.requests import Request
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _trusted(address: str, proxies: Sequence[Network]) -> bool:
@@ -35,3 +40,9 @@ def client_ip(peer: str, forwarded_for: Sequence[str], proxies: Sequence[Network
         if not _trusted(hop, proxies):
             return hop
     return candidate
+
+
+def of_request(request: Request, proxies: Sequence[Network]) -> str:
+    """The client of an HTTP request (``"unknown"`` when the server knows no peer)."""
+    peer = request.client.host if request.client else "unknown"
+    return client_ip(peer, request.headers.getlist("x-forwarded-for"), proxies)

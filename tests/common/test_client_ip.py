@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from services.authorize.client_ip import client_ip
+from services.common.client_ip import client_ip
 
 PROXIES = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8"),
            ipaddress.ip_network("::1/128"))
