@@ -153,7 +153,7 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
             "redis": lambda: redis_client.ping(redis),
             "registry": registry_serving,
         }
-        readiness.checks.update(checks)
+        readiness.dependencies.update(checks)
         log.info("authorize serving", extra={"registry": settings.registry_addr})
         try:
             yield

@@ -52,7 +52,7 @@ def create_app(settings: BookingsSettings, readiness: Readiness | None = None) -
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.token_validator = validator = create_validator(settings)
-        readiness.checks["token"] = validator.ping
+        readiness.dependencies["token"] = validator.ping
         try:
             yield
         finally:

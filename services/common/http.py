@@ -154,12 +154,27 @@ def json_error_handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[
 
 @dataclass
 class Readiness:
-    """What ``/readyz`` checks. ``draining`` turns true on SIGTERM, before the server stops;
-    ``on_drain`` runs then too (a gRPC server turns its health ``NOT_SERVING``)."""
+    """What ``/readyz`` checks.
+
+    ``checks`` are this replica's own state (signing keys loaded, listener open): any failure
+    takes the replica out of its load balancer. ``dependencies`` are the stores and peers every
+    replica shares (Postgres, Redis, the registry, the token service): each must have answered
+    once since the process started — a rollout with a wrong address or credential never turns
+    ready, so Kubernetes stops it after the first pod — but a later outage only shows in the
+    body (``"status": "degraded"``). Every replica sees the same outage: taking them all out of
+    rotation would turn "the steps that need Redis answer 503" into "nothing answers", while the
+    services already answer each request that needs the broken part with 503 and Retry-After
+    and recover by themselves.
+
+    ``draining`` turns true on SIGTERM, before the server stops; ``on_drain`` runs then too (a
+    gRPC server turns its health ``NOT_SERVING``)."""
 
     checks: dict[str, Callable[[], Awaitable[object]]] = field(default_factory=dict)
+    dependencies: dict[str, Callable[[], Awaitable[object]]] = field(default_factory=dict)
     draining: bool = False
     on_drain: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
+    # The dependencies that have answered at least once since start.
+    answered: set[str] = field(default_factory=set)
 
     async def probe(self) -> dict[str, str]:
         results: dict[str, str] = {}
@@ -171,8 +186,16 @@ class Readiness:
             except Exception as exc:  # noqa: BLE001 - any failure means not ready
                 results[name] = f"unavailable ({type(exc).__name__})"
 
-        await asyncio.gather(*(run(name, check) for name, check in self.checks.items()))
+        await asyncio.gather(*(run(name, check)
+                               for name, check in {**self.dependencies, **self.checks}.items()))
+        self.answered.update(name for name in self.dependencies if results[name] == "ok")
         return results
+
+    def ready(self, results: dict[str, str]) -> bool:
+        """Serving traffic: not draining, every own check passing, every dependency seen once."""
+        return (not self.draining
+                and all(results[name] == "ok" for name in self.checks)
+                and self.answered >= self.dependencies.keys())
 
 
 def health_routes(readiness: Readiness) -> list[Route]:
@@ -181,9 +204,10 @@ def health_routes(readiness: Readiness) -> list[Route]:
 
     async def readyz(request: Request) -> Response:
         results = await readiness.probe()
-        ready = not readiness.draining and all(v == "ok" for v in results.values())
-        body = {"status": "ready" if ready else "not ready", "checks": results,
-                "draining": readiness.draining}
+        ready = readiness.ready(results)
+        status = "not ready" if not ready else (
+            "ready" if all(v == "ok" for v in results.values()) else "degraded")
+        body = {"status": status, "checks": results, "draining": readiness.draining}
         headers = {"Cache-Control": "no-store"} if ready else {"Cache-Control": "no-store",
                                                                 "Retry-After": "1"}
         return JSONResponse(body, status_code=200 if ready else 503, headers=headers)

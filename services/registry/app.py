@@ -54,7 +54,7 @@ def create_app(settings: RegistrySettings, readiness: Readiness | None = None) -
         if settings.service_credentials.is_default:
             log.warning(DEV_CREDENTIAL_WARNING)
         pool = await db.create_pool(settings.stores, application_name="otesse-registry")
-        readiness.checks["postgres"] = lambda: db.ping(pool)
+        readiness.dependencies["postgres"] = lambda: db.ping(pool)
         server = create_server(settings, pool)
         await server.start()
         readiness.on_drain.append(server.drain)

@@ -211,9 +211,10 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
         async def keys_ready() -> None:
             ring.current()
 
-        readiness.checks.update({"postgres": lambda: db.ping(pool),
-                                 "redis": lambda: redis_client.ping(redis),
-                                 "registry": registry_ready, "signing_keys": keys_ready})
+        readiness.dependencies.update({"postgres": lambda: db.ping(pool),
+                                       "redis": lambda: redis_client.ping(redis),
+                                       "registry": registry_ready})
+        readiness.checks["signing_keys"] = keys_ready
         log.info("token serving", extra={"grpc_port": server.port})
         try:
             yield

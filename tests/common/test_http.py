@@ -121,3 +121,50 @@ async def test_not_ready_is_503_with_retry_after() -> None:
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     assert response.json()["checks"]["redis"] == "unavailable (ConnectionError)"
+
+
+async def test_shared_dependency_must_answer_once_then_only_degrades() -> None:
+    """A dependency every replica shares gates readiness until it first answers (a rollout with
+    a wrong address never turns ready); a later outage leaves the replica in rotation, marked
+    degraded, since pulling every replica out would fail even the requests that don't need it."""
+    redis_up = False
+
+    async def redis() -> None:
+        if not redis_up:
+            raise ConnectionError("refused")
+
+    readiness = Readiness(dependencies={"redis": redis})
+    app = Starlette(routes=health_routes(readiness))
+    async with serve_app(app, lifespan="off") as url, httpx.AsyncClient(timeout=10) as http:
+        never = await http.get(url + "/readyz")
+        redis_up = True
+        up = await http.get(url + "/readyz")
+        redis_up = False
+        outage = await http.get(url + "/readyz")
+        readiness.draining = True
+        draining = await http.get(url + "/readyz")
+    assert never.status_code == 503
+    assert never.json()["status"] == "not ready"
+    assert never.json()["checks"]["redis"] == "unavailable (ConnectionError)"
+    assert (up.status_code, up.json()["status"]) == (200, "ready")
+    assert (outage.status_code, outage.json()["status"]) == (200, "degraded")
+    assert outage.json()["checks"]["redis"] == "unavailable (ConnectionError)"
+    assert "retry-after" not in outage.headers
+    assert (draining.status_code, draining.json()["status"]) == (503, "not ready")
+
+
+async def test_own_check_failing_takes_the_replica_out_even_after_it_passed() -> None:
+    keys_loaded = True
+
+    async def signing_keys() -> None:
+        if not keys_loaded:
+            raise LookupError("no current key")
+
+    readiness = Readiness(checks={"signing_keys": signing_keys})
+    app = Starlette(routes=health_routes(readiness))
+    async with serve_app(app, lifespan="off") as url, httpx.AsyncClient(timeout=10) as http:
+        first = await http.get(url + "/readyz")
+        keys_loaded = False
+        later = await http.get(url + "/readyz")
+    assert first.status_code == 200
+    assert (later.status_code, later.json()["status"]) == (503, "not ready")

@@ -201,14 +201,15 @@ def breakdown(answers: list[Answer]) -> str:
 
 
 async def seconds_until_ready(world: World) -> float:
-    """From now until every service's /readyz answers 200 (polled)."""
+    """From now until every service's /readyz answers 200 with every check ok (polled)."""
     started = time.monotonic()
     urls = [world.processes.ready_url(name) for name in SERVICES]
     async with httpx.AsyncClient(timeout=2.0) as http:
         while True:
             try:
                 answers = await asyncio.gather(*(http.get(url) for url in urls))
-                if all(answer.status_code == 200 for answer in answers):
+                if all(answer.status_code == 200 and answer.json()["status"] == "ready"
+                       for answer in answers):
                     return time.monotonic() - started
             except httpx.HTTPError:
                 pass
