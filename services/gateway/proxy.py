@@ -44,7 +44,7 @@ from services.gateway.upstream_client import (
     BadResponse,
     BrokenBody,
     ConnectFailed,
-    NotDelivered,
+    NoAnswer,
     Response,
     UpstreamPool,
 )
@@ -113,8 +113,8 @@ class Upstreams:
                 response = await pool.request(method, target, headers, body)
         except TimeoutError:
             raise self._failed(name, "timeout", GatewayTimeout()) from None
-        except NotDelivered as exc:
-            raise self._failed(name, "not_delivered", UpstreamUnavailable(), exc) from None
+        except NoAnswer as exc:
+            raise self._failed(name, "no_answer", UpstreamUnavailable(), exc) from None
         except ConnectFailed as exc:
             raise self._failed(name, "unavailable", UpstreamUnavailable(), exc) from None
         except BadResponse as exc:

@@ -12,11 +12,16 @@ with concurrency. Here a request costs the same whatever the pool holds:
 * a connection is reused only when its response was read to the end and neither side asked to
   close it ("A client that receives a "close" connection option MUST cease sending requests on
   that connection", RFC 9112 §9.6);
-* a request whose reused connection the upstream closed before answering (the keep-alive race,
-  RFC 9112 §9.3.1; or an upstream that closes a connection after an answer without saying so)
-  is sent once more on a connection never used before — only when its body was in memory,
-  never a body streamed from the client, which cannot be sent twice: that one fails with
-  :class:`NotDelivered`, as nothing reached the upstream (a 503 at the gateway, not a 502).
+* a request whose reused connection the upstream closed before answering is sent once more,
+  on a connection never used before, only when sending it twice cannot change anything: a safe
+  method (GET, HEAD, OPTIONS) with its body in memory. The close may be the keep-alive race
+  (RFC 9112 §9.3.1), but it may as well be an upstream that died while handling the request
+  (a killed replica behind a TCP balancer closes the connection just the same), and a second
+  exchange of an authorization code on another replica is an ``invalid_grant`` that the
+  client never earned. Every other request fails with :class:`NoAnswer` (a 503 at the
+  gateway: the client decides whether to send it again). The drain answers
+  ``Connection: close`` and the keep-alive expiry is below uvicorn's, so a healthy upstream
+  never closes a connection under a request on purpose.
 
 Bodies stream both ways: a request body with ``Content-Length`` as it is, else chunked; the
 response body as it arrives (``Content-Length``, chunked — decoded — or until the close), with
@@ -41,6 +46,8 @@ _READ_HIGH_WATER = 256 * 1024
 # httpx sent "Content-Length: 0" for these methods without a body; so does this client.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+# RFC 9110 §9.2.1: sending one of these twice changes nothing on the server.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class UpstreamError(Exception):
@@ -55,9 +62,9 @@ class BadResponse(UpstreamError):
     """The upstream reset or closed the connection before answering, or did not speak HTTP."""
 
 
-class NotDelivered(ConnectFailed):
-    """A reused connection closed before any byte of the answer (the keep-alive race): the
-    upstream closed it before reading the request, which was not sent again."""
+class NoAnswer(ConnectFailed):
+    """A reused connection closed before any byte of the answer, and the request was not sent
+    again: whether the upstream read it (and acted on it) cannot be told."""
 
 
 class _UnaskedAnswer(Exception):
@@ -130,7 +137,7 @@ class Response:
         elif self._has_head:
             self._fail(BrokenBody("the upstream closed the connection mid-body"))
         elif not self.received_any and reused:
-            self._fail(NotDelivered("a reused connection closed before answering"))
+            self._fail(NoAnswer("a reused connection closed before answering"))
         else:
             self._fail(BadResponse(f"the upstream closed the connection ({exc or 'EOF'})"))
 
@@ -448,17 +455,15 @@ class UpstreamPool:
         try:
             return await connection.exchange(head, payload, content_length=content_length,
                                              head_only=head_only)
-        except NotDelivered:
-            if streamed:
+        except NoAnswer:
+            if streamed or method not in _SAFE_METHODS:
                 raise
         # RFC 9112 §9.3.1: "A user agent MUST NOT automatically retry a request with a
         # non-idempotent method unless it has some means to know that the request semantics
         # are actually idempotent, regardless of the method, or some means to detect that the
-        # original request was never applied." A connection the upstream had kept alive and
-        # closed without a byte of answer is the idle-close race (or a graceful restart):
-        # uvicorn closes only connections with no request in progress, so the request was never
-        # read. Sent once more, on a connection never used before (which cannot meet the same
-        # race), and only when its body is in memory.
+        # original request was never applied." A close without an answer is no such means (see
+        # the module's docstring): only a safe method is sent once more, on a connection never
+        # used before (which cannot meet the same race).
         connection = await self._acquire(fresh=True)
         return await connection.exchange(head, payload, content_length=content_length,
                                          head_only=head_only)
