@@ -28,11 +28,13 @@ import asyncio
 import base64
 import contextlib
 import json
+import platform
 import secrets
 import signal
 import statistics
 import sys
-from collections.abc import Awaitable, Callable
+import sysconfig
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,13 +44,20 @@ import asyncpg
 import httpx
 import uvloop
 
-from bench import flow, load, report
+from bench import baseline, flow, load, report
 from bench.cpu import CpuMeter, per_request
 from bench.http1 import Client
 from bench.load import Result, StepFailed
 from bench.procs import rss_of
 from bench.reference import VERSION, Storage, node_version, running_reference
-from bench.stack import DATABASE_URL, REDIS_URL, StackFailed, running_stack
+from bench.stack import (
+    DATABASE_URL,
+    REDIS_PREFIX,
+    REDIS_URL,
+    ROOT,
+    StackFailed,
+    running_stack,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_ROUNDS = 3
@@ -59,6 +68,8 @@ STEPS = ("authorize", "exchange", "refresh")
 CLIENT_CPU_LIMIT_MS = 0.15
 # Not server work: the load generator, and everything else the machine did meanwhile.
 NOT_SERVER = ("client", "other")
+# The baseline's stack (--baseline) keeps its keys apart from the working tree's.
+BASELINE_REDIS_PREFIX = "otesse-bench-baseline:"
 
 
 @dataclass(frozen=True)
@@ -74,10 +85,11 @@ class Contender:
     session: dict[str, str]
     # Its processes, whose CPU time and memory count as its own.
     pids: dict[str, int]
-    # Its Postgres database, whose backends' CPU counts too (None: it has none).
+    # Its Postgres database, whose backends' CPU counts too (None: it has none), and its URL.
     database_name: str | None
     # What its access and refresh tokens start with.
     prefixes: tuple[str, str] = ("", "")
+    database_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -306,7 +318,17 @@ def text(by_name: dict[str, list[Round]], options: Options, header: list[str]) -
                          f"{m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['server_cpu_ms']:>11.3f} "
                          f"{m['client_cpu_ms']:>8.3f} {m['other_cpu_ms']:>7.3f} "
                          f"{m['rss_mib']:>8.0f}")
-    lines += ["", "Otesse / peer, median of the per-round ratios (server CPU per request: "
+    lines += ["", "Server CPU ms per request by process (medians):"]
+    for step in STEPS:
+        for index, name in enumerate(names):
+            m = median_figures(by_name[name], step)
+            parts = [f"{k.split(':', 1)[1]} {v:.3f}" for k, v in m.items()
+                     if k.startswith("cpu_ms:")]
+            if parts:
+                lines.append(f"  {step if index == 0 else '':<10} {name:<30} "
+                             + ", ".join(parts))
+    lines += ["", f"{otesse} / the others, median of the per-round ratios (server CPU per "
+                  "request: "
                   "at most 1.00 means Otesse spends no more per request; req/s: at least 1.00 "
                   "means Otesse serves as many):"]
     lines.append(f"  {'step':<10} " + "".join(f"{'vs ' + p:<40}" for p in peers))
@@ -320,14 +342,15 @@ def text(by_name: dict[str, list[Round]], options: Options, header: list[str]) -
                          f"{ratios.get('rps', float('nan')):>7.2f} "
                          f"{ratios.get('p50', float('nan')):>7.2f}{'':<15}")
         lines.append(f"  {step:<10} " + "".join(cells))
-    wal = [(step, statistics.median(r.wal[step]["bytes"] for r in by_name[otesse]),
-            statistics.median(r.wal[step]["flushes"] for r in by_name[otesse]))
-           for step in STEPS if all(step in r.wal for r in by_name[otesse])]
-    if wal:
-        lines += ["", f"{otesse}'s Postgres WAL per request (medians; the whole server's, so "
-                      "other users of it add to it): " + ", ".join(
-                          f"{step} {size:.0f} bytes, {flushes:.2f} flushes"
-                          for step, size, flushes in wal)]
+    for name in names:
+        wal = [(step, statistics.median(r.wal[step]["bytes"] for r in by_name[name]),
+                statistics.median(r.wal[step]["flushes"] for r in by_name[name]))
+               for step in STEPS if all(step in r.wal for r in by_name[name])]
+        if wal:
+            lines += ["", f"{name}'s Postgres WAL per request (medians; the whole server's, "
+                          "so other users of it add to it): " + ", ".join(
+                              f"{step} {size:.0f} bytes, {flushes:.2f} flushes"
+                              for step, size, flushes in wal)]
     lines.append("")
     client = max((median_figures(by_name[n], s).get("client_cpu_ms", 0.0)
                   for n in names for s in STEPS), default=0.0)
@@ -389,6 +412,31 @@ async def durable_commits(database_url: str) -> str:
     return str(synchronous_commit)
 
 
+def interpreter() -> str:
+    """The Python the services run on (the stack's ``.venv``), and how it was built: an
+    optimized build (PGO, LTO) runs the same code measurably faster."""
+    config = sysconfig.get_config_var("CONFIG_ARGS") or ""
+    built = [flag for flag in ("--enable-optimizations", "--with-lto") if flag in config]
+    return (f"Python {platform.python_version()} ({sys.base_prefix}; "
+            f"{', '.join(built) if built else 'built without PGO/LTO'})")
+
+
+@contextlib.asynccontextmanager
+async def _otesse(name: str, root: Path, database_url: str, redis_url: str,
+                  redis_prefix: str, log_path: Path) -> AsyncIterator[Contender]:
+    """Otesse's stack from the source tree ``root``, signed in and consented, as a contender."""
+    async with running_stack(database_url=database_url, redis_url=redis_url,
+                             log_path=log_path, root=root, redis_prefix=redis_prefix) as stack:
+        async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30.0) as browser:
+            await flow.sign_in_and_consent(browser, person=stack.person, app=stack.app)
+            session = flow.session_cookie(browser)
+        yield Contender(name=name, base_url=stack.gateway_url,
+                        authorize_path="/oauth/authorize", token_path="/oauth/token",
+                        app=stack.app, session=session, pids=stack.pids,
+                        database_name=stack.database_name,
+                        prefixes=("otesse_at_", "otesse_rt_"), database_url=database_url)
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.compare",
                                      description=__doc__.splitlines()[0])
@@ -401,14 +449,19 @@ def parse(argv: list[str]) -> argparse.Namespace:
                              f"{DEFAULT_CONCURRENCY})")
     parser.add_argument("--warmup", type=int, default=None, metavar="W",
                         help="requests before each measurement (default N/10, at least C)")
-    parser.add_argument("--peer", choices=("both", "redis", "memory"), default="both",
+    parser.add_argument("--peer", choices=("both", "redis", "memory", "none"), default="both",
                         help="node-oidc-provider's storage: its Redis adapter, its in-memory "
-                             "one, or both (default)")
+                             "one, both (default), or none (with --baseline: Otesse alone)")
+    parser.add_argument("--baseline", metavar="REF", default=None,
+                        help="also run Otesse as of this git commit (its own database and "
+                             "Redis prefix), in the same alternating rounds: a before/after")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--database-url", default=DATABASE_URL,
                         help=f"Otesse's database, created then dropped (default {DATABASE_URL})")
     parser.add_argument("--redis-url", default=REDIS_URL, help=f"default {REDIS_URL}")
     args = parser.parse_args(argv)
+    if args.peer == "none" and args.baseline is None:
+        parser.error("--peer none compares nothing without --baseline")
     if min(args.rounds, args.requests, args.concurrency) < 1 or (args.warmup or 0) < 0:
         parser.error("--rounds, --requests and --concurrency must be at least 1, --warmup at "
                      "least 0")
@@ -428,56 +481,59 @@ async def main(argv: list[str]) -> int:
                                                              args.requests // 10)
     options = Options(rounds=args.rounds, requests=args.requests,
                       concurrency=args.concurrency, warmup=warmup)
-    storages: tuple[Storage, ...] = (("redis", "memory") if args.peer == "both"
-                                     else (args.peer,))
+    every: dict[str, tuple[Storage, ...]] = {"both": ("redis", "memory"), "redis": ("redis",),
+                                             "memory": ("memory",), "none": ()}
+    storages = every[args.peer]
     before = report.machine()
     quiet = args.json
-    say(f"bench-peer: starting Otesse and node-oidc-provider {VERSION} "
-        f"({', '.join(storages)}) (load average {before['load_average'][0]})", quiet=quiet)
+    say("bench-peer: starting Otesse"
+        + (f", Otesse @ {args.baseline}" if args.baseline else "")
+        + (f" and node-oidc-provider {VERSION} ({', '.join(storages)})" if storages else "")
+        + f" (load average {before['load_average'][0]})", quiet=quiet)
     by_name: dict[str, list[Round]] = {}
     try:
-        async with running_stack(database_url=args.database_url, redis_url=args.redis_url,
-                                 log_path=RESULTS / "stack.log") as stack:
+        async with contextlib.AsyncExitStack() as exits:
+            contenders = [await exits.enter_async_context(_otesse(
+                "Otesse", ROOT, args.database_url, args.redis_url, REDIS_PREFIX,
+                RESULTS / "stack.log"))]
             synchronous_commit = await durable_commits(args.database_url)
             say(f"bench-peer: Postgres synchronous_commit = {synchronous_commit}: every "
                 "refresh token Otesse answers is on disk first", quiet=quiet)
-            async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30.0) as browser:
-                await flow.sign_in_and_consent(browser, person=stack.person, app=stack.app)
-                otesse_session = flow.session_cookie(browser)
-            contenders = [Contender(
-                name="Otesse", base_url=stack.gateway_url, authorize_path="/oauth/authorize",
-                token_path="/oauth/token", app=stack.app, session=otesse_session,
-                pids=stack.pids, database_name=stack.database_name,
-                prefixes=("otesse_at_", "otesse_rt_"))]
-            async with contextlib.AsyncExitStack() as exits:
-                for storage in storages:
-                    peer = await exits.enter_async_context(running_reference(
-                        storage, redis_url=args.redis_url,
-                        log_path=RESULTS / f"peer-{storage}.log"))
-                    contenders.append(Contender(
-                        name=peer.name, base_url=peer.base_url, authorize_path="/auth",
-                        token_path="/token", app=peer.app, session=peer.session,
-                        pids={"node": peer.pid}, database_name=None))
-                node = await node_version()
-                for number in range(1, options.rounds + 1):
-                    for contender in contenders:
-                        say(f"bench-peer: round {number}/{options.rounds}: {contender.name}",
-                            quiet=quiet)
-                        meter = CpuMeter(services=contender.pids,
-                                         database_name=contender.database_name,
-                                         database_url=args.database_url,
-                                         redis_url=args.redis_url)
-                        await meter.open()
-                        database = (await asyncpg.connect(args.database_url)
-                                    if contender.database_name else None)
-                        try:
-                            measured = await measure(contender, options, meter, number,
-                                                     database)
-                        finally:
-                            await meter.close()
-                            if database is not None:
-                                await database.close()
-                        by_name.setdefault(contender.name, []).append(measured)
+            if args.baseline is not None:
+                root = exits.enter_context(baseline.checkout(args.baseline))
+                contenders.append(await exits.enter_async_context(_otesse(
+                    f"Otesse @ {baseline.describe(args.baseline)}", root,
+                    args.database_url + "_baseline", args.redis_url, BASELINE_REDIS_PREFIX,
+                    RESULTS / "stack-baseline.log")))
+            for storage in storages:
+                peer = await exits.enter_async_context(running_reference(
+                    storage, redis_url=args.redis_url,
+                    log_path=RESULTS / f"peer-{storage}.log"))
+                contenders.append(Contender(
+                    name=peer.name, base_url=peer.base_url, authorize_path="/auth",
+                    token_path="/token", app=peer.app, session=peer.session,
+                    pids={"node": peer.pid}, database_name=None))
+            node = await node_version()
+            for number in range(1, options.rounds + 1):
+                for contender in contenders:
+                    say(f"bench-peer: round {number}/{options.rounds}: {contender.name}",
+                        quiet=quiet)
+                    database_url = contender.database_url or args.database_url
+                    meter = CpuMeter(services=contender.pids,
+                                     database_name=contender.database_name,
+                                     database_url=database_url,
+                                     redis_url=args.redis_url)
+                    await meter.open()
+                    database = (await asyncpg.connect(database_url)
+                                if contender.database_name else None)
+                    try:
+                        measured = await measure(contender, options, meter, number,
+                                                 database)
+                    finally:
+                        await meter.close()
+                        if database is not None:
+                            await database.close()
+                    by_name.setdefault(contender.name, []).append(measured)
     except (StackFailed, StepFailed) as exc:
         print(f"bench-peer: {exc}", file=sys.stderr)
         return 1
@@ -490,6 +546,8 @@ async def main(argv: list[str]) -> int:
                            "note": "the load generator shares these cores with every server"},
                "peer": {"package": "oidc-provider", "version": VERSION, "node": node,
                         "storages": list(storages)},
+               "baseline": args.baseline,
+               "interpreter": interpreter(),
                "postgres_synchronous_commit": synchronous_commit}
     document = as_json(by_name, options, context)
     RESULTS.mkdir(exist_ok=True)
@@ -498,6 +556,7 @@ async def main(argv: list[str]) -> int:
         f"Otesse vs node-oidc-provider {VERSION} (Node {node}): {options.rounds} alternating "
         f"rounds, {options.requests} requests per measurement, concurrency "
         f"{options.concurrency}, warm-up {options.warmup}",
+        f"Otesse's services ran on {interpreter()}.",
         f"Postgres synchronous_commit = {synchronous_commit}. The load generator shares the "
         f"machine's {before['cores']} cores with every server (load average before: "
         f"{' '.join(map(str, before['load_average']))}).",

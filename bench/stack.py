@@ -30,8 +30,6 @@ import redis.asyncio as aioredis
 from bench.flow import App, Person
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_LOCAL = ROOT / "scripts" / "run-local"
-CLI = ROOT / ".venv" / "bin" / "otesse-auth"
 DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/otesse_bench"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 REDIS_PREFIX = "otesse-bench:"
@@ -113,14 +111,15 @@ async def clear_redis(redis_url: str, prefix: str) -> None:
         await client.aclose()
 
 
-def stack_env(database_url: str, redis_url: str, run_dir: str) -> dict[str, str]:
+def stack_env(database_url: str, redis_url: str, run_dir: str,
+              redis_prefix: str = REDIS_PREFIX) -> dict[str, str]:
     """The environment of ``run-local`` and the CLI: none of the caller's ``OTESSE_…``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTESSE_")}
     env.update({name: str(free_port()) for name in PORT_VARIABLES})
     env.update({
         "OTESSE_DATABASE_URL": database_url,
         "OTESSE_REDIS_URL": redis_url,
-        "OTESSE_REDIS_PREFIX": REDIS_PREFIX,
+        "OTESSE_REDIS_PREFIX": redis_prefix,
         "OTESSE_LOG_LEVEL": "WARNING",
         "OTESSE_GATEWAY_RATE_LOGIN_PER_IP": "off",
         "OTESSE_GATEWAY_RATE_TOKEN_PER_IP": "off",
@@ -137,10 +136,10 @@ def stack_env(database_url: str, redis_url: str, run_dir: str) -> dict[str, str]
     return env
 
 
-async def _cli(env: dict[str, str], *args: str) -> str:
+async def _cli(env: dict[str, str], *args: str, root: Path = ROOT) -> str:
     process = await asyncio.create_subprocess_exec(
-        str(CLI), *args, env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+        str(root / ".venv" / "bin" / "otesse-auth"), *args, env=env, cwd=root,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await process.communicate()
     if process.returncode != 0:
         lines = err.decode(errors="replace").strip().splitlines()
@@ -182,25 +181,33 @@ async def _wait_ready(log_path: Path, process: asyncio.subprocess.Process) -> bo
 
 @contextlib.asynccontextmanager
 async def running_stack(*, database_url: str = DATABASE_URL, redis_url: str = REDIS_URL,
-                        log_path: Path, clients: int = 1) -> AsyncIterator[Stack]:
-    """The stack, with ``clients`` users each with an app of their own."""
+                        log_path: Path, clients: int = 1, root: Path = ROOT,
+                        redis_prefix: str = REDIS_PREFIX) -> AsyncIterator[Stack]:
+    """The stack, with ``clients`` users each with an app of their own.
+
+    ``root`` is the source tree whose code runs: another one (a checkout of an older commit, as
+    ``bench.compare --baseline`` makes) runs on this tree's ``.venv``, its own code first on
+    ``PYTHONPATH``; two stacks at once need two databases and two ``redis_prefix``es.
+    """
     await drop_database(database_url)
-    await clear_redis(redis_url, REDIS_PREFIX)
+    await clear_redis(redis_url, redis_prefix)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="otesse-bench-") as run_dir:
-        env = stack_env(database_url, redis_url, run_dir)
+        env = stack_env(database_url, redis_url, run_dir, redis_prefix)
+        if root != ROOT:
+            env["PYTHONPATH"] = str(root)
         # Its output goes to a file, not a pipe: a pipe whose reader died (a benchmark killed
         # outright) would break run-local's own shutdown.
         with log_path.open("wb") as log:
             process = await asyncio.create_subprocess_exec(
-                str(RUN_LOCAL), env=env, cwd=ROOT, stdout=log, stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=die_with_parent)
+                str(root / "scripts" / "run-local"), env=env, cwd=root, stdout=log,
+                stderr=asyncio.subprocess.STDOUT, preexec_fn=die_with_parent)
         try:
             if not await _wait_ready(log_path, process):
                 lines = log_path.read_text(errors="replace").rstrip().splitlines()[-8:]
                 tail = "\n  ".join(lines)
                 raise StackFailed(f"the stack did not start (see {log_path}):\n  {tail}")
-            yield await _prepare(env, process.pid, database_url, clients)
+            yield await _prepare(env, process.pid, database_url, clients, root)
         finally:
             if process.returncode is None:
                 process.send_signal(signal.SIGINT)
@@ -210,25 +217,26 @@ async def running_stack(*, database_url: str = DATABASE_URL, redis_url: str = RE
                     process.kill()
                     await process.wait()
             await drop_database(database_url)
-            await clear_redis(redis_url, REDIS_PREFIX)
+            await clear_redis(redis_url, redis_prefix)
 
 
-async def _client(env: dict[str, str], number: int) -> tuple[Person, App]:
+async def _client(env: dict[str, str], number: int, root: Path) -> tuple[Person, App]:
     person = Person(email=f"bench-{secrets.token_hex(4)}@otesse.test",
                     password=secrets.token_urlsafe(16))
-    await _cli(env, "users", "create", "--email", person.email, "--password", person.password)
+    await _cli(env, "users", "create", "--email", person.email, "--password", person.password,
+               root=root)
     name = "Otesse Bench" if number == 0 else f"Otesse Bench {number + 1}"
     created = json.loads(await _cli(
         env, "clients", "create", "--name", name, "--description",
         "The app `make bench` drives.", "--redirect-uri", REDIRECT_URI, "--scope", SCOPE,
-        "--json"))
+        "--json", root=root))
     return person, App(client_id=created["client_id"], client_secret=created["client_secret"],
                        redirect_uri=REDIRECT_URI, scope=SCOPE)
 
 
 async def _prepare(env: dict[str, str], run_local_pid: int, database_url: str,
-                   clients: int) -> Stack:
-    made = tuple([await _client(env, number) for number in range(max(1, clients))])
+                   clients: int, root: Path) -> Stack:
+    made = tuple([await _client(env, number, root) for number in range(max(1, clients))])
     person, app = made[0]
     pids = service_pids(run_local_pid)
     missing = [name for name in SERVICES if name not in pids]

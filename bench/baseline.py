@@ -1,0 +1,54 @@
+"""The baseline of ``bench.compare --baseline REF``: the source tree of an older commit, run
+beside the working tree so that a change is judged against what it changes, in the same run.
+
+Timing on a shared machine moves by a quarter from one run to the next (issue #13), so a
+before/after taken at two different times says little; two stacks side by side, measured in
+alternating rounds, see the same machine. The commit's files come from ``git archive`` into a
+temporary folder (no worktree is registered, nothing in the repository changes) and run on this
+tree's ``.venv`` (a symbolic link), their own modules first on ``PYTHONPATH``
+(:func:`bench.stack.running_stack`). Dependencies are this tree's: a baseline whose
+``requirements.lock`` differs is refused rather than measured on the wrong libraries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from bench.stack import ROOT, StackFailed
+
+
+def _git(*args: str) -> bytes:
+    done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, check=False)
+    if done.returncode != 0:
+        raise StackFailed(f"git {' '.join(args)}: "
+                          f"{done.stderr.decode(errors='replace').strip()}")
+    return done.stdout
+
+
+def describe(ref: str) -> str:
+    """``ref`` and the commit it names, short, as the report shows it."""
+    commit = _git("rev-parse", "--short", f"{ref}^{{commit}}").decode().strip()
+    return f"{ref} ({commit})" if commit != ref else commit
+
+
+@contextlib.contextmanager
+def checkout(ref: str) -> Iterator[Path]:
+    """A temporary copy of ``ref``'s tree, runnable with this tree's ``.venv``."""
+    lock = ROOT / "requirements.lock"
+    if _git("show", f"{ref}:requirements.lock") != lock.read_bytes():
+        raise StackFailed(f"{ref} pins other dependencies (requirements.lock differs): its "
+                          "figures would not be its own")
+    with tempfile.TemporaryDirectory(prefix="otesse-baseline-") as folder:
+        root = Path(folder)
+        archive = root / "tree.tar"
+        archive.write_bytes(_git("archive", "--format=tar", ref))
+        with tarfile.open(archive) as tar:
+            tar.extractall(root, filter="data")
+        archive.unlink()
+        (root / ".venv").symlink_to(ROOT / ".venv")
+        yield root
