@@ -174,14 +174,16 @@ def server_cpu(result: Result) -> float:
 
 
 async def _wal(database: asyncpg.Connection | None) -> tuple[float, float]:
-    """The server's WAL flushes (``fsync`` and the like) and bytes so far (``pg_stat_wal``).
-    Backends report them within about a second, and every database on the server adds to
-    them: over a measurement of several seconds, Otesse's own plus whatever else wrote."""
+    """The server's WAL flushes (``fsync`` and the like, ``pg_stat_wal``) and its WAL position
+    in bytes (``pg_current_wal_lsn``). The position is exact at once; the flushes are reported
+    by backends within about a second. Every database on the server adds to both: over a
+    measurement of several seconds, Otesse's own plus whatever else wrote."""
     if database is None:
         return 0.0, 0.0
-    row = await database.fetchrow("SELECT wal_sync, wal_bytes FROM pg_stat_wal")
+    row = await database.fetchrow(
+        "SELECT wal_sync, pg_current_wal_lsn() - '0/0'::pg_lsn AS position FROM pg_stat_wal")
     assert row is not None
-    return float(row["wal_sync"]), float(row["wal_bytes"])
+    return float(row["wal_sync"]), float(row["position"])
 
 
 async def measure(contender: Contender, options: Options, meter: CpuMeter, number: int,
@@ -455,6 +457,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--baseline", metavar="REF", default=None,
                         help="also run Otesse as of this git commit (its own database and "
                              "Redis prefix), in the same alternating rounds: a before/after")
+    parser.add_argument("--candidate", metavar="REF", default=None,
+                        help="run Otesse as of this git commit instead of the working tree")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--database-url", default=DATABASE_URL,
                         help=f"Otesse's database, created then dropped (default {DATABASE_URL})")
@@ -493,8 +497,13 @@ async def main(argv: list[str]) -> int:
     by_name: dict[str, list[Round]] = {}
     try:
         async with contextlib.AsyncExitStack() as exits:
+            # --candidate: a commit instead of the working tree, so the tree may change while
+            # the rounds run.
+            candidate = (exits.enter_context(baseline.checkout(args.candidate))
+                         if args.candidate else ROOT)
             contenders = [await exits.enter_async_context(_otesse(
-                "Otesse", ROOT, args.database_url, args.redis_url, REDIS_PREFIX,
+                f"Otesse @ {baseline.describe(args.candidate)}" if args.candidate else "Otesse",
+                candidate, args.database_url, args.redis_url, REDIS_PREFIX,
                 RESULTS / "stack.log"))]
             synchronous_commit = await durable_commits(args.database_url)
             say(f"bench-peer: Postgres synchronous_commit = {synchronous_commit}: every "

@@ -27,6 +27,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+import uvloop
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -376,13 +377,10 @@ async def serve_http(
     await _DrainingServer(config, readiness, drain_seconds).serve()
 
 
-def run(main: Coroutine[Any, Any, None], *, fast_loop: bool = False) -> None:
-    """Runs a service's main coroutine; ``fast_loop`` uses uvloop (for services without gRPC,
-    whose aio runtime is only supported on the standard loop)."""
-    if fast_loop:
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(main)
-    else:
-        asyncio.run(main)
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Runs a service's main coroutine on uvloop: its event loop and transports are C, which
+    takes a tenth or more off the CPU each request costs (``make bench-peer --baseline``,
+    bench/README.md). gRPC's asyncio stack runs on any asyncio loop, uvloop included
+    (tests/common/test_serve_loop.py serves and calls gRPC and HTTP on it)."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)

@@ -84,7 +84,7 @@ async def serve(settings: GatewaySettings) -> None:
 def main() -> None:
     settings = GatewaySettings.from_env()
     configure_logging("gateway", settings.log_level)
-    run(serve(settings), fast_loop=True)
+    run(serve(settings))
 
 
 if __name__ == "__main__":
