@@ -7,9 +7,11 @@ statement each), so purging runs beside live traffic without long locks:
 * refresh tokens past their expiry (rotated ones included: reuse of an expired token is
   refused anyway);
 * grants dead for longer than any of their access tokens can live: revoked, or with every
-  refresh token expired. Their code hashes (the only trace of authorization codes in Postgres;
-  the codes themselves expire in Redis) and remaining refresh tokens go with them. Revoked
-  grants are kept exactly as long as the deny-list rebuild needs them;
+  refresh token expired (a grant's own ``expires_at`` is its first token's: a rotation writes
+  only refresh tokens, so a newer live one keeps the grant). Their code hashes (the only
+  trace of authorization codes in Postgres; the codes themselves expire in Redis) and
+  remaining refresh tokens go with them. Revoked grants are kept exactly as long as the
+  deny-list rebuild needs them;
 * individually revoked access tokens past their ``exp``;
 * signing keys retired longer than the last token they signed can live.
 """
@@ -62,11 +64,15 @@ class Purger:
             " AND rotated_at < now() - $2::int * interval '1 second'"
             " LIMIT $1 FOR UPDATE SKIP LOCKED)",
             self._retry_window)
+        # A grant's own expires_at is its first refresh token's (rotations do not write the
+        # grant): past it, the grant is dead only if no newer refresh token is alive either.
         grants = await self._batches(
             "DELETE FROM token.grants WHERE grant_id IN ("
-            " SELECT grant_id FROM token.grants"
+            " SELECT grant_id FROM token.grants g"
             " WHERE revoked_at < now() - $2::int * interval '1 second'"
-            " OR expires_at < now() - $2::int * interval '1 second'"
+            " OR (expires_at < now() - $2::int * interval '1 second'"
+            "  AND NOT EXISTS (SELECT 1 FROM token.refresh_tokens r WHERE r.grant_id = g.grant_id"
+            "   AND r.expires_at >= now() - $2::int * interval '1 second'))"
             " LIMIT $1 FOR UPDATE SKIP LOCKED)",
             self._dead_after)
         refresh_tokens = await self._batches(

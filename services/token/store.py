@@ -255,7 +255,10 @@ class PgGrantStore:
                              scopes: Sequence[str], origin: Origin) -> bool:
         # One statement: the WHERE on rotated_at lets exactly one of any number of concurrent
         # callers mark the old token; only that caller's successor (and its audit event) is
-        # inserted.
+        # inserted. The grant row is read, not written: its last use and expiry are those of
+        # its newest refresh token (list_grants), so a rotation writes one row and inserts
+        # one, not three. ``FOR SHARE`` still makes a concurrent revocation of the grant wait
+        # for this statement, or this statement see it (and insert nothing).
         grant_id = await self._pool.fetchval(
             "WITH old AS ("
             " UPDATE token.refresh_tokens SET rotated_at = now(), successor_hash = $2,"
@@ -263,15 +266,14 @@ class PgGrantStore:
             " WHERE token_hash = $1 AND rotated_at IS NULL AND expires_at > now()"
             " RETURNING grant_id),"
             " g AS ("
-            " UPDATE token.grants SET last_used_at = now(),"
-            "  expires_at = now() + $4::int * interval '1 second'"
-            " WHERE grant_id = (SELECT grant_id FROM old) AND revoked_at IS NULL"
-            " RETURNING grant_id, expires_at, user_id, client_id),"
+            " SELECT grant_id, user_id, client_id FROM token.grants"
+            " WHERE grant_id = (SELECT grant_id FROM old) AND revoked_at IS NULL FOR SHARE),"
             " audited AS (" + audit.insert_from(
                 "token.issued", first=5, rows="g", subject="user_id", client="client_id",
                 grant="grant_id") + ")"
             " INSERT INTO token.refresh_tokens (token_hash, grant_id, expires_at)"
-            " SELECT $2, grant_id, expires_at FROM g RETURNING grant_id",
+            " SELECT $2, grant_id, now() + $4::int * interval '1 second' FROM g"
+            " RETURNING grant_id",
             token_hash, successor_hash, successor_sealed, refresh_ttl,
             *audit.params(Actor.client(client_id), origin, {
                 "grant_type": "refresh_token", "scope": " ".join(scopes)}))
@@ -357,11 +359,20 @@ class PgGrantStore:
         audit.counted("access_token.revoked", int(status.rsplit(" ", 1)[-1]))
 
     async def list_grants(self, *, user_id: str) -> list[GrantRecord]:
+        # A grant's last use and expiry are its newest refresh token's (rotate_refresh does
+        # not write the grant); the grant's own columns count too: they are what a grant
+        # refreshed before that change (or by an older replica during a rolling update) kept.
         rows = await self._pool.fetch(
-            "SELECT grant_id, user_id, client_id, scopes, created_at, last_used_at, expires_at"
-            " FROM token.grants"
-            " WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > now()"
-            " ORDER BY created_at DESC, grant_id",
+            "SELECT g.grant_id, g.user_id, g.client_id, g.scopes, g.created_at,"
+            " greatest(g.last_used_at, n.created_at) AS last_used_at,"
+            " greatest(g.expires_at, n.expires_at) AS expires_at"
+            " FROM token.grants g LEFT JOIN LATERAL ("
+            "  SELECT r.created_at, r.expires_at FROM token.refresh_tokens r"
+            "  WHERE r.grant_id = g.grant_id AND r.created_at > g.created_at"
+            "  ORDER BY r.created_at DESC LIMIT 1) n ON true"
+            " WHERE g.user_id = $1 AND g.revoked_at IS NULL"
+            "  AND greatest(g.expires_at, n.expires_at) > now()"
+            " ORDER BY g.created_at DESC, g.grant_id",
             user_id)
         return [GrantRecord(grant_id=str(row["grant_id"]), user_id=row["user_id"],
                             client_id=row["client_id"], scopes=tuple(row["scopes"]),

@@ -50,8 +50,11 @@ async def test_purge_removes_the_dead_and_keeps_the_living(
                        " WHERE grant_id = $1::uuid", ids["long_revoked"])
     await pool.execute("UPDATE token.grants SET revoked_at = now() - interval '10 minutes'"
                        " WHERE grant_id = $1::uuid", ids["just_revoked"])
+    # Expired: the grant and its one refresh token, two hours ago.
     await pool.execute("UPDATE token.grants SET expires_at = now() - interval '2 hours'"
                        " WHERE grant_id = $1::uuid", ids["expired"])
+    await pool.execute("UPDATE token.refresh_tokens SET expires_at = now() - interval"
+                       " '2 hours' WHERE grant_id = $1::uuid", ids["expired"])
     await pool.execute("UPDATE token.refresh_tokens SET expires_at = now() - interval"
                        " '1 second', rotated_at = now() - interval '1 minute'"
                        " WHERE token_hash = $1", credentials.sha256(live["refresh_token"]))
@@ -96,6 +99,26 @@ async def test_purge_removes_the_dead_and_keeps_the_living(
     # Purging again finds nothing more of what it just removed.
     second = await Purger(pool, access_token_ttl=3600, retry_window=10).run()
     assert second.grants == 0 and second.sealed_copies == 0
+
+
+async def test_purge_keeps_a_grant_whose_newer_refresh_token_lives(
+        token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client,
+        pool: asyncpg.Pool) -> None:
+    # A rotation writes refresh tokens only: the grant's own expires_at stays its first
+    # token's. Thirty days on, a grant refreshed since is alive and must stay.
+    first = await tokens_for(token, redis, redis_prefix, client)
+    grant_id = await grant_of(token, first["access_token"])
+    second = (await refresh(token.http, client, first["refresh_token"])).json()
+    await pool.execute("UPDATE token.grants SET expires_at = now() - interval '2 hours'"
+                       " WHERE grant_id = $1::uuid", grant_id)
+    await pool.execute("UPDATE token.refresh_tokens SET expires_at = now() - interval"
+                       " '2 hours' WHERE token_hash = $1",
+                       credentials.sha256(first["refresh_token"]))
+
+    await Purger(pool, access_token_ttl=3600, retry_window=10).run()
+
+    assert await exists(pool, "grants", "grant_id", grant_id)
+    assert (await refresh(token.http, client, second["refresh_token"])).status_code == 200
 
 
 async def test_purge_removes_expired_keys_only(token: TokenService, pool: asyncpg.Pool) -> None:

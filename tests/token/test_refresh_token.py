@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 from otesse.auth.v1 import registry_pb2_grpc, token_pb2
 from services.common import credentials
 from services.common.settings import StoreSettings
+from services.token.store import PgGrantStore
 from tests.token.conftest import (
     Client,
     TokenService,
@@ -55,12 +56,12 @@ async def test_rotation_returns_a_new_pair_and_the_old_token_stops(
     second_claims = await validate(token, second["access_token"])
     first_claims = await validate(token, first["access_token"])
     assert second_claims.active and second_claims.grant_id == first_claims.grant_id
-    # The successor works, and the grant records its use.
+    # The successor works, and the grant's listing shows its use.
     third = await refresh(token.http, client, second["refresh_token"])
     assert third.status_code == 200
-    used = await pool.fetchval("SELECT last_used_at FROM token.grants WHERE grant_id = $1::uuid",
-                               second_claims.grant_id)
-    assert used is not None
+    listed = {grant.grant_id: grant for grant in await PgGrantStore(
+        pool, access_token_ttl=3600).list_grants(user_id=second_claims.subject)}
+    assert listed[second_claims.grant_id].last_used_at is not None
 
 
 async def test_public_client_refreshes_without_secret(

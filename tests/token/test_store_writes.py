@@ -1,0 +1,80 @@
+"""What a refresh writes in Postgres (issue #13: a rotation touches as few rows as it can), and
+that writing less gave up none of the rotation's promises: the grant row is read, never written;
+the old token is marked and its successor inserted by one statement; a revocation racing the
+rotation either lands first (nothing is minted) or waits for it (and then ends the successor
+too)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from otesse.auth.v1 import token_pb2
+from services.common import credentials
+from tests.token.conftest import Client, TokenService, refresh, tokens_for
+
+
+async def grant_of(token: TokenService, access_token: str) -> str:
+    result = await token.grpc.ValidateToken(token_pb2.ValidateTokenRequest(token=access_token))
+    return result.grant_id
+
+
+async def test_a_refresh_marks_the_old_token_inserts_one_and_leaves_the_grant_row_alone(
+        token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client,
+        pool: asyncpg.Pool) -> None:
+    first = await tokens_for(token, redis, redis_prefix, client)
+    grant_id = await grant_of(token, first["access_token"])
+    # xmin changes with every new version of a row: an UPDATE of the grant would show here.
+    grant_version = await pool.fetchval(
+        "SELECT xmin::text FROM token.grants WHERE grant_id = $1::uuid", grant_id)
+
+    second = (await refresh(token.http, client, first["refresh_token"])).json()
+
+    assert await pool.fetchval("SELECT xmin::text FROM token.grants WHERE grant_id = $1::uuid",
+                               grant_id) == grant_version
+    rows = await pool.fetch(
+        "SELECT token_hash, rotated_at IS NOT NULL AS rotated, successor_hash,"
+        " successor_sealed IS NOT NULL AS sealed, xmin::text AS version"
+        " FROM token.refresh_tokens WHERE grant_id = $1::uuid ORDER BY created_at", grant_id)
+    old_hash, new_hash = (credentials.sha256(first["refresh_token"]),
+                          credentials.sha256(second["refresh_token"]))
+    assert [row["token_hash"] for row in rows] == [old_hash, new_hash]
+    assert rows[0]["rotated"] and rows[0]["successor_hash"] == new_hash and rows[0]["sealed"]
+    assert not rows[1]["rotated"] and rows[1]["successor_hash"] is None
+    # One statement: the old token's new version and the successor share a transaction.
+    assert rows[0]["version"] == rows[1]["version"]
+    # The grant's listing still shows the use and the later expiry.
+    listed = await pool.fetchrow(
+        "SELECT g.expires_at AS own, r.expires_at AS newest FROM token.grants g"
+        " JOIN token.refresh_tokens r ON r.token_hash = $2 WHERE g.grant_id = $1::uuid",
+        grant_id, new_hash)
+    assert listed["newest"] >= listed["own"]
+
+
+async def test_a_revocation_committed_while_a_rotation_waits_mints_nothing(
+        token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client,
+        pool: asyncpg.Pool, database_url: str) -> None:
+    pair = await tokens_for(token, redis, redis_prefix, client)
+    grant_id = await grant_of(token, pair["access_token"])
+    revoker = await asyncpg.connect(database_url)
+    try:
+        # The revocation holds the grant row when the refresh arrives ...
+        transaction = revoker.transaction()
+        await transaction.start()
+        await revoker.execute("UPDATE token.grants SET revoked_at = now()"
+                              " WHERE grant_id = $1::uuid", grant_id)
+        refreshing = asyncio.ensure_future(refresh(token.http, client, pair["refresh_token"]))
+        await asyncio.sleep(0.5)
+        # ... so the rotation waits for it (it reads the grant FOR SHARE) ...
+        assert not refreshing.done()
+        await transaction.commit()
+        answer = await refreshing
+    finally:
+        await revoker.close()
+
+    # ... and then sees it: no successor, no new pair.
+    assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
+    assert await pool.fetchval("SELECT count(*) FROM token.refresh_tokens"
+                               " WHERE grant_id = $1::uuid", grant_id) == 1
