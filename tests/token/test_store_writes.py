@@ -50,7 +50,7 @@ async def test_a_refresh_marks_the_old_token_inserts_one_and_leaves_the_grant_ro
         "SELECT g.expires_at AS own, r.expires_at AS newest FROM token.grants g"
         " JOIN token.refresh_tokens r ON r.token_hash = $2 WHERE g.grant_id = $1::uuid",
         grant_id, new_hash)
-    assert listed["newest"] >= listed["own"]
+    assert listed is not None and listed["newest"] >= listed["own"]
 
 
 async def test_a_revocation_committed_while_a_rotation_waits_mints_nothing(
