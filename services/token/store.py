@@ -26,13 +26,17 @@ Security promises of this store:
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from services.common import audit
 from services.common.audit import Actor, Origin
@@ -126,6 +130,11 @@ class GrantStore(Protocol):
     async def revoke_replayed_code(self, *, code_hash: bytes, presented_by: str,
                                    origin: Origin) -> RevokeResult: ...
 
+    def one_connection(self) -> AbstractAsyncContextManager[GrantStore]:
+        """This store on one connection, for statements that follow each other (a refresh's
+        read, then its rotation): one pool checkout instead of one per statement."""
+        ...
+
     async def find_refresh(self, *, token_hash: bytes, retry_window: int,
                            ) -> RefreshRecord | None: ...
 
@@ -157,9 +166,20 @@ def _revocations(rows: Sequence[asyncpg.Record]) -> Revocations:
 
 class PgGrantStore:
     def __init__(self, pool: asyncpg.Pool, *, access_token_ttl: int) -> None:
-        self._pool = pool
+        self._connections = pool
+        # Every statement goes through this: the pool, or one connection (one_connection).
+        self._pool: asyncpg.Pool | PoolConnectionProxy = pool
         # Revoked grants younger than this may still have live access tokens.
         self._deny_window = access_token_ttl + CLOCK_SKEW_SECONDS
+
+    @contextlib.asynccontextmanager
+    async def one_connection(self) -> AsyncIterator[GrantStore]:
+        # The pool's bounds hold: the checkout waits at most ACQUIRE_SECONDS, and a statement
+        # that times out drops the connection (services.common.db).
+        async with self._connections.acquire() as connection:
+            bound = copy.copy(self)
+            bound._pool = connection
+            yield bound
 
     async def create_grant(self, *, grant_id: str, user_id: str, client_id: str,
                            scopes: Sequence[str], code_hash: bytes, refresh_hash: bytes,

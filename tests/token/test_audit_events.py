@@ -352,8 +352,10 @@ async def test_an_exchange_and_a_refresh_send_no_statement_more_than_before(
     counting.statements = 0
     await refresh_grant.handle({"refresh_token": body["refresh_token"]},
                                authenticated(client), origin)
-    # The read and the rotation (with its event): as before the audit trail.
+    # The read and the rotation (with its event): as before the audit trail, on one
+    # connection checked out once.
     assert counting.statements == 2
+    assert counting.checkouts == 1
     rows = await of_request(pool, rid)
     assert [json.loads(row["details"])["grant_type"] for row in rows] == [
         "authorization_code", "refresh_token"]

@@ -4,8 +4,10 @@ every token issued from it (RFC 6749 §4.1.2)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import asyncpg
@@ -150,26 +152,41 @@ async def test_a_code_issued_before_the_user_revoked_the_app_is_void(
 
 
 class CountingPool:
-    """An asyncpg pool that counts the statements sent through it."""
+    """An asyncpg pool that counts the statements sent through it, and its checkouts (a
+    checked-out connection counts into the same totals)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: Any, parent: CountingPool | None = None) -> None:
         self._pool = pool
+        self._parent = parent
         self.statements = 0
+        self.checkouts = 0
+
+    def _count(self) -> None:
+        if self._parent is not None:
+            self._parent.statements += 1
+        else:
+            self.statements += 1
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[CountingPool]:
+        self.checkouts += 1
+        async with self._pool.acquire() as connection:
+            yield CountingPool(connection, parent=self)
 
     async def execute(self, *args: Any) -> Any:
-        self.statements += 1
+        self._count()
         return await self._pool.execute(*args)
 
     async def fetch(self, *args: Any) -> Any:
-        self.statements += 1
+        self._count()
         return await self._pool.fetch(*args)
 
     async def fetchrow(self, *args: Any) -> Any:
-        self.statements += 1
+        self._count()
         return await self._pool.fetchrow(*args)
 
     async def fetchval(self, *args: Any) -> Any:
-        self.statements += 1
+        self._count()
         return await self._pool.fetchval(*args)
 
 

@@ -72,29 +72,34 @@ class RefreshTokenGrant(Grant[RefreshRequest]):
     async def issue(self, request: RefreshRequest, client: AuthenticatedClient,
                     origin: Origin) -> bytes:
         token_hash = credentials.sha256(request.refresh_token)
-        for _attempt in range(2):
-            record = await self._store.find_refresh(token_hash=token_hash,
-                                                    retry_window=self._retry_window)
-            granted = self._check(record, request, client)
-            assert record is not None
-            if record.rotated:
-                return await self._rotated_again(record, request, token_hash, client, origin)
-            response, _ = mint_pair(self._access_tokens, user_id=record.user_id,
-                                    client_id=client.client_id, scopes=granted,
-                                    grant_id=record.grant_id)
-            body = response.to_json()
-            sealed = rotation_retry.seal(
-                body, old_refresh_token=request.refresh_token, old_hash=token_hash,
-                requested_scopes=request.scopes) if self._retry_window else None
-            if await self._store.rotate_refresh(
-                    token_hash=token_hash,
-                    successor_hash=credentials.sha256(response.refresh_token),
-                    successor_sealed=sealed, refresh_ttl=self._refresh_ttl,
-                    client_id=client.client_id, scopes=granted, origin=origin):
-                return body
-            # Another request rotated this token (or the grant was revoked) between our read
-            # and our write: read again and answer as that state demands.
-        raise InvalidGrant(_INVALID)
+        async with self._store.one_connection() as store:
+            for _attempt in range(2):
+                record = await store.find_refresh(token_hash=token_hash,
+                                                  retry_window=self._retry_window)
+                granted = self._check(record, request, client)
+                assert record is not None
+                if record.rotated:
+                    break
+                response, _ = mint_pair(self._access_tokens, user_id=record.user_id,
+                                        client_id=client.client_id, scopes=granted,
+                                        grant_id=record.grant_id)
+                body = response.to_json()
+                sealed = rotation_retry.seal(
+                    body, old_refresh_token=request.refresh_token, old_hash=token_hash,
+                    requested_scopes=request.scopes) if self._retry_window else None
+                if await store.rotate_refresh(
+                        token_hash=token_hash,
+                        successor_hash=credentials.sha256(response.refresh_token),
+                        successor_sealed=sealed, refresh_ttl=self._refresh_ttl,
+                        client_id=client.client_id, scopes=granted, origin=origin):
+                    return body
+                # Another request rotated this token (or the grant was revoked) between our
+                # read and our write: read again and answer as that state demands.
+            else:
+                raise InvalidGrant(_INVALID)
+        # Rotated already: a retry, or a reuse (which revokes; the connection is back in the
+        # pool by then).
+        return await self._rotated_again(record, request, token_hash, client, origin)
 
     def _check(self, record: RefreshRecord | None, request: RefreshRequest,
                client: AuthenticatedClient) -> tuple[str, ...]:
