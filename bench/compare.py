@@ -28,6 +28,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import math
 import platform
 import secrets
 import signal
@@ -178,8 +179,8 @@ async def _wal(database: asyncpg.Connection | None) -> tuple[float, float]:
     in bytes (``pg_current_wal_lsn``). The position is exact at once; the flushes are reported
     by backends within about a second. Every database on the server adds to both: over a
     measurement of several seconds, Otesse's own plus whatever else wrote."""
-    if database is None:
-        return 0.0, 0.0
+    if database is None or database.is_closed():
+        return float("nan"), float("nan")
     row = await database.fetchrow(
         "SELECT wal_sync, pg_current_wal_lsn() - '0/0'::pg_lsn AS position FROM pg_stat_wal")
     assert row is not None
@@ -206,7 +207,8 @@ async def measure(contender: Contender, options: Options, meter: CpuMeter, numbe
         after, wal_after = await meter.snapshot(), await _wal(database)
         out.results[name] = replace(result, cpu_ms=per_request(before, after, result.requests),
                                     rss_kib=rss_of(contender.pids))
-        if database is not None and result.requests:
+        if database is not None and result.requests and not any(
+                map(math.isnan, (*wal_before, *wal_after))):
             out.wal[name] = {"flushes": (wal_after[0] - wal_before[0]) / result.requests,
                              "bytes": (wal_after[1] - wal_before[1]) / result.requests}
 
@@ -345,9 +347,12 @@ def text(by_name: dict[str, list[Round]], options: Options, header: list[str]) -
                          f"{ratios.get('p50', float('nan')):>7.2f}{'':<15}")
         lines.append(f"  {step:<10} " + "".join(cells))
     for name in names:
-        wal = [(step, statistics.median(r.wal[step]["bytes"] for r in by_name[name]),
-                statistics.median(r.wal[step]["flushes"] for r in by_name[name]))
-               for step in STEPS if all(step in r.wal for r in by_name[name])]
+        # Over the rounds that could read it (a round whose connection was ended has none).
+        wal = [(step, statistics.median(r.wal[step]["bytes"] for r in by_name[name]
+                                        if step in r.wal),
+                statistics.median(r.wal[step]["flushes"] for r in by_name[name]
+                                  if step in r.wal))
+               for step in STEPS if any(step in r.wal for r in by_name[name])]
         if wal:
             lines += ["", f"{name}'s Postgres WAL per request (medians; the whole server's, "
                           "so other users of it add to it): " + ", ".join(

@@ -76,6 +76,10 @@ class CpuMeter:
         for name, pid in self._services.items():
             taken[name] = process_seconds(pid)
         if self._db is not None:
+            if self._db.is_closed():
+                # Something ended every backend (a test of a Postgres outage on this shared
+                # server): the meter reconnects rather than end the run.
+                self._db = await asyncpg.connect(self._database_url)
             backends = await self._db.fetch(
                 "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
                 self._database_name)
