@@ -242,8 +242,9 @@ async def measure(contender: Contender, options: Options, meter: CpuMeter, numbe
         await exchanges(warm_codes, warm=True)
         pairs = [t for t in await exchanges(measured_codes, warm=False) if t is not None]
         if len(pairs) < c:
+            samples = out.results["exchange"].error_samples[:2]
             raise StepFailed(f"{contender.name}: only {len(pairs)} exchanges succeeded; {c} "
-                             "refresh chains need as many")
+                             f"refresh chains need as many (errors: {'; '.join(samples)})")
         chains: asyncio.Queue[str] = asyncio.Queue()
         for pair in pairs[:c]:
             chains.put_nowait(pair.refresh_token)

@@ -50,6 +50,7 @@ from services.common import db, redis_client
 from services.common.audit import PgAuditLog
 from services.common.audit_search import AuditSearch
 from services.common.client_changes import ClientChangeFeed
+from services.common.fast_route import FastRouteStarlette
 from services.common.grpc_client import create_channel
 from services.common.http import Readiness, RequestContextMiddleware, health_routes
 from services.common.service_auth import DEV_CREDENTIAL_WARNING, caller_interceptors
@@ -167,10 +168,16 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
             await redis.aclose()
             await pool.close()
 
-    app = Starlette(routes=routes(readiness), lifespan=lifespan,
-                    exception_handlers={**html_error_handlers(),
-                                        account.SignInRequired: account.sign_in_redirect,
-                                        app_form.FormTooLarge: app_form.too_large_page})
+    every_route = routes(readiness)
+    authorize_route = next(route for route in every_route if isinstance(route, Route)
+                           and route.path == "/oauth/authorize")
+    # GET /oauth/authorize, the hot path, goes straight to its endpoint (inside the same
+    # middleware, with the same handlers): services.common.fast_route.
+    app = FastRouteStarlette(routes=every_route, lifespan=lifespan,
+                             exception_handlers={**html_error_handlers(),
+                                                 account.SignInRequired: account.sign_in_redirect,
+                                                 app_form.FormTooLarge: app_form.too_large_page},
+                             fast=("GET", authorize_route))
     # A path with a slash too many or too few is not redirected: Starlette would build the
     # absolute URL from the Host it was sent, an internal address behind the gateway. Every
     # redirect here is relative or built from the configured issuer.

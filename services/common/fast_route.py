@@ -4,25 +4,24 @@ A profile of the token service under refresh load (py-spy, bench/README.md) put 
 CPU between uvicorn and the endpoint: Starlette's outer error middleware, the exception
 middleware and its per-request handler wrapper, route matching over every route, and the
 request/response adapter. ``POST /oauth/token`` is almost all of the service's traffic, so it is
-dispatched first, by exact path and method, straight to its endpoint: inside the same
-:class:`~services.common.http.RequestContextMiddleware` (request id, metric, access line), with
-the app's own exception handlers, looked up the way Starlette looks them up (the exception's
-classes in order). Every other request, and this path with another method (405), goes through
-the app as before.
+dispatched first, by exact path and method, straight to its endpoint: inside the app's own
+middleware (request id, metric, access line, security headers: each added with
+``add_middleware``), with the app's own exception handlers, looked up the way Starlette looks
+them up (the exception's classes in order). Every other request, and this path with another
+method (405), goes through the app as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
-
-from services.common.http import RequestContextMiddleware
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Handler = Callable[[Request, Exception], Awaitable[Response]]
@@ -32,7 +31,8 @@ class FastRoute:
     """ASGI: ``method path`` to ``endpoint`` directly, anything else to ``app``."""
 
     def __init__(self, app: ASGIApp, *, starlette: Starlette, route: Route, method: str,
-                 endpoint: Endpoint, handlers: Mapping[Any, Handler], service: str) -> None:
+                 endpoint: Endpoint, handlers: Mapping[Any, Handler],
+                 middleware: Sequence[Middleware]) -> None:
         self._app = app
         self._starlette = starlette
         self._route = route
@@ -40,7 +40,12 @@ class FastRoute:
         self._method = method
         self._endpoint = endpoint
         self._handlers = dict(handlers)
-        self._served = RequestContextMiddleware(self._serve, service=service)
+        # The app's own middleware around this route too, in the same order (the first added
+        # is the innermost), as Starlette builds it.
+        served: ASGIApp = self._serve
+        for cls, args, kwargs in reversed(middleware):
+            served = cls(served, *args, **kwargs)
+        self._served = served
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] == "http" and scope["path"] == self._path
@@ -81,14 +86,12 @@ class FastRouteStarlette(Starlette):
     """A Starlette app whose one hot route (``fast``) skips its middleware stack but for the
     request context (see :class:`FastRoute`)."""
 
-    def __init__(self, *args: Any, fast: tuple[str, Route], service: str,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fast: tuple[str, Route], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._fast = fast
-        self._service = service
 
     def build_middleware_stack(self) -> ASGIApp:
         method, route = self._fast
         return FastRoute(super().build_middleware_stack(), starlette=self, route=route,
                          method=method, endpoint=route.endpoint,
-                         handlers=self.exception_handlers, service=self._service)
+                         handlers=self.exception_handlers, middleware=self.user_middleware)

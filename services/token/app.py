@@ -265,7 +265,7 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
     app = FastRouteStarlette(routes=routes, lifespan=lifespan,
                              exception_handlers={**json_error_handlers(),
                                                  InvalidClient: client_auth_failed},
-                             fast=("POST", token_route), service="token")
+                             fast=("POST", token_route))
     # A path with a slash too many or too few is not redirected: Starlette would build the
     # absolute URL from the Host it was sent, an internal address behind the gateway.
     app.router.redirect_slashes = False

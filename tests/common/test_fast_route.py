@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.errors import InvalidGrant, InvalidRequest
 from services.common.fast_route import FastRouteStarlette
@@ -44,6 +45,22 @@ async def other(request: Request) -> Response:
     return JSONResponse({"other": True})
 
 
+class Marked:
+    """Middleware of the app's own (as the authorize service's security headers): it must wrap
+    the fast route too."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def marked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()),
+                                                  (b"x-marked", b"yes")]}
+            await send(message)
+        await self.app(scope, receive, marked)
+
+
 def build(fast: bool, service: str) -> Starlette:
     route = Route("/oauth/token", hot, methods=["POST"])
     routes = [route, Route("/other", other, methods=["GET"])]
@@ -51,10 +68,11 @@ def build(fast: bool, service: str) -> Starlette:
     app: Starlette
     if fast:
         app = FastRouteStarlette(routes=routes, exception_handlers=handlers,
-                                 fast=("POST", route), service=service)
+                                 fast=("POST", route))
     else:
         app = Starlette(routes=routes, exception_handlers=handlers)
     app.router.redirect_slashes = False  # as every service
+    app.add_middleware(Marked)
     app.add_middleware(RequestContextMiddleware, service=service)
     return app
 
@@ -85,9 +103,11 @@ async def test_the_fast_route_answers_as_the_router_does(
     fast, slow = answers
     assert fast.status_code == slow.status_code
     assert fast.json() | {"app": None} == slow.json() | {"app": None}
-    for name in ("content-type", "cache-control", "www-authenticate", "allow", "x-request-id"):
+    for name in ("content-type", "cache-control", "www-authenticate", "allow", "x-request-id",
+                 "x-marked"):
         assert fast.headers.get(name) == slow.headers.get(name), name
     assert fast.headers["x-request-id"] == "fast-route-rid-1"
+    assert fast.headers["x-marked"] == "yes"
 
 
 async def test_the_fast_route_keeps_the_request_context_and_the_app(
