@@ -58,7 +58,16 @@ class Purger:
             await asyncio.sleep(0)
 
     async def run(self) -> PurgeReport:
+        # A copy lives on the successor (found by its creation, the rotation's time, through
+        # a partial index); copies an older version left on the rotated token are cleared too
+        # (no index names them any more: a scan, which finds none once they are gone).
         sealed = await self._batches(
+            "UPDATE token.refresh_tokens SET predecessor_sealed = NULL WHERE token_hash IN ("
+            " SELECT token_hash FROM token.refresh_tokens WHERE predecessor_sealed IS NOT NULL"
+            " AND created_at < now() - $2::int * interval '1 second'"
+            " LIMIT $1 FOR UPDATE SKIP LOCKED)",
+            self._retry_window)
+        sealed += await self._batches(
             "UPDATE token.refresh_tokens SET successor_sealed = NULL WHERE token_hash IN ("
             " SELECT token_hash FROM token.refresh_tokens WHERE successor_sealed IS NOT NULL"
             " AND rotated_at < now() - $2::int * interval '1 second'"

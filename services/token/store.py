@@ -257,7 +257,9 @@ class PgGrantStore:
             " r.rotated_at IS NOT NULL AS rotated,"
             " (r.rotated_at > now() - $2::int * interval '1 second'"
             "  AND s.rotated_at IS NULL AND s.expires_at > now()) AS retry_allowed,"
-            " r.successor_sealed"
+            # The copy travels with the successor (migration 0004); an older replica left it on
+            # the old token.
+            " coalesce(s.predecessor_sealed, r.successor_sealed) AS successor_sealed"
             " FROM token.refresh_tokens r JOIN token.grants g ON g.grant_id = r.grant_id"
             " LEFT JOIN token.refresh_tokens s ON s.token_hash = r.successor_hash"
             " WHERE r.token_hash = $1",
@@ -280,9 +282,10 @@ class PgGrantStore:
         # one, not three. ``FOR SHARE`` still makes a concurrent revocation of the grant wait
         # for this statement, or this statement see it (and insert nothing).
         grant_id = await self._pool.fetchval(
+            # The old row's update names no indexed column: Postgres writes it in place (HOT),
+            # no index entry; the sealed copy goes with the successor's insert (migration 0004).
             "WITH old AS ("
-            " UPDATE token.refresh_tokens SET rotated_at = now(), successor_hash = $2,"
-            "  successor_sealed = $3"
+            " UPDATE token.refresh_tokens SET rotated_at = now(), successor_hash = $2"
             " WHERE token_hash = $1 AND rotated_at IS NULL AND expires_at > now()"
             " RETURNING grant_id),"
             " g AS ("
@@ -291,8 +294,9 @@ class PgGrantStore:
             " audited AS (" + audit.insert_from(
                 "token.issued", first=5, rows="g", subject="user_id", client="client_id",
                 grant="grant_id") + ")"
-            " INSERT INTO token.refresh_tokens (token_hash, grant_id, expires_at)"
-            " SELECT $2, grant_id, now() + $4::int * interval '1 second' FROM g"
+            " INSERT INTO token.refresh_tokens (token_hash, grant_id, expires_at,"
+            "  predecessor_sealed)"
+            " SELECT $2, grant_id, now() + $4::int * interval '1 second', $3 FROM g"
             " RETURNING grant_id",
             token_hash, successor_hash, successor_sealed, refresh_ttl,
             *audit.params(Actor.client(client_id), origin, {

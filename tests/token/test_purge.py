@@ -58,9 +58,13 @@ async def test_purge_removes_the_dead_and_keeps_the_living(
     await pool.execute("UPDATE token.refresh_tokens SET expires_at = now() - interval"
                        " '1 second', rotated_at = now() - interval '1 minute'"
                        " WHERE token_hash = $1", credentials.sha256(live["refresh_token"]))
-    sealed_hash = credentials.sha256(rotated["refresh_token"])
     successor = (await refresh(token.http, client, rotated["refresh_token"])).json()
+    # The rotation (and the successor carrying its sealed copy) a minute ago.
+    sealed_hash = credentials.sha256(successor["refresh_token"])
     await pool.execute("UPDATE token.refresh_tokens SET rotated_at = now() - interval"
+                       " '1 minute' WHERE token_hash = $1",
+                       credentials.sha256(rotated["refresh_token"]))
+    await pool.execute("UPDATE token.refresh_tokens SET created_at = now() - interval"
                        " '1 minute' WHERE token_hash = $1", sealed_hash)
     for jti, when in (("purge-old-jti", "- interval '2 hours'"),
                       ("purge-live-jti", "+ interval '1 hour'")):
@@ -86,7 +90,7 @@ async def test_purge_removes_the_dead_and_keeps_the_living(
                             credentials.sha256(long_revoked["refresh_token"]))
     assert not await exists(pool, "refresh_tokens", "token_hash",
                             credentials.sha256(live["refresh_token"]))
-    assert await pool.fetchval("SELECT successor_sealed FROM token.refresh_tokens"
+    assert await pool.fetchval("SELECT predecessor_sealed FROM token.refresh_tokens"
                                " WHERE token_hash = $1", sealed_hash) is None
     assert not await exists(pool, "revoked_access_tokens", "jti", "purge-old-jti")
     assert await exists(pool, "revoked_access_tokens", "jti", "purge-live-jti")

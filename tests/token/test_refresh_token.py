@@ -155,9 +155,10 @@ async def test_the_sealed_copy_opens_only_with_the_old_token(
         pool: asyncpg.Pool) -> None:
     first = await tokens_for(token, redis, redis_prefix, client)
     second = (await refresh(token.http, client, first["refresh_token"])).json()
+    # The copy travels with the successor (migration 0004).
     sealed = await pool.fetchval(
-        "SELECT successor_sealed FROM token.refresh_tokens WHERE token_hash = $1",
-        credentials.sha256(first["refresh_token"]))
+        "SELECT predecessor_sealed FROM token.refresh_tokens WHERE token_hash = $1",
+        credentials.sha256(second["refresh_token"]))
     assert sealed is not None
     assert second["access_token"].encode() not in sealed
     assert second["refresh_token"].encode() not in sealed
@@ -176,10 +177,11 @@ async def test_window_zero_makes_any_reuse_revoke(
         pool: asyncpg.Pool) -> None:
     first = await tokens_for(no_window, redis, redis_prefix, client)
     second = (await refresh(no_window.http, client, first["refresh_token"])).json()
-    sealed = await pool.fetchval(
-        "SELECT successor_sealed FROM token.refresh_tokens WHERE token_hash = $1",
-        credentials.sha256(first["refresh_token"]))
-    assert sealed is None
+    sealed = await pool.fetchrow(
+        "SELECT r.successor_sealed, s.predecessor_sealed FROM token.refresh_tokens r"
+        " JOIN token.refresh_tokens s ON s.token_hash = r.successor_hash"
+        " WHERE r.token_hash = $1", credentials.sha256(first["refresh_token"]))
+    assert sealed is not None and tuple(sealed) == (None, None)
     reuse = await refresh(no_window.http, client, first["refresh_token"])
     assert (reuse.status_code, reuse.json()["error"]) == (400, "invalid_grant")
     assert (await validate(no_window, second["access_token"])).reason == \

@@ -36,13 +36,16 @@ async def test_a_refresh_marks_the_old_token_inserts_one_and_leaves_the_grant_ro
                                grant_id) == grant_version
     rows = await pool.fetch(
         "SELECT token_hash, rotated_at IS NOT NULL AS rotated, successor_hash,"
-        " successor_sealed IS NOT NULL AS sealed, xmin::text AS version"
+        " successor_sealed IS NOT NULL AS sealed_on_old,"
+        " predecessor_sealed IS NOT NULL AS sealed_on_new, xmin::text AS version"
         " FROM token.refresh_tokens WHERE grant_id = $1::uuid ORDER BY created_at", grant_id)
     old_hash, new_hash = (credentials.sha256(first["refresh_token"]),
                           credentials.sha256(second["refresh_token"]))
     assert [row["token_hash"] for row in rows] == [old_hash, new_hash]
-    assert rows[0]["rotated"] and rows[0]["successor_hash"] == new_hash and rows[0]["sealed"]
+    assert rows[0]["rotated"] and rows[0]["successor_hash"] == new_hash
     assert not rows[1]["rotated"] and rows[1]["successor_hash"] is None
+    # The sealed copy rides on the successor's insert, not on the old row's update.
+    assert not rows[0]["sealed_on_old"] and rows[1]["sealed_on_new"]
     # One statement: the old token's new version and the successor share a transaction.
     assert rows[0]["version"] == rows[1]["version"]
     # The grant's listing still shows the use and the later expiry.
@@ -51,6 +54,50 @@ async def test_a_refresh_marks_the_old_token_inserts_one_and_leaves_the_grant_ro
         " JOIN token.refresh_tokens r ON r.token_hash = $2 WHERE g.grant_id = $1::uuid",
         grant_id, new_hash)
     assert listed is not None and listed["newest"] >= listed["own"]
+
+
+async def test_the_old_token_is_updated_in_place_without_index_entries(
+        token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client,
+        pool: asyncpg.Pool) -> None:
+    # A HOT update (heap-only tuple): the old version points to the new one on the same page
+    # and no index gets an entry. pageinspect shows the flag on the old version's line pointer.
+    await pool.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+    first = await tokens_for(token, redis, redis_prefix, client)
+    location = await pool.fetchval("SELECT ctid::text FROM token.refresh_tokens"
+                                   " WHERE token_hash = $1",
+                                   credentials.sha256(first["refresh_token"]))
+    block, item = (int(part) for part in location.strip("()").split(","))
+
+    assert (await refresh(token.http, client, first["refresh_token"])).status_code == 200
+
+    flags = await pool.fetchval(
+        "SELECT t_infomask2 FROM heap_page_items(get_raw_page('token.refresh_tokens', $1))"
+        " WHERE lp = $2", block, item)
+    heap_hot_updated = 0x4000
+    assert flags & heap_hot_updated
+    assert await pool.fetchval(
+        "SELECT reloptions FROM pg_class WHERE oid = 'token.refresh_tokens'::regclass"
+    ) == ["fillfactor=90"]
+
+
+async def test_a_copy_an_older_replica_sealed_on_the_old_token_still_answers_the_retry(
+        token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client,
+        pool: asyncpg.Pool) -> None:
+    # Rolling update: a replica from before migration 0004 kept the copy on the old row.
+    first = await tokens_for(token, redis, redis_prefix, client)
+    second = (await refresh(token.http, client, first["refresh_token"]))
+    old_hash = credentials.sha256(first["refresh_token"])
+    new_hash = credentials.sha256(second.json()["refresh_token"])
+    await pool.execute(
+        "UPDATE token.refresh_tokens r SET successor_sealed = s.predecessor_sealed"
+        " FROM token.refresh_tokens s WHERE r.token_hash = $1 AND s.token_hash = $2", old_hash,
+        new_hash)
+    await pool.execute("UPDATE token.refresh_tokens SET predecessor_sealed = NULL"
+                       " WHERE token_hash = $1", new_hash)
+
+    retried = await refresh(token.http, client, first["refresh_token"])
+
+    assert retried.status_code == 200 and retried.json() == second.json()
 
 
 async def test_a_revocation_committed_while_a_rotation_waits_mints_nothing(
