@@ -50,6 +50,7 @@ from bench.cpu import CpuMeter, per_request
 from bench.http1 import Client
 from bench.load import Result, StepFailed
 from bench.procs import rss_of
+from bench.reference import REDIS_PREFIX as PEER_PREFIX
 from bench.reference import VERSION, Storage, node_version, running_reference
 from bench.stack import (
     DATABASE_URL,
@@ -69,8 +70,10 @@ STEPS = ("authorize", "exchange", "refresh")
 CLIENT_CPU_LIMIT_MS = 0.15
 # Not server work: the load generator, and everything else the machine did meanwhile.
 NOT_SERVER = ("client", "other")
-# The baseline's stack (--baseline) keeps its keys apart from the working tree's.
-BASELINE_REDIS_PREFIX = "otesse-bench-baseline:"
+# Every run names its databases and Redis prefixes after itself (``_<run>``, ``-<run>:``):
+# another benchmark starting on the same machine (``make bench`` drops ``otesse_bench`` and
+# clears ``otesse-bench:`` as it starts) must not pull the floor from under this one.
+BASELINE = "baseline"
 
 
 @dataclass(frozen=True)
@@ -501,6 +504,7 @@ async def main(argv: list[str]) -> int:
         + (f" and node-oidc-provider {VERSION} ({', '.join(storages)})" if storages else "")
         + f" (load average {before['load_average'][0]})", quiet=quiet)
     by_name: dict[str, list[Round]] = {}
+    run = secrets.token_hex(3)
     try:
         async with contextlib.AsyncExitStack() as exits:
             # --candidate: a commit instead of the working tree, so the tree may change while
@@ -509,20 +513,20 @@ async def main(argv: list[str]) -> int:
                          if args.candidate else ROOT)
             contenders = [await exits.enter_async_context(_otesse(
                 f"Otesse @ {baseline.describe(args.candidate)}" if args.candidate else "Otesse",
-                candidate, args.database_url, args.redis_url, REDIS_PREFIX,
-                RESULTS / "stack.log"))]
-            synchronous_commit = await durable_commits(args.database_url)
+                candidate, f"{args.database_url}_{run}", args.redis_url,
+                f"{REDIS_PREFIX[:-1]}-{run}:", RESULTS / "stack.log"))]
+            synchronous_commit = await durable_commits(f"{args.database_url}_{run}")
             say(f"bench-peer: Postgres synchronous_commit = {synchronous_commit}: every "
                 "refresh token Otesse answers is on disk first", quiet=quiet)
             if args.baseline is not None:
                 root = exits.enter_context(baseline.checkout(args.baseline))
                 contenders.append(await exits.enter_async_context(_otesse(
                     f"Otesse @ {baseline.describe(args.baseline)}", root,
-                    args.database_url + "_baseline", args.redis_url, BASELINE_REDIS_PREFIX,
-                    RESULTS / "stack-baseline.log")))
+                    f"{args.database_url}_{BASELINE}_{run}", args.redis_url,
+                    f"{REDIS_PREFIX[:-1]}-{BASELINE}-{run}:", RESULTS / "stack-baseline.log")))
             for storage in storages:
                 peer = await exits.enter_async_context(running_reference(
-                    storage, redis_url=args.redis_url,
+                    storage, redis_url=args.redis_url, prefix=f"{PEER_PREFIX[:-1]}-{run}:",
                     log_path=RESULTS / f"peer-{storage}.log"))
                 contenders.append(Contender(
                     name=peer.name, base_url=peer.base_url, authorize_path="/auth",
