@@ -424,12 +424,15 @@ async def durable_commits(database_url: str) -> str:
 
 
 def interpreter() -> str:
-    """The Python the services run on (the stack's ``.venv``), and how it was built: an
-    optimized build (PGO, LTO) runs the same code measurably faster."""
+    """The Python the services run on (the stack's ``.venv``) and its configure flags: an
+    optimized build (PGO, LTO; the official image's) runs the same code measurably faster. A
+    distribution may optimize without these flags (Debian runs PGO from its own rules), so
+    this states the flags, not the build."""
     config = sysconfig.get_config_var("CONFIG_ARGS") or ""
-    built = [flag for flag in ("--enable-optimizations", "--with-lto") if flag in config]
-    return (f"Python {platform.python_version()} ({sys.base_prefix}; "
-            f"{', '.join(built) if built else 'built without PGO/LTO'})")
+    flags = [f"{'' if flag in config else 'no '}{flag}"
+             for flag in ("--enable-optimizations", "--with-lto")]
+    return (f"Python {platform.python_version()} ({sys.base_prefix}; configure: "
+            f"{', '.join(flags)})")
 
 
 @contextlib.asynccontextmanager
