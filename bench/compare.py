@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 import math
 import platform
@@ -60,12 +61,17 @@ from bench.stack import (
     StackFailed,
     running_stack,
 )
+from otesse.auth.v1 import token_pb2_grpc
+from services.common.grpc_client import create_channel
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_ROUNDS = 3
 DEFAULT_REQUESTS = 5000
 DEFAULT_CONCURRENCY = 16
 STEPS = ("authorize", "exchange", "refresh")
+# Otesse only (no peer answers it): compared with a baseline, never with the peer.
+VALIDATE = "validate"
+EVERY_STEP = (*STEPS, VALIDATE)
 # Above this, the load generator takes enough of the cores to bend the comparison.
 CLIENT_CPU_LIMIT_MS = 0.15
 # Not server work: the load generator, and everything else the machine did meanwhile.
@@ -74,6 +80,7 @@ NOT_SERVER = ("client", "other")
 # another benchmark starting on the same machine (``make bench`` drops ``otesse_bench`` and
 # clears ``otesse-bench:`` as it starts) must not pull the floor from under this one.
 BASELINE = "baseline"
+TOKEN_SERVICE = "otesse.auth.v1.TokenService"
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,9 @@ class Contender:
     # What its access and refresh tokens start with.
     prefixes: tuple[str, str] = ("", "")
     database_url: str | None = None
+    # Otesse's token service's gRPC address: a ``validate`` step (``ValidateToken``, as
+    # internal services call it) is measured too. The peer has no such call.
+    token_grpc: str | None = None
 
 
 @dataclass(frozen=True)
@@ -262,6 +272,21 @@ async def measure(contender: Contender, options: Options, meter: CpuMeter, numbe
 
         await run("refresh", refresh, w, warm=True)
         await run("refresh", refresh, n, warm=False)
+
+    if contender.token_grpc is not None:
+        access = itertools.cycle([pair.access_token for pair in pairs])
+        scopes = contender.app.scope.split()
+        channel = create_channel(contender.token_grpc, services=(TOKEN_SERVICE,))
+        try:
+            stub = token_pb2_grpc.TokenServiceStub(channel)
+
+            async def validate(_: int) -> None:
+                await flow.validate(stub, next(access), scopes)
+
+            await run(VALIDATE, validate, w, warm=True)
+            await run(VALIDATE, validate, n, warm=False)
+        finally:
+            await channel.close()
     return out
 
 
@@ -316,18 +341,20 @@ def text(by_name: dict[str, list[Round]], options: Options, header: list[str]) -
              f"  {'':<10} {'':<30} {'':>7} {'':>8} {'':>8} {'ms/req':>11} {'ms/req':>8} "
              f"{'ms/req':>7} {'':>8}"]
     heavy_client = False
-    for step in STEPS:
+    for step in EVERY_STEP:
         for index, name in enumerate(names):
             m = median_figures(by_name[name], step)
             if not m:
                 continue
-            heavy_client |= m["client_cpu_ms"] > CLIENT_CPU_LIMIT_MS
+            # The gRPC client costs the load generator more than HTTP/1.1 (validate): judged
+            # against a baseline only, where both pay it alike.
+            heavy_client |= step != VALIDATE and m["client_cpu_ms"] > CLIENT_CPU_LIMIT_MS
             lines.append(f"  {step if index == 0 else '':<10} {name:<30} {m['rps']:>7.0f} "
                          f"{m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['server_cpu_ms']:>11.3f} "
                          f"{m['client_cpu_ms']:>8.3f} {m['other_cpu_ms']:>7.3f} "
                          f"{m['rss_mib']:>8.0f}")
     lines += ["", "Server CPU ms per request by process (medians):"]
-    for step in STEPS:
+    for step in EVERY_STEP:
         for index, name in enumerate(names):
             m = median_figures(by_name[name], step)
             parts = [f"{k.split(':', 1)[1]} {v:.3f}" for k, v in m.items()
@@ -342,13 +369,15 @@ def text(by_name: dict[str, list[Round]], options: Options, header: list[str]) -
     lines.append(f"  {'step':<10} " + "".join(f"{'vs ' + p:<40}" for p in peers))
     lines.append(f"  {'':<10} " + "".join(f"{'CPU/req':>9} {'req/s':>7} {'p50':>7}{'':<15}"
                                           for _ in peers))
-    for step in STEPS:
+    for step in EVERY_STEP:
         cells = []
         for peer in peers:
             ratios = median_ratios(by_name[otesse], by_name[peer], step)
-            cells.append(f"{ratios.get('server_cpu', float('nan')):>9.2f} "
-                         f"{ratios.get('rps', float('nan')):>7.2f} "
-                         f"{ratios.get('p50', float('nan')):>7.2f}{'':<15}")
+            if not ratios:  # a step the other server does not have (validate)
+                cells.append(f"{'-':>9} {'-':>7} {'-':>7}{'':<15}")
+                continue
+            cells.append(f"{ratios['server_cpu']:>9.2f} {ratios['rps']:>7.2f} "
+                         f"{ratios['p50']:>7.2f}{'':<15}")
         lines.append(f"  {step:<10} " + "".join(cells))
     for name in names:
         # Over the rounds that could read it (a round whose connection was ended has none).
@@ -356,7 +385,7 @@ def text(by_name: dict[str, list[Round]], options: Options, header: list[str]) -
                                         if step in r.wal),
                 statistics.median(r.wal[step]["flushes"] for r in by_name[name]
                                   if step in r.wal))
-               for step in STEPS if any(step in r.wal for r in by_name[name])]
+               for step in EVERY_STEP if any(step in r.wal for r in by_name[name])]
         if wal:
             lines += ["", f"{name}'s Postgres WAL per request (medians; the whole server's, "
                           "so other users of it add to it): " + ", ".join(
@@ -398,11 +427,11 @@ def as_json(by_name: dict[str, list[Round]], options: Options,
                    for rounds in by_name.values() for r in rounds],
         "medians": {name: {step: {k: round(v, 3) for k, v in
                                   median_figures(by_name[name], step).items()}
-                           for step in STEPS} for name in names},
+                           for step in EVERY_STEP} for name in names},
         "ratios_otesse_over": {peer: {step: {k: round(v, 3) for k, v in
                                              median_ratios(by_name[names[0]], by_name[peer],
                                                            step).items()}
-                                      for step in STEPS} for peer in names[1:]},
+                                      for step in EVERY_STEP} for peer in names[1:]},
         "errors": sum(r.errors for rounds in by_name.values() for r in rounds),
     }
 
@@ -448,7 +477,8 @@ async def _otesse(name: str, root: Path, database_url: str, redis_url: str,
                         authorize_path="/oauth/authorize", token_path="/oauth/token",
                         app=stack.app, session=session, pids=stack.pids,
                         database_name=stack.database_name,
-                        prefixes=("otesse_at_", "otesse_rt_"), database_url=database_url)
+                        prefixes=("otesse_at_", "otesse_rt_"), database_url=database_url,
+                        token_grpc=stack.token_grpc)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
