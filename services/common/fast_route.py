@@ -61,10 +61,13 @@ class FastRoute:
         return None
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # What Starlette and its router would have put in the scope: the app (request.app)
-        # and the matched route (the metric's label).
+        # What Starlette and its router would have put in the scope: the app (request.app),
+        # the router (url_for), the matched route (the metric's label) and its endpoint.
         scope["app"] = self._starlette
+        scope.setdefault("router", self._starlette.router)
         scope["route"] = self._route
+        scope["endpoint"] = self._endpoint
+        scope["path_params"] = {}
         request = Request(scope, receive)
         try:
             response = await self._endpoint(request)
