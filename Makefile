@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock pyproject.toml |
 PEER := bench/peer
 PEER_STAMP := $(PEER)/node_modules/.installed-$(shell sha256sum $(PEER)/package-lock.json | cut -c1-12)
 
-.PHONY: run test test-containers lint proto lock venv stores browser haproxy peer bench bench-peer soak clean
+.PHONY: run test test-containers lint proto lock venv bench-venv stores browser haproxy peer bench bench-peer soak clean
 
 run: venv stores ## start every service locally and print how to try the flow
 	@scripts/run-local
@@ -25,6 +25,18 @@ $(STAMP): requirements.lock pyproject.toml
 	@$(BIN)/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
 	@$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.installed-* && touch $@
+
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed-$(shell sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-12)
+
+bench-venv: $(BENCH_STAMP) ## .venv-bench: the same pins on Debian's /usr/bin/python3 (bench/README.md)
+
+$(BENCH_STAMP): requirements.lock pyproject.toml
+	@test -x /usr/bin/python3 || { echo "/usr/bin/python3 is missing (Debian's python3 and python3-venv)"; exit 1; }
+	@test -x $(BENCH_VENV)/bin/python || /usr/bin/python3 -m venv $(BENCH_VENV)
+	@$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
+	@$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@rm -f $(BENCH_VENV)/.installed-* && touch $@
 
 stores: ## make sure PostgreSQL and Redis answer (start them if installed but stopped)
 	@scripts/ensure-stores
@@ -63,4 +75,4 @@ $(PEER_STAMP): $(PEER)/package-lock.json $(PEER)/package.json
 	@rm -f $(PEER)/node_modules/.installed-* && touch $@
 
 clean:
-	rm -rf $(VENV) tests/artifacts .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) tests/artifacts .mypy_cache .ruff_cache

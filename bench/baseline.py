@@ -37,8 +37,9 @@ def describe(ref: str) -> str:
 
 
 @contextlib.contextmanager
-def checkout(ref: str) -> Iterator[Path]:
-    """A temporary copy of ``ref``'s tree, runnable with this tree's ``.venv``."""
+def checkout(ref: str, venv: Path = ROOT / ".venv") -> Iterator[Path]:
+    """A temporary copy of ``ref``'s tree, runnable with this tree's ``.venv`` (or ``venv``:
+    the same pins on another interpreter, ``make bench-venv``)."""
     lock = ROOT / "requirements.lock"
     if _git("show", f"{ref}:requirements.lock") != lock.read_bytes():
         raise StackFailed(f"{ref} pins other dependencies (requirements.lock differs): its "
@@ -50,5 +51,7 @@ def checkout(ref: str) -> Iterator[Path]:
         with tarfile.open(archive) as tar:
             tar.extractall(root, filter="data")
         archive.unlink()
-        (root / ".venv").symlink_to(ROOT / ".venv")
+        if not (venv / "bin" / "python").exists():
+            raise StackFailed(f"{venv} has no Python (make bench-venv)")
+        (root / ".venv").symlink_to(venv.resolve())
         yield root

@@ -30,12 +30,11 @@ import contextlib
 import itertools
 import json
 import math
-import platform
 import secrets
 import signal
 import statistics
+import subprocess
 import sys
-import sysconfig
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -452,16 +451,27 @@ async def durable_commits(database_url: str) -> str:
     return str(synchronous_commit)
 
 
-def interpreter() -> str:
+def _on(venv: Path) -> str:
+    """How a contender's name says it ran on another virtualenv than ``.venv``."""
+    return "" if venv.resolve() == (ROOT / ".venv").resolve() else f" on {venv.name}"
+
+
+def interpreter(venv: Path = ROOT / ".venv") -> str:
     """The Python the services run on (the stack's ``.venv``) and its configure flags: an
     optimized build (PGO, LTO; the official image's) runs the same code measurably faster. A
     distribution may optimize without these flags (Debian runs PGO from its own rules), so
     this states the flags, not the build."""
-    config = sysconfig.get_config_var("CONFIG_ARGS") or ""
-    flags = [f"{'' if flag in config else 'no '}{flag}"
-             for flag in ("--enable-optimizations", "--with-lto")]
-    return (f"Python {platform.python_version()} ({sys.base_prefix}; configure: "
-            f"{', '.join(flags)})")
+    probe = ("import platform, sys, sysconfig; c = sysconfig.get_config_var('CONFIG_ARGS') "
+             "or ''; print(platform.python_version(), sys.base_prefix, "
+             "*('' if f in c else 'no' for f in ('--enable-optimizations', '--with-lto')))")
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        return f"{venv} (its Python did not answer)"
+    version, prefix, *marks = done.stdout.split(" ")
+    flags = [f"{mark.strip() + ' ' if mark.strip() else ''}{flag}"
+             for mark, flag in zip(marks, ("--enable-optimizations", "--with-lto"), strict=True)]
+    return f"Python {version} ({prefix}; configure: {', '.join(flags)})"
 
 
 @contextlib.asynccontextmanager
@@ -501,11 +511,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
                              "Redis prefix), in the same alternating rounds: a before/after")
     parser.add_argument("--candidate", metavar="REF", default=None,
                         help="run Otesse as of this git commit instead of the working tree")
+    parser.add_argument("--venv", type=Path, default=ROOT / ".venv", metavar="PATH",
+                        help="with --candidate: the virtualenv its services run on (default "
+                             ".venv; make bench-venv makes .venv-bench on Debian's python3)")
+    parser.add_argument("--baseline-venv", type=Path, default=ROOT / ".venv", metavar="PATH",
+                        help="the virtualenv the baseline's services run on (default .venv)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--database-url", default=DATABASE_URL,
                         help=f"Otesse's database, created then dropped (default {DATABASE_URL})")
     parser.add_argument("--redis-url", default=REDIS_URL, help=f"default {REDIS_URL}")
     args = parser.parse_args(argv)
+    if args.venv != ROOT / ".venv" and args.candidate is None:
+        parser.error("--venv needs --candidate (the working tree runs on .venv)")
     if args.peer == "none" and args.baseline is None:
         parser.error("--peer none compares nothing without --baseline")
     if min(args.rounds, args.requests, args.concurrency) < 1 or (args.warmup or 0) < 0:
@@ -542,19 +559,21 @@ async def main(argv: list[str]) -> int:
         async with contextlib.AsyncExitStack() as exits:
             # --candidate: a commit instead of the working tree, so the tree may change while
             # the rounds run.
-            candidate = (exits.enter_context(baseline.checkout(args.candidate))
+            candidate = (exits.enter_context(baseline.checkout(args.candidate, args.venv))
                          if args.candidate else ROOT)
             contenders = [await exits.enter_async_context(_otesse(
-                f"Otesse @ {baseline.describe(args.candidate)}" if args.candidate else "Otesse",
-                candidate, f"{args.database_url}_{run}", args.redis_url,
+                (f"Otesse @ {baseline.describe(args.candidate)}" if args.candidate else "Otesse")
+                + _on(args.venv), candidate, f"{args.database_url}_{run}", args.redis_url,
                 f"{REDIS_PREFIX[:-1]}-{run}:", RESULTS / "stack.log"))]
             synchronous_commit = await durable_commits(f"{args.database_url}_{run}")
             say(f"bench-peer: Postgres synchronous_commit = {synchronous_commit}: every "
                 "refresh token Otesse answers is on disk first", quiet=quiet)
             if args.baseline is not None:
-                root = exits.enter_context(baseline.checkout(args.baseline))
+                root = exits.enter_context(baseline.checkout(args.baseline,
+                                                             args.baseline_venv))
                 contenders.append(await exits.enter_async_context(_otesse(
-                    f"Otesse @ {baseline.describe(args.baseline)}", root,
+                    f"Otesse @ {baseline.describe(args.baseline)}" + _on(args.baseline_venv),
+                    root,
                     f"{args.database_url}_{BASELINE}_{run}", args.redis_url,
                     f"{REDIS_PREFIX[:-1]}-{BASELINE}-{run}:", RESULTS / "stack-baseline.log")))
             for storage in storages:
@@ -599,7 +618,9 @@ async def main(argv: list[str]) -> int:
                "peer": {"package": "oidc-provider", "version": VERSION, "node": node,
                         "storages": list(storages)},
                "baseline": args.baseline,
-               "interpreter": interpreter(),
+               "interpreter": interpreter(args.venv),
+               "baseline_interpreter": (interpreter(args.baseline_venv) if args.baseline
+                                        else None),
                "postgres_synchronous_commit": synchronous_commit}
     document = as_json(by_name, options, context)
     RESULTS.mkdir(exist_ok=True)
@@ -608,7 +629,9 @@ async def main(argv: list[str]) -> int:
         f"Otesse vs node-oidc-provider {VERSION} (Node {node}): {options.rounds} alternating "
         f"rounds, {options.requests} requests per measurement, concurrency "
         f"{options.concurrency}, warm-up {options.warmup}",
-        f"Otesse's services ran on {interpreter()}.",
+        f"Otesse's services ran on {interpreter(args.venv)}"
+        + (f"; the baseline's on {interpreter(args.baseline_venv)}." if args.baseline
+           else "."),
         f"Postgres synchronous_commit = {synchronous_commit}. The load generator shares the "
         f"machine's {before['cores']} cores with every server (load average before: "
         f"{' '.join(map(str, before['load_average']))}).",
