@@ -464,8 +464,11 @@ def interpreter(venv: Path = ROOT / ".venv") -> str:
     probe = ("import platform, sys, sysconfig; c = sysconfig.get_config_var('CONFIG_ARGS') "
              "or ''; print(platform.python_version(), sys.base_prefix, "
              "*('' if f in c else 'no' for f in ('--enable-optimizations', '--with-lto')))")
-    done = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True,
-                          text=True, check=False)
+    try:
+        done = subprocess.run([str(venv / "bin" / "python"), "-c", probe],
+                              capture_output=True, text=True, check=False)
+    except OSError:
+        return f"{venv} (its Python did not answer)"
     if done.returncode != 0:
         return f"{venv} (its Python did not answer)"
     version, prefix, *marks = done.stdout.split(" ")

@@ -4,11 +4,13 @@ refused rather than measured on the wrong libraries."""
 
 from __future__ import annotations
 
+import platform
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from bench import baseline
+from bench import baseline, compare
 from bench.stack import ROOT, StackFailed
 
 
@@ -43,3 +45,16 @@ def test_a_commit_with_other_dependencies_is_refused() -> None:
 def test_an_unknown_ref_says_so() -> None:
     with pytest.raises(StackFailed, match="git"):
         baseline.describe("no-such-ref-anywhere")
+
+
+def test_a_virtualenv_without_python_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StackFailed, match="has no Python"), \
+            baseline.checkout("HEAD", venv=tmp_path):
+        pass
+
+
+def test_the_interpreter_is_named_with_its_configure_flags() -> None:
+    named = compare.interpreter(ROOT / ".venv")
+    assert named.startswith(f"Python {platform.python_version()} (")
+    assert "--enable-optimizations" in named and "--with-lto" in named
+    assert compare.interpreter(ROOT / "no-such-venv").endswith("(its Python did not answer)")
