@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
-Reason = Literal[
-    "valid", "malformed", "bad_signature", "expired", "revoked", "insufficient_scope",
-    "wrong_issuer_or_audience",
-]
+from services.common.token_reasons import Reason
 
 
 @dataclass(frozen=True)
