@@ -20,6 +20,7 @@ get their share of calls from clients that were already connected.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -109,7 +110,7 @@ class ServiceInterceptor(aio.ServerInterceptor):
                 ) -> grpc.RpcMethodHandler[Any, Any]:
         """A server-streaming call, mapped like a unary one: its status is decided here, once
         (a stream that ends because the client left is not an error)."""
-        inner = cast(Callable[[Any, Any], AsyncIterator[Any]], handler.unary_stream)
+        inner = cast(Callable[[Any, Any], Any], handler.unary_stream)
         service = self._service
 
         async def stream(request: Any, context: aio.ServicerContext[Any, Any],
@@ -118,8 +119,14 @@ class ServiceInterceptor(aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                async for item in inner(request, context):
-                    yield item
+                produced = inner(request, context)
+                # An aio streaming behaviour is an async generator, or a coroutine that writes
+                # (the health service's Watch).
+                if inspect.isasyncgen(produced):
+                    async for item in produced:
+                        yield item
+                else:
+                    await produced
             except RpcError as exc:
                 code = exc.code
                 await context.abort(exc.code, exc.message)
