@@ -37,6 +37,7 @@ from services.common.client_changes import ClientChangeFeed
 from services.common.errors import InvalidClient
 from services.common.grpc_client import create_channel
 from services.common.grpc_server import (
+    MAX_CONNECTION_AGE_GRACE_SECONDS,
     MAX_CONNECTION_AGE_SECONDS,
     STOP_GRACE_SECONDS,
     GrpcServer,
@@ -161,7 +162,9 @@ def create_server(settings: TokenSettings, components: TokenComponents, *,
     return create_grpc_server(service="token", add_servicers=add, host=settings.grpc_host,
                               port=settings.grpc_port if port is None else port,
                               tls=settings.tls, interceptors=[access],
-                              max_connection_age=max_connection_age)
+                              max_connection_age=max_connection_age,
+                              max_connection_age_grace=min(MAX_CONNECTION_AGE_GRACE_SECONDS,
+                                                           max_connection_age))
 
 
 @dataclass(frozen=True)
