@@ -245,6 +245,7 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
             yield
         finally:
             readiness.draining = True
+            components.feed.end_all()
             await server.stop(grace=STOP_GRACE_SECONDS)
             for task in (refresher, syncer, listener, feed):
                 task.cancel()

@@ -61,10 +61,14 @@ class Subscription:
         if self.cut:
             return
         if len(self._pending) + len(revocations) > self._limit:
-            self.cut = True
-            self._pending.clear()
+            self.end()
         else:
             self._pending.extend(revocations)
+            self._wake.set()
+
+    def end(self) -> None:
+        self.cut = True
+        self._pending.clear()
         self._wake.set()
 
     @property
@@ -128,6 +132,12 @@ class RevocationFeed:
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscribers.discard(subscription)
+
+    def end_all(self) -> None:
+        """Ends every subscription (a stopping replica): each subscriber resumes from its
+        cursor on another replica at once, rather than holding the stop for its grace."""
+        for subscription in self._subscribers:
+            subscription.end()
 
     async def run(self) -> None:
         """Reads the log until cancelled: at each notification, and every poll."""

@@ -200,10 +200,10 @@ class TokenServiceServicer(token_pb2_grpc.TokenServiceServicer):
         while True:
             entries: Sequence[LoggedRevocation] = await subscription.take(self._heartbeat)
             if subscription.cut:
-                log.warning("revocation subscriber too slow; cut off (it resumes from its "
-                            "cursor)", extra={"subscriber": name})
-                raise Unavailable("the subscriber fell too far behind; resume from the last "
-                                  "cursor")
+                log.info("revocation subscriber cut off (too slow, or this replica stops); "
+                         "it resumes from its cursor", extra={"subscriber": name})
+                raise Unavailable("this subscription ended (too far behind, or the replica "
+                                  "is stopping); resume from the last cursor")
             for entry in entries:
                 if entry.cursor > cursor:
                     yield _event(entry, snapshot=False)

@@ -308,12 +308,31 @@ async def test_a_cut_subscriber_stream_ends_unavailable_and_resumes(
     feed = token.components.feed
     async with watching(token.grpc_port, cursor=await log_head(pool)) as watcher:
         [subscription] = list(feed._subscribers)  # the one just opened
-        subscription.cut = True
-        subscription.offer([])
-        await watcher.done.wait()
+        subscription.end()  # as when it falls too far behind, or the replica stops
+        await asyncio.wait_for(watcher.done.wait(), 2)
     assert watcher.error is not None and watcher.error.code() == grpc.StatusCode.UNAVAILABLE
     async with watching(token.grpc_port, cursor=watcher.cursor) as resumed:
         assert not resumed.synced[0].snapshot
+
+
+async def test_a_stopping_replica_ends_its_streams_at_once(
+        store_settings: StoreSettings, registry_address: str, pool: asyncpg.Pool) -> None:
+    """A stream never ends by itself: the stop ends it (the subscriber resumes on another
+    replica) instead of waiting out the stop's grace for it."""
+    service_context = running(make_settings(store_settings, registry_address))
+    service = await service_context.__aenter__()
+    try:
+        async with watching(service.grpc_port, cursor=await log_head(pool)) as watcher:
+            started = time.monotonic()
+            await service_context.__aexit__(None, None, None)
+            stopped_in = time.monotonic() - started
+            await asyncio.wait_for(watcher.done.wait(), 2)
+    finally:
+        if "stopped_in" not in locals():
+            await service_context.__aexit__(None, None, None)
+    assert watcher.error is not None
+    assert watcher.error.code() == grpc.StatusCode.UNAVAILABLE
+    assert stopped_in < 5
 
 
 async def test_purge_forgets_what_no_longer_matters_and_raises_the_horizon(
