@@ -90,6 +90,7 @@ class Bench:
         self.out: dict[str, Any] = {}
         self.token_pid = stack.pids["token"]
         self.issuer = ""
+        self.load_errors = 0
 
     def validator(self, **options: Any) -> LocalTokenValidator:
         return LocalTokenValidator(self.stack.token_grpc,
@@ -285,12 +286,21 @@ class Bench:
 
         async def validating() -> None:
             while not stop.is_set():
-                await flow.validate(stub, next(access), ["bookings:read"])
+                try:
+                    await flow.validate(stub, next(access), ["bookings:read"])
+                except Exception:  # noqa: BLE001 - the load is background: counted, not fatal
+                    self.load_errors += 1
+                    await asyncio.sleep(0.01)
 
         async with Client(self.stack.gateway_url, connections=4) as api:
             async def refreshing(chain: int) -> None:
                 while not stop.is_set():
-                    chains[chain] = (await flow.refresh(api, app, chains[chain])).refresh_token
+                    try:
+                        chains[chain] = (await flow.refresh(api, app, chains[chain])
+                                         ).refresh_token
+                    except Exception:  # noqa: BLE001 - counted (a rate limit, say)
+                        self.load_errors += 1
+                        await asyncio.sleep(0.05)
 
             try:
                 await asyncio.gather(*(validating() for _ in range(8)),
@@ -348,6 +358,9 @@ class Bench:
             finally:
                 stop.set()
                 await loader
+            self.out["load_errors"] = self.load_errors
+            if self.load_errors:
+                print(f"the load met {self.load_errors} errors (a rate limit?)", file=sys.stderr)
         finally:
             for validator in watchers:
                 await validator.close()
