@@ -95,6 +95,7 @@ class LocalTokenValidator:
         # Monotonic time the feed last said "you are current"; -inf until the first sync.
         self._heard_at = float("-inf")
         self._synced = False
+        self._syncs = 0
         self._subscriptions = 0
         self._task = asyncio.get_running_loop().create_task(self._follow())
 
@@ -188,22 +189,25 @@ class LocalTokenValidator:
             async with self._keys_lock:
                 await self._fetch_keys()
         retry = _RETRY_FIRST_SECONDS
-        failing = False
         while True:
+            synced_before = self._syncs
             try:
                 await self._subscribe_once()
-                retry = _RETRY_FIRST_SECONDS
-                failing = False
             except asyncio.CancelledError:
                 raise
             except (aio.AioRpcError, TimeoutError) as exc:
-                if not failing:
-                    name = exc.code().name if isinstance(exc, aio.AioRpcError) else "silent"
-                    log.warning("revocation feed lost; resuming from the cursor",
-                                extra={"error": name, "cursor": self._cursor})
-                failing = True
+                # A stream ends every connection age (30 s) or when its replica stops: routine
+                # when the next subscription succeeds; worth a warning when it does not.
+                name = exc.code().name if isinstance(exc, aio.AioRpcError) else "silent"
+                log.log(logging.INFO if self._syncs > synced_before else logging.WARNING,
+                        "revocation feed lost; resuming from the cursor",
+                        extra={"error": name, "cursor": self._cursor})
             except Exception:  # noqa: BLE001 - never stop following; fail closed meanwhile
                 log.exception("revocation feed failed; resuming from the cursor")
+            if self._syncs > synced_before:
+                # It was working: resubscribe at once (another replica, most likely).
+                retry = _RETRY_FIRST_SECONDS
+                continue
             await asyncio.sleep(retry)
             retry = min(retry * 2, _RETRY_MAX_SECONDS)
 
@@ -238,6 +242,7 @@ class LocalTokenValidator:
         elif kind == "synced":
             self._cursor = event.synced.cursor
             self._synced = True
+            self._syncs += 1
             self._heard()
         elif kind == "heartbeat":
             self._cursor = max(self._cursor, event.heartbeat.cursor)
