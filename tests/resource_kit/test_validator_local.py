@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -23,7 +24,7 @@ import redis.asyncio as aioredis
 from otesse.auth.v1 import registry_pb2_grpc, token_pb2
 from services.bookings.app import create_app
 from services.common import credentials
-from services.common.settings import StoreSettings
+from services.common.settings import Secret, StoreSettings
 from services.resource_kit import LocalTokenValidator, TokenServiceUnavailable
 from tests.conftest import free_port
 from tests.proxy import FaultProxy
@@ -233,6 +234,36 @@ async def test_a_feed_silent_past_the_bound_is_503_then_recovers(
             await proxy.restore()
             await until(lambda: validator.current, timeout=5)
             assert await reason(validator, pair["access_token"]) == "valid"
+    finally:
+        await proxy.cut()
+
+
+async def test_a_replica_that_cannot_read_postgres_stops_vouching(
+        store_settings: StoreSettings, registry_address: str, redis: aioredis.Redis,
+        redis_prefix: str, app_client: Client) -> None:
+    """The stream stays up, but a replica that cannot read the record sends no heartbeat: its
+    subscribers fail closed rather than trust a deny-set that may be behind."""
+    parts = urlsplit(store_settings.database_url.value)
+    proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await proxy.start()
+    proxied = parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}").geturl()
+    settings = make_settings(replace(store_settings, database_url=Secret(proxied)),
+                             registry_address)
+    try:
+        async with running(settings) as cut_off:
+            pair = await tokens_for(cut_off, redis, redis_prefix, app_client)
+            async with local_validator(cut_off, stale_after=4.0) as validator:
+                assert await reason(validator, pair["access_token"]) == "valid"
+                await proxy.cut()
+                await until(lambda: not validator.current, timeout=10)
+                # The replica itself says it is not reading the log (no heartbeat, and a new
+                # subscription is refused until it is).
+                assert not cut_off.components.feed.fresh
+                with pytest.raises(TokenServiceUnavailable):
+                    await validator.validate(pair["access_token"])
+                await proxy.restore()
+                await until(lambda: validator.current, timeout=10)
+                assert await reason(validator, pair["access_token"]) == "valid"
     finally:
         await proxy.cut()
 
