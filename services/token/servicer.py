@@ -1,5 +1,5 @@
-"""``TokenService`` over gRPC (DESIGN §5): validation for resource servers, grant management for
-the authorize service.
+"""``TokenService`` over gRPC (DESIGN §5): validation and the revocation feed for resource
+servers, grant management for the authorize service.
 
 Who may call what is :data:`ACCESS`, enforced for every call by
 :class:`services.common.service_auth.AccessPolicyInterceptor`.

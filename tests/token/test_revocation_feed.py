@@ -17,7 +17,7 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from otesse.auth.v1 import token_pb2
+from otesse.auth.v1 import registry_pb2_grpc, token_pb2
 from services.common import credentials
 from services.common.audit import Origin
 from services.common.settings import StoreSettings
@@ -33,6 +33,7 @@ from tests.token.conftest import (
     issue_code,
     make_settings,
     refresh,
+    register_client,
     running,
     tokens_for,
 )
@@ -54,7 +55,7 @@ async def log_head(pool: asyncpg.Pool) -> int:
 
 async def test_every_revoking_path_reaches_a_subscriber(
         token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client,
-        pool: asyncpg.Pool) -> None:
+        pool: asyncpg.Pool, registry: registry_pb2_grpc.ClientRegistryAsyncStub) -> None:
     async with watching(token.grpc_port, cursor=await log_head(pool)) as watcher:
         expected: dict[str, str] = {}
         # RFC 7009 with a refresh token: the grant.
@@ -78,6 +79,11 @@ async def test_every_revoking_path_reaches_a_subscriber(
         await token.grpc.RevokeGrant(token_pb2.RevokeGrantRequest(
             grant_id=str(claims_of(pair["access_token"])["grant_id"])))
         expected["operator"] = str(claims_of(pair["access_token"])["grant_id"])
+        # An app deleted by its owner: every grant of the app (its own app here).
+        doomed = await register_client(registry)
+        pair = await tokens_for(token, redis, redis_prefix, doomed)
+        await token.grpc.RevokeGrant(token_pb2.RevokeGrantRequest(client_id=doomed.client_id))
+        expected["app deleted"] = str(claims_of(pair["access_token"])["grant_id"])
         # A rotated refresh token presented again after the retry window.
         first = await tokens_for(token, redis, redis_prefix, client)
         assert (await refresh(token.http, client, first["refresh_token"])).status_code == 200
