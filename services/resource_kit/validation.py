@@ -1,4 +1,4 @@
-"""What a validator answers, and the one interface both validators share."""
+"""What a validator answers, and the one interface every validator shares."""
 
 from __future__ import annotations
 
