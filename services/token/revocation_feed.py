@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from services.token.metrics import FEED_CUT, FEED_SUBSCRIBERS
 from services.token.revocation_log import TAIL_BATCH, RevocationLog
 from services.token.revocations import LoggedRevocation
 
@@ -61,6 +62,7 @@ class Subscription:
         if self.cut:
             return
         if len(self._pending) + len(revocations) > self._limit:
+            FEED_CUT.labels("slow").inc()
             self.end()
         else:
             self._pending.extend(revocations)
@@ -128,15 +130,20 @@ class RevocationFeed:
             raise TooManySubscribers()
         subscription = Subscription(self._queue_limit)
         self._subscribers.add(subscription)
+        FEED_SUBSCRIBERS.inc()
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        self._subscribers.discard(subscription)
+        if subscription in self._subscribers:
+            self._subscribers.discard(subscription)
+            FEED_SUBSCRIBERS.dec()
 
     def end_all(self) -> None:
         """Ends every subscription (a stopping replica): each subscriber resumes from its
         cursor on another replica at once, rather than holding the stop for its grace."""
         for subscription in self._subscribers:
+            if not subscription.cut:
+                FEED_CUT.labels("stopping").inc()
             subscription.end()
 
     async def run(self) -> None:

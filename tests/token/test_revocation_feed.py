@@ -16,6 +16,7 @@ import asyncpg
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from otesse.auth.v1 import registry_pb2_grpc, token_pb2
 from services.common import credentials
@@ -269,8 +270,10 @@ async def test_subscribers_are_bounded(store_settings: StoreSettings, registry_a
     settings = replace(make_settings(store_settings, registry_address), feed_max_subscribers=2)
     async with running(settings) as service:
         head = await log_head(pool)
+        before = REGISTRY.get_sample_value("otesse_token_feed_subscribers") or 0.0
         async with watching(service.grpc_port, cursor=head), \
                 watching(service.grpc_port, cursor=head):
+            assert REGISTRY.get_sample_value("otesse_token_feed_subscribers") == before + 2
             refused = await stream_error(service.grpc_port, token_pb2.WatchRevocationsRequest(
                 cursor=head))
             assert refused == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -297,6 +300,8 @@ def test_the_feed_is_open_to_exactly_the_callers_of_validate_token() -> None:
 
 
 async def test_a_subscriber_too_slow_to_keep_up_is_cut_not_buffered() -> None:
+    cut_before = REGISTRY.get_sample_value("otesse_token_feed_cut_total",
+                                           {"cause": "slow"}) or 0.0
     subscription = Subscription(limit=3)
     rows = [LoggedRevocation(cursor=i, kind="grant", value=str(i), relevant_until=0.0)
             for i in range(1, 5)]
@@ -306,6 +311,8 @@ async def test_a_subscriber_too_slow_to_keep_up_is_cut_not_buffered() -> None:
     subscription.offer(rows[3:])  # four pending: one past the bound
     assert subscription.cut
     assert await subscription.take(0.01) == []
+    assert REGISTRY.get_sample_value("otesse_token_feed_cut_total",
+                                     {"cause": "slow"}) == cut_before + 1
 
 
 async def test_a_cut_subscriber_stream_ends_unavailable_and_resumes(
