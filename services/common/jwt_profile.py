@@ -133,10 +133,15 @@ def check(claims: AccessClaims, *, issuer: str, audience: str, now: float,
     # MUST exactly match.
     if claims.iss != issuer or claims.aud != audience:
         return "wrong_issuer_or_audience"
-    # RFC 9068 §4: "The current time MUST be before the time represented by the "exp" claim."
-    if claims.exp <= now:
+    if expired(claims.exp, now=now):
         return "expired"
     return None
+
+
+def expired(exp: int, *, now: float) -> bool:
+    """The expiry rule alone, for claims verified earlier and checked again."""
+    # RFC 9068 §4: "The current time MUST be before the time represented by the "exp" claim."
+    return exp <= now
 
 
 def _text(payload: dict[str, object], name: str) -> str:

@@ -130,11 +130,13 @@ class LocalTokenValidator:
                                        scopes=frozenset(claims.scopes),
                                        expires_at=claims.exp, grant_id=claims.grant_id,
                                        token_id=claims.jti)
-            if claims.iss != self._issuer or claims.aud != self._audience:
-                return Validation(False, "wrong_issuer_or_audience", validated)
+            problem = jwt_profile.check(claims, issuer=self._issuer, audience=self._audience,
+                                        now=time.time())
+            if problem == "wrong_issuer_or_audience":
+                return Validation(False, problem, validated)
+            # Issuer and audience never change; the expiry is checked at every use below.
             self._remember(key, validated)
-        # The same rule as the server (jwt_profile.check), on the remembered claims.
-        if validated.expires_at <= time.time():
+        if jwt_profile.expired(validated.expires_at, now=time.time()):
             return Validation(False, "expired", validated)
         if validated.grant_id in self._denied_grants or \
                 validated.token_id in self._denied_tokens:
