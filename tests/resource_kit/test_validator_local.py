@@ -25,6 +25,7 @@ from otesse.auth.v1 import registry_pb2_grpc, token_pb2
 from services.bookings.app import create_app
 from services.common import credentials
 from services.common.settings import Secret, StoreSettings
+from services.common.token_reasons import FROM_PROTO
 from services.resource_kit import LocalTokenValidator, TokenServiceUnavailable
 from tests.conftest import free_port
 from tests.proxy import FaultProxy
@@ -145,6 +146,33 @@ async def test_bad_tokens_are_refused_locally(token: TokenService, make_token: A
         # Refusals are never remembered as verified: the second answer is the same.
         second = await reason(validator, make_token(token), "bookings:read")
     assert (first, second) == (expected, expected)
+
+
+async def test_the_local_verdict_is_the_servers_for_every_kind_of_token(
+        token: TokenService, redis: aioredis.Redis, redis_prefix: str,
+        app_client: Client) -> None:
+    """One profile (services/common/jwt_profile.py): ValidateToken and the local validator
+    cannot disagree about a token."""
+    pair = await tokens_for(token, redis, redis_prefix, app_client, scopes=SCOPES)
+    revoked = await tokens_for(token, redis, redis_prefix, app_client, scopes=SCOPES)
+    await revoke(token, app_client, revoked["refresh_token"])
+    cases = {
+        "valid": (pair["access_token"], SCOPES),
+        "insufficient_scope": (pair["access_token"], ("bookings:write",)),
+        "revoked": (revoked["access_token"], ()),
+        "bad_signature": (forged(token, key=impostor_key(token)), ()),
+        "expired": (forged(token, exp=int(time.time()) - 1), ()),
+        "wrong_issuer_or_audience": (forged(token, aud="https://elsewhere.example"), ()),
+        "malformed": (with_header(forged(token), alg="none"), ()),
+    }
+    async with local_validator(token) as validator:
+        await refused_within(validator, revoked["access_token"], 2.0)
+        for expected, (value, scopes) in cases.items():
+            server = await token.grpc.ValidateToken(token_pb2.ValidateTokenRequest(
+                token=value, required_scopes=scopes))
+            local = await validator.validate(value, required_scopes=scopes)
+            assert (FROM_PROTO[server.reason], local.reason) == (expected, expected)
+            assert server.active == local.active == (expected == "valid")
 
 
 async def test_a_token_expiring_after_it_was_verified_is_refused(token: TokenService) -> None:
