@@ -70,7 +70,7 @@ def _public_key(jwk: dict[str, Any]) -> ec.EllipticCurvePublicKey:
 
 class LocalTokenValidator:
     def __init__(self, token_grpc_addr: str, jwks_url: str, *, issuer: str, audience: str,
-                 stale_after: float = 5.0, cache_entries: int = 100_000,
+                 stale_after: float = 5.0, cache_entries: int = 10_000,
                  jwks_refresh_seconds: float = 10.0, timeout: float = 3.0,
                  tls: GrpcTlsSettings | None = None, subscriber: str = "resource-kit") -> None:
         self._issuer = issuer
