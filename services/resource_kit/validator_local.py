@@ -180,6 +180,12 @@ class LocalTokenValidator:
         return self._cursor
 
     @property
+    def syncs(self) -> int:
+        """How many times the feed said this validator was current after (re)subscribing: once
+        it has, every revocation made while it was away is in the deny-set."""
+        return self._syncs
+
+    @property
     def subscriptions(self) -> int:
         """How many times the feed was subscribed to (reconnects included)."""
         return self._subscriptions

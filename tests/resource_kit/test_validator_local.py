@@ -231,14 +231,13 @@ async def test_a_subscriber_disconnected_during_a_revocation_refuses_once_back(
     try:
         async with local_validator(token, grpc_port=proxy.port, stale_after=3.0) as validator:
             assert await reason(validator, pair["access_token"]) == "valid"
-            subscriptions = validator.subscriptions
+            syncs = validator.syncs
             await proxy.cut()
             await revoke(token, app_client, pair["refresh_token"])
             await proxy.restore()
-            await until(lambda: validator.subscriptions > subscriptions, timeout=5)
-            await until(lambda: validator.current, timeout=5)
-            # Back: the revocations made meanwhile come first, before anything else.
-            await refused_within(validator, pair["access_token"], 1.0)
+            await until(lambda: validator.syncs > syncs, timeout=10)
+            # Back: the revocations made meanwhile came before the synced marker.
+            assert await reason(validator, pair["access_token"]) == "revoked"
     finally:
         await proxy.cut()
 
@@ -254,7 +253,7 @@ async def test_a_feed_silent_past_the_bound_is_503_then_recovers(
             assert await reason(validator, pair["access_token"]) == "valid"
             await proxy.cut()
             silent = await until(lambda: not validator.current, timeout=5)
-            assert silent <= 1.5
+            assert silent <= 1.0 + 1.0  # the bound, and room for a busy machine
             with pytest.raises(TokenServiceUnavailable):
                 await validator.validate(pair["access_token"])
             with pytest.raises(TokenServiceUnavailable):
@@ -320,7 +319,7 @@ async def test_streams_closed_by_connection_age_are_resumed_without_a_gap(
                 assert time.monotonic() < deadline, "no stream was closed by its age"
                 await asyncio.sleep(0.02)
             await revoke(aged, app_client, pair["refresh_token"])
-            await refused_within(validator, pair["access_token"], 1.0)
+            await refused_within(validator, pair["access_token"], 2.0)
 
 
 async def test_a_rotated_key_is_fetched_on_its_first_token_at_most_once_per_interval(
