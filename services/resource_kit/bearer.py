@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from services.common.token_reasons import DESCRIPTIONS
 from services.resource_kit.validation import TokenServiceUnavailable, TokenValidator
 
 log = logging.getLogger("otesse.resource_kit")
@@ -27,13 +28,6 @@ REALM = "otesse"
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _BEARER = re.compile(r"^Bearer ([A-Za-z0-9\-._~+/]+=*)$", re.IGNORECASE)
 _MAX_HEADER = 4096
-_DESCRIPTIONS = {
-    "malformed": "The access token is malformed.",
-    "bad_signature": "The access token is not valid.",
-    "expired": "The access token expired.",
-    "revoked": "The access token was revoked.",
-    "wrong_issuer_or_audience": "The access token is not for this API.",
-}
 
 
 def _challenge(error: str | None = None, description: str | None = None,
@@ -88,7 +82,7 @@ def requires_scopes(*scopes: str) -> Callable[[Endpoint], Endpoint]:
                               f"This call needs the scope {scope_text}.", scope=scope_text)
             if not validation.active:
                 return _error(401, "invalid_token",
-                              _DESCRIPTIONS.get(validation.reason, "The access token is not "
+                              DESCRIPTIONS.get(validation.reason, "The access token is not "
                                                                    "valid."))
             request.state.token = validation.token
             return await endpoint(request)

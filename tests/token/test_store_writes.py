@@ -7,6 +7,8 @@ too)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -98,6 +100,30 @@ async def test_a_copy_an_older_replica_sealed_on_the_old_token_still_answers_the
     retried = await refresh(token.http, client, first["refresh_token"])
 
     assert retried.status_code == 200 and retried.json() == second.json()
+
+
+async def test_a_grant_refreshed_long_after_its_exchange_is_logged_until_its_newest_token(
+        token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client,
+        pool: asyncpg.Pool) -> None:
+    # The grant row no longer records the last refresh: the revocation log (0003, amended by
+    # 0004) must still keep a revoked grant as long as its newest access token lives, or a
+    # local validator would forget the revocation while that token is still valid.
+    first = await tokens_for(token, redis, redis_prefix, client)
+    grant_id = await grant_of(token, first["access_token"])
+    await pool.execute("UPDATE token.grants SET created_at = created_at - interval '3 hours'"
+                       " WHERE grant_id = $1::uuid", grant_id)
+    await pool.execute("UPDATE token.refresh_tokens SET created_at = created_at - interval"
+                       " '3 hours' WHERE grant_id = $1::uuid", grant_id)
+    newest = (await refresh(token.http, client, first["refresh_token"])).json()
+    await token.grpc.RevokeGrant(token_pb2.RevokeGrantRequest(grant_id=grant_id))
+
+    relevant_until = await pool.fetchval(
+        "SELECT relevant_until FROM token.revocation_log WHERE kind = 'grant' AND value = $1",
+        grant_id)
+    payload = newest["access_token"].removeprefix("otesse_at_").split(".")[1]
+    newest_exp = json.loads(base64.urlsafe_b64decode(payload + "=" * 4))["exp"]
+    assert relevant_until.timestamp() >= newest_exp
+    assert relevant_until.timestamp() <= newest_exp + 60 + 2
 
 
 async def test_a_revocation_committed_while_a_rotation_waits_mints_nothing(

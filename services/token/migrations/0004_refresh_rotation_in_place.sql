@@ -18,3 +18,19 @@ ALTER TABLE token.refresh_tokens SET (fillfactor = 90);
 CREATE INDEX refresh_tokens_predecessor_sealed_idx ON token.refresh_tokens (created_at)
     WHERE predecessor_sealed IS NOT NULL;
 DROP INDEX token.refresh_tokens_sealed_idx;
+
+-- A rotation no longer writes the grant (last_used_at stays as the exchange or an older replica
+-- left it): the newest access token of a grant was minted with its newest refresh token, so the
+-- revocation log (0003) takes the newest of the grant's own times and its refresh tokens'
+-- creation to say how long a revoked grant matters.
+CREATE OR REPLACE FUNCTION token.grants_log_revocation() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM token.log_revocation('grant', NEW.grant_id::text,
+        greatest(NEW.created_at, NEW.last_used_at,
+                 (SELECT max(r.created_at) FROM token.refresh_tokens r
+                  WHERE r.grant_id = NEW.grant_id))
+        + (coalesce(nullif(current_setting('otesse.access_token_ttl', true), ''), '86400')::int
+           + 60) * interval '1 second');
+    RETURN NULL;
+END
+$$;
