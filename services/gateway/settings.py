@@ -15,7 +15,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from services.common.ratelimit import RateLimit
-from services.common.settings import Env, StoreSettings
+from services.common.settings import ConfigError, Env, StoreSettings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -81,8 +81,9 @@ class GatewaySettings:
             port=env.integer("OTESSE_GATEWAY_PORT", 8000, maximum=65535),
             admin_host=env.text("OTESSE_GATEWAY_ADMIN_HOST", "127.0.0.1"),
             admin_port=env.integer("OTESSE_GATEWAY_ADMIN_PORT", 8010, maximum=65535),
-            authorize_url=env.url("OTESSE_GATEWAY_AUTHORIZE_URL", "http://127.0.0.1:8001"),
-            token_url=env.url("OTESSE_GATEWAY_TOKEN_URL", "http://127.0.0.1:8002"),
+            authorize_url=_upstream_url(env, "OTESSE_GATEWAY_AUTHORIZE_URL",
+                                        "http://127.0.0.1:8001"),
+            token_url=_upstream_url(env, "OTESSE_GATEWAY_TOKEN_URL", "http://127.0.0.1:8002"),
             allowed_hosts=tuple(h.lower() for h in env.items(
                 "OTESSE_GATEWAY_ALLOWED_HOSTS", ("localhost", "127.0.0.1"))),
             trusted_proxies=env.networks("OTESSE_GATEWAY_TRUSTED_PROXIES",
@@ -122,3 +123,13 @@ class GatewaySettings:
             log_level=env.text("OTESSE_LOG_LEVEL", "INFO"),
             drain_seconds=env.number("OTESSE_SHUTDOWN_DRAIN_SECONDS", 0.0),
         )
+
+
+def _upstream_url(env: Env, name: str, default: str) -> str:
+    """An upstream's URL: ``http://`` only. The upstreams are the services inside the cluster,
+    which listen without TLS, and the gateway's client speaks plain HTTP/1.1 to them."""
+    url = env.url(name, default)
+    if not url.startswith("http://"):
+        raise ConfigError(f"{name} must be an http:// URL (the gateway speaks plain HTTP to "
+                          f"the services behind it), got {url!r}")
+    return url
