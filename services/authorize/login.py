@@ -32,9 +32,11 @@ from services.authorize import csrf, devices, passwords, session_cookie
 from services.authorize.components import Components, components
 from services.authorize.login_throttle import Attempt
 from services.authorize.origins import csp_origin
-from services.authorize.pages import NO_STORE, page
+from services.authorize.pages import page
 from services.authorize.sessions import Session
+from services.authorize.signed_in import signed_in
 from services.common import audit, client_ip
+from services.common.http import NO_STORE
 
 AUTHORIZE_PATH = "/oauth/authorize"
 MAX_NEXT_LENGTH = 8192
@@ -217,8 +219,8 @@ async def logout(request: Request) -> Response:
 
 async def home(request: Request) -> Response:
     c = components(request)
-    found = await session_cookie.current(request, c)
-    if found is None or found[1].user_id is None:
+    who = await signed_in(request, c)
+    if who is None:
         return RedirectResponse("/login", status_code=303, headers=NO_STORE)
-    nav = {"email": found[1].email or "", "csrf_token": found[1].csrf_token}
+    nav = {"email": who.email, "csrf_token": who.session.csrf_token}
     return page(request, "home.html", {**nav, "account": nav})

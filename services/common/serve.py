@@ -30,6 +30,7 @@ import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from services.common.errors import json_error
 from services.common.http import Readiness
 from services.common.metrics import CONNECTIONS_REFUSED
 
@@ -50,23 +51,23 @@ _LINGER_SECONDS = 2.0
 MAX_LINGERING = 256
 
 
-def _refusal(status: bytes, error: bytes, description: bytes, *,
+def _refusal(status: bytes, error: str, description: str, *,
              retry_after: bool = False) -> bytes:
-    body = b'{"error":"%s","error_description":"%s"}' % (error, description)
+    body = json_error(error, description)
     return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
             b"cache-control: no-store\r\ncontent-length: %d\r\n" % len(body)
             + (b"retry-after: 1\r\n" if retry_after else b"")
             + b"connection: close\r\n\r\n" + body)
 
 
-_HEADERS_TOO_LARGE = _refusal(b"431 Request Header Fields Too Large", b"invalid_request",
-                              b"The request headers are too large.")
-_HEADERS_TOO_SLOW = _refusal(b"408 Request Timeout", b"invalid_request",
-                             b"The request headers did not arrive in time.")
-_SERVER_FULL = _refusal(b"503 Service Unavailable", b"temporarily_unavailable",
-                        b"The server is busy; retry shortly.", retry_after=True)
-_ADDRESS_FULL = _refusal(b"429 Too Many Requests", b"too_many_requests",
-                         b"Too many connections from your address; retry shortly.",
+_HEADERS_TOO_LARGE = _refusal(b"431 Request Header Fields Too Large", "invalid_request",
+                              "The request headers are too large.")
+_HEADERS_TOO_SLOW = _refusal(b"408 Request Timeout", "invalid_request",
+                             "The request headers did not arrive in time.")
+_SERVER_FULL = _refusal(b"503 Service Unavailable", "temporarily_unavailable",
+                        "The server is busy; retry shortly.", retry_after=True)
+_ADDRESS_FULL = _refusal(b"429 Too Many Requests", "too_many_requests",
+                         "Too many connections from your address; retry shortly.",
                          retry_after=True)
 
 log = logging.getLogger("otesse.serve")
