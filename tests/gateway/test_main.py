@@ -18,8 +18,8 @@ import pytest
 import pytest_asyncio
 
 from services.authorize import app_form
+from services.common.connection_limits import MAX_LINGERING
 from services.common.ratelimit import RateLimit
-from services.common.serve import MAX_LINGERING
 from services.common.settings import ConfigError, Env
 from services.gateway.__main__ import connection_cap
 from services.gateway.settings import GatewaySettings
