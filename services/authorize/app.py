@@ -100,8 +100,8 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = await db.create_pool(settings.stores, application_name="otesse-authorize")
         redis = redis_client.create_redis(settings.stores)
-        tls = settings.registry_tls if settings.registry_tls.enabled or \
-            settings.registry_tls.ca_file else None
+        tls = settings.tls if settings.tls.enabled or \
+            settings.tls.ca_file else None
         if settings.service_credentials.is_default:
             log.warning(DEV_CREDENTIAL_WARNING)
         key = settings.service_credentials.key_bytes

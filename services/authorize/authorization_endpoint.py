@@ -27,6 +27,7 @@ from services.authorize.authorization_response import (
     success_location,
 )
 from services.authorize.components import Components, components
+from services.authorize.developer_apps import logo_url
 from services.authorize.origins import csp_origin, display_host
 from services.authorize.pages import page
 from services.authorize.sessions import Session
@@ -102,13 +103,11 @@ async def authorize(request: Request) -> Response:
 def consent_page(request: Request, client: registry_pb2.Client,
                  auth_request: AuthorizationRequest, *, session: Session, email: str,
                  request_id: str, switch_url: str) -> Response:
-    logo_url = (f"/apps/{client.client_id}/logo?v={client.logo_sha256[:16]}"
-                if client.logo_sha256 else None)
     origin = csp_origin(auth_request.redirect_uri)
     return page(request, "consent.html", {
         "app_name": client.name,
         "app_description": client.description,
-        "logo_url": logo_url,
+        "logo_url": logo_url(client.client_id, client.logo_sha256),
         "avatar_letter": (client.name[:1] or "?").upper(),
         "avatar_color": zlib.crc32(client.name.encode("utf-8")) % 8,
         "email": email,
