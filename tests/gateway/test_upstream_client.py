@@ -115,6 +115,17 @@ async def answer_ok(server: Server, index: int, request: Request,
     return True
 
 
+def answer_ok_after(release: asyncio.Event) -> Handler:
+    """Answers each request once ``release`` is set: the connection stays busy until then."""
+    async def held(server: Server, index: int, request: Request,
+                   writer: asyncio.StreamWriter) -> bool:
+        await release.wait()
+        writer.write(OK)
+        return True
+
+    return held
+
+
 async def echo(server: Server, index: int, request: Request,
                writer: asyncio.StreamWriter) -> bool:
     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(request.body),
@@ -353,12 +364,7 @@ async def test_a_body_sent_after_a_head_answer_is_dropped_with_its_connection() 
 
 async def test_the_pool_bound_makes_requests_wait_then_fail() -> None:
     release = asyncio.Event()
-
-    async def held(server: Server, index: int, request: Request,
-                   writer: asyncio.StreamWriter) -> bool:
-        await release.wait()
-        writer.write(OK)
-        return True
+    held = answer_ok_after(release)
 
     async with serve(held) as server, pool_for(server, max_connections=2,
                                                connect_timeout=0.2) as pool:
@@ -403,12 +409,7 @@ async def test_a_request_cancelled_while_waiting_for_its_answer_frees_its_connec
 
 async def test_a_request_cancelled_while_waiting_for_room_leaves_no_waiter_behind() -> None:
     release = asyncio.Event()
-
-    async def held(server: Server, index: int, request: Request,
-                   writer: asyncio.StreamWriter) -> bool:
-        await release.wait()
-        writer.write(OK)
-        return True
+    held = answer_ok_after(release)
 
     async with serve(held) as server, pool_for(server, max_connections=1,
                                                connect_timeout=2.0) as pool:
