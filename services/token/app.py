@@ -33,6 +33,7 @@ from starlette.routing import Route
 
 from otesse.auth.v1 import registry_pb2, registry_pb2_grpc, token_pb2, token_pb2_grpc
 from services.common import db, internal_headers, redis_client
+from services.common.client_cache import ClientChanges
 from services.common.client_changes import ClientChangeFeed
 from services.common.errors import InvalidClient
 from services.common.grpc_client import create_channel
@@ -49,7 +50,7 @@ from services.common.http import (
 from services.common.ratelimit import RateLimiter
 from services.common.service_auth import DEV_CREDENTIAL_WARNING, AccessPolicyInterceptor
 from services.token.access_tokens import AccessTokenIssuer
-from services.token.client_auth import ClientAuthenticator, ClientChanges
+from services.token.client_auth import ClientAuthenticator
 from services.token.client_budget import ClientBudget
 from services.token.denylist import DenyList
 from services.token.grants.authorization_code import AuthorizationCodeGrant
