@@ -29,7 +29,6 @@ import base64
 import contextlib
 import json
 import secrets
-import signal
 import statistics
 import sys
 from collections.abc import Awaitable, Callable
@@ -42,13 +41,13 @@ import asyncpg
 import httpx
 import uvloop
 
-from bench import flow, load, report
+from bench import command, flow, load, report
 from bench.cpu import CpuMeter, per_request
 from bench.http1 import Client
 from bench.load import Result, StepFailed
 from bench.procs import rss_of
 from bench.reference import VERSION, Storage, node_version, running_reference
-from bench.stack import DATABASE_URL, REDIS_URL, StackFailed, running_stack
+from bench.stack import StackFailed, running_stack
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_ROUNDS = 3
@@ -394,20 +393,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, metavar="N",
                         help=f"alternating rounds of each server (default {DEFAULT_ROUNDS})")
-    parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, metavar="N",
-                        help=f"requests per measurement (default {DEFAULT_REQUESTS})")
-    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="C",
-                        help=f"requests in flight at once, and refresh chains (default "
-                             f"{DEFAULT_CONCURRENCY})")
-    parser.add_argument("--warmup", type=int, default=None, metavar="W",
-                        help="requests before each measurement (default N/10, at least C)")
+    command.add_load_arguments(parser, requests=DEFAULT_REQUESTS,
+                               concurrency=DEFAULT_CONCURRENCY)
     parser.add_argument("--peer", choices=("both", "redis", "memory"), default="both",
                         help="node-oidc-provider's storage: its Redis adapter, its in-memory "
                              "one, or both (default)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--database-url", default=DATABASE_URL,
-                        help=f"Otesse's database, created then dropped (default {DATABASE_URL})")
-    parser.add_argument("--redis-url", default=REDIS_URL, help=f"default {REDIS_URL}")
+    command.add_store_arguments(parser, database="Otesse's database")
     args = parser.parse_args(argv)
     if min(args.rounds, args.requests, args.concurrency) < 1 or (args.warmup or 0) < 0:
         parser.error("--rounds, --requests and --concurrency must be at least 1, --warmup at "
@@ -415,31 +407,23 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def say(text: str, *, quiet: bool) -> None:
-    print(text, file=sys.stderr if quiet else sys.stdout, flush=True)
-
-
 async def main(argv: list[str]) -> int:
     args = parse(argv)
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    warmup = args.warmup if args.warmup is not None else max(args.concurrency,
-                                                             args.requests // 10)
+    command.cancel_on_sigterm()
     options = Options(rounds=args.rounds, requests=args.requests,
-                      concurrency=args.concurrency, warmup=warmup)
+                      concurrency=args.concurrency, warmup=command.warmup(args))
     storages: tuple[Storage, ...] = (("redis", "memory") if args.peer == "both"
                                      else (args.peer,))
     before = report.machine()
     quiet = args.json
-    say(f"bench-peer: starting Otesse and node-oidc-provider {VERSION} "
+    command.say(f"bench-peer: starting Otesse and node-oidc-provider {VERSION} "
         f"({', '.join(storages)}) (load average {before['load_average'][0]})", quiet=quiet)
     by_name: dict[str, list[Round]] = {}
     try:
         async with running_stack(database_url=args.database_url, redis_url=args.redis_url,
                                  log_path=RESULTS / "stack.log") as stack:
             synchronous_commit = await durable_commits(args.database_url)
-            say(f"bench-peer: Postgres synchronous_commit = {synchronous_commit}: every "
+            command.say(f"bench-peer: Postgres synchronous_commit = {synchronous_commit}: every "
                 "refresh token Otesse answers is on disk first", quiet=quiet)
             async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30.0) as browser:
                 await flow.sign_in_and_consent(browser, person=stack.person, app=stack.app)
@@ -461,8 +445,8 @@ async def main(argv: list[str]) -> int:
                 node = await node_version()
                 for number in range(1, options.rounds + 1):
                     for contender in contenders:
-                        say(f"bench-peer: round {number}/{options.rounds}: {contender.name}",
-                            quiet=quiet)
+                        command.say(f"bench-peer: round {number}/{options.rounds}: "
+                                    f"{contender.name}", quiet=quiet)
                         meter = CpuMeter(services=contender.pids,
                                          database_name=contender.database_name,
                                          database_url=args.database_url,
@@ -479,12 +463,10 @@ async def main(argv: list[str]) -> int:
                                 await database.close()
                         by_name.setdefault(contender.name, []).append(measured)
     except (StackFailed, StepFailed) as exc:
-        print(f"bench-peer: {exc}", file=sys.stderr)
-        return 1
+        return command.failed("bench-peer", exc)
     except asyncio.CancelledError:
-        print("bench-peer: interrupted; every server is stopped and Otesse's database dropped",
-              file=sys.stderr)
-        return 130
+        return command.interrupted("bench-peer", "every server is stopped and Otesse's "
+                                                 "database dropped")
     after = report.machine()
     context = {"machine": {**before, "load_average_after": after["load_average"],
                            "note": "the load generator shares these cores with every server"},
