@@ -84,29 +84,23 @@ class RequestContextMiddleware:
         token = request_id_var.set(rid)
         started = time.perf_counter()
         status = 500
+        started_response = False
         rid_header = (b"x-request-id", rid.encode())
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started_response = True
                 headers = list(message.get("headers", ()))
                 headers.append(rid_header)
                 headers.extend(self.extra_headers)
                 message = {**message, "headers": headers}
             await send(message)
 
-        started_response = False
-
-        async def send_tracked(message: Message) -> None:
-            nonlocal started_response
-            if message["type"] == "http.response.start":
-                started_response = True
-            await send_wrapper(message)
-
         try:
             try:
-                await self.app(scope, receive, send_tracked)
+                await self.app(scope, receive, send_wrapper)
             except Exception as exc:
                 if started_response:
                     # Half an answer is out: nothing clean can follow. The server closes the
@@ -115,7 +109,7 @@ class RequestContextMiddleware:
                     raise
                 # Logged (with the request id) by classify(); the client learns the id only.
                 response = await self.render_unexpected(Request(scope, receive), exc)
-                await response(scope, receive, send_tracked)
+                await response(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
