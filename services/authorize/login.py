@@ -135,13 +135,14 @@ async def login(request: Request) -> Response:
     password = raw_password if isinstance(raw_password, str) else ""
     found = await session_cookie.current(request, c)
     try:
-        csrf.check(found[1] if found else None, form.get("csrf_token"))
+        if found is None:
+            raise csrf.CsrfFailure(csrf.EXPIRED)
+        csrf.check(found.session, form.get("csrf_token"))
     except csrf.CsrfFailure:
         session_id, session = await c.sessions.create()
         return await _login_page(request, c, session_id=session_id, session=session,
                                  new_session=True, next_target=next_target, email=email,
                                  message=EXPIRED_FORM, status=403)
-    assert found is not None
     old_id, old_session = found
 
     async def again(message: str, status: int) -> Response:
@@ -209,9 +210,10 @@ async def logout(request: Request) -> Response:
     c = components(request)
     form = await request.form(max_files=0, max_fields=10)
     found = await session_cookie.current(request, c)
-    csrf.check(found[1] if found else None, form.get("csrf_token"))
-    assert found is not None
-    await c.sessions.delete(session_id=found[0])
+    if found is None:
+        raise csrf.CsrfFailure(csrf.EXPIRED)
+    csrf.check(found.session, form.get("csrf_token"))
+    await c.sessions.delete(session_id=found.session_id)
     response = RedirectResponse("/login", status_code=303, headers=NO_STORE)
     session_cookie.clear_cookie(response, c.settings)
     return response
