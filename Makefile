@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock pyproject.toml |
 PEER := bench/peer
 PEER_STAMP := $(PEER)/node_modules/.installed-$(shell sha256sum $(PEER)/package-lock.json | cut -c1-12)
 
-.PHONY: help run test test-containers lint proto lock venv stores browser haproxy peer bench bench-peer soak clean
+.PHONY: help run test test-containers lint proto lock venv stores browser haproxy peer bench bench-local bench-peer soak clean
 
 help: ## list every target with what it does
 	@grep -E '^[a-z][a-z-]*:.*## ' $(firstword $(MAKEFILE_LIST)) | sed -E 's/^([a-z-]+):.*## /\1\t/' | expand -t 18
@@ -49,8 +49,12 @@ proto: venv ## regenerate otesse/auth/v1 from proto/
 lock: venv ## re-pin every dependency (with hashes) from pyproject.toml
 	@$(BIN)/pip-compile -q --extra dev --generate-hashes --strip-extras --allow-unsafe -o requirements.lock pyproject.toml
 
-bench: venv stores ## throughput and latency of the whole flow (see bench/README.md)
+bench: venv stores ## throughput and latency of the whole flow, then local validation (bench/README.md)
 	@$(BIN)/python -m bench $(ARGS)
+	@$(BIN)/python -m bench.local_validation
+
+bench-local: venv stores ## local token checks and revocation latency over the feed (bench/README.md)
+	@$(BIN)/python -m bench.local_validation $(ARGS)
 
 bench-peer: venv stores peer ## Otesse against node-oidc-provider, alternating rounds (bench/README.md)
 	@$(BIN)/python -m bench.compare $(ARGS)

@@ -17,6 +17,7 @@ from services.common.http import Readiness, RequestContextMiddleware, health_rou
 from services.resource_kit import (
     GrpcTokenValidator,
     JwksTokenValidator,
+    LocalTokenValidator,
     TokenValidator,
     ValidatedToken,
     requires_scopes,
@@ -42,6 +43,11 @@ def create_validator(settings: BookingsSettings) -> TokenValidator:
     if settings.validation == "jwks":
         return JwksTokenValidator(settings.jwks_url, issuer=settings.issuer,
                                   audience=settings.audience)
+    if settings.validation == "local":
+        return LocalTokenValidator(settings.token_grpc_addr, settings.jwks_url,
+                                   issuer=settings.issuer, audience=settings.audience,
+                                   stale_after=settings.feed_stale_seconds, tls=settings.tls,
+                                   subscriber="bookings")
     return GrpcTokenValidator(settings.token_grpc_addr, cache_seconds=settings.cache_seconds,
                               tls=settings.tls)
 

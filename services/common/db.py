@@ -28,6 +28,7 @@ tests/common/test_db.py fails when the pinned asyncpg stops honouring it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -64,12 +65,16 @@ class BoundedPool(asyncpg.Pool):
         return _BoundedAcquire(self, ACQUIRE_SECONDS if timeout is None else timeout)
 
 
-async def create_pool(settings: StoreSettings, *, application_name: str) -> asyncpg.Pool:
+async def create_pool(settings: StoreSettings, *, application_name: str,
+                      session: Mapping[str, str] | None = None) -> asyncpg.Pool:
+    """``session``: more settings of every connection's session (a value SQL must read, such
+    as a trigger's, is passed this way, never formatted into a statement)."""
     options: dict[str, Any] = {
         "timeout": ACQUIRE_SECONDS,  # connecting
         "command_timeout": STATEMENT_SECONDS,
         "statement_cache_size": 256,
-        "server_settings": {"application_name": application_name, "jit": "off"},
+        "server_settings": {**(session or {}), "application_name": application_name,
+                            "jit": "off"},
     }
     # asyncpg.create_pool, with this pool class.
     pool = BoundedPool(

@@ -19,12 +19,14 @@ get their share of calls from clients that were already connected.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from grpc import aio
@@ -61,6 +63,8 @@ class ServiceInterceptor(aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(details)
+        if handler is not None and handler.unary_stream is not None:
+            return self._stream(handler, details.method)
         if handler is None or handler.unary_unary is None:
             return handler
         inner: Callable[[Any, Any], Awaitable[Any]] = handler.unary_unary
@@ -103,6 +107,61 @@ class ServiceInterceptor(aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _stream(self, handler: grpc.RpcMethodHandler[Any, Any], method: str,
+                ) -> grpc.RpcMethodHandler[Any, Any]:
+        """A server-streaming call, mapped like a unary one: its status is decided here, once
+        (a stream that ends because the client left is not an error)."""
+        inner = cast(Callable[[Any, Any], Any], handler.unary_stream)
+        service = self._service
+
+        async def stream(request: Any, context: aio.ServicerContext[Any, Any],
+                         ) -> AsyncIterator[Any]:
+            token = request_id_var.set(request_id.from_grpc_metadata(context))
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                produced = inner(request, context)
+                # An aio streaming behaviour is an async generator, or a coroutine that writes
+                # (the health service's Watch).
+                if inspect.isasyncgen(produced):
+                    async for item in produced:
+                        yield item
+                else:
+                    await produced
+            except RpcError as exc:
+                code = exc.code
+                await context.abort(exc.code, exc.message)
+            except aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                if is_unavailable(exc):
+                    code = grpc.StatusCode.UNAVAILABLE
+                    DEPENDENCY_ERRORS.labels(service).inc()
+                    log.warning("dependency unavailable", extra={"method": method,
+                                                                 "error": type(exc).__name__})
+                    await context.abort(code, "a dependency is unavailable; retry shortly")
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unexpected error", extra={"method": method})
+                await context.abort(code, "internal error")
+            finally:
+                elapsed = time.perf_counter() - started
+                GRPC_REQUESTS.labels(service, method, code.name).observe(elapsed)
+                log.log(logging.DEBUG if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED)
+                        else logging.INFO, "rpc", extra={
+                            "method": method, "code": code.name,
+                            "duration_ms": round(elapsed * 1000, 3)})
+                request_id_var.reset(token)
+
+        return grpc.unary_stream_rpc_method_handler(
+            stream,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -47,3 +47,9 @@ class FailedPrecondition(RpcError):
 
 class Unavailable(RpcError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(RpcError):
+    """A bounded resource (subscribers of a stream, say) is used up: retry later or elsewhere."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from services.common.errors import json_error
 from services.common.http import NO_STORE
+from services.common.token_reasons import DESCRIPTIONS
 from services.resource_kit.validation import TokenServiceUnavailable, TokenValidator
 
 log = logging.getLogger("otesse.resource_kit")
@@ -29,13 +30,6 @@ REALM = "otesse"
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _BEARER = re.compile(r"^Bearer ([A-Za-z0-9\-._~+/]+=*)$", re.IGNORECASE)
 _MAX_HEADER = 4096
-_DESCRIPTIONS = {
-    "malformed": "The access token is malformed.",
-    "bad_signature": "The access token is not valid.",
-    "expired": "The access token expired.",
-    "revoked": "The access token was revoked.",
-    "wrong_issuer_or_audience": "The access token is not for this API.",
-}
 
 
 def _challenge(error: str | None = None, description: str | None = None,
@@ -89,7 +83,7 @@ def requires_scopes(*scopes: str) -> Callable[[Endpoint], Endpoint]:
                               f"This call needs the scope {scope_text}.", scope=scope_text)
             if not validation.active:
                 return _error(401, "invalid_token",
-                              _DESCRIPTIONS.get(validation.reason, "The access token is not "
+                              DESCRIPTIONS.get(validation.reason, "The access token is not "
                                                                    "valid."))
             request.state.token = validation.token
             return await endpoint(request)

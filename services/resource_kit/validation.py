@@ -1,14 +1,11 @@
-"""What a validator answers, and the one interface both validators share."""
+"""What a validator answers, and the one interface every validator shares."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
-Reason = Literal[
-    "valid", "malformed", "bad_signature", "expired", "revoked", "insufficient_scope",
-    "wrong_issuer_or_audience",
-]
+from services.common.token_reasons import Reason
 
 
 @dataclass(frozen=True)

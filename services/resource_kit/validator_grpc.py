@@ -16,24 +16,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from otesse.auth.v1 import token_pb2, token_pb2_grpc
 from services.common.grpc_client import create_channel
 from services.common.settings import GrpcTlsSettings
+from services.common.token_reasons import FROM_PROTO
 from services.resource_kit.cache import PositiveCache
 from services.resource_kit.validation import (
-    Reason,
     TokenServiceUnavailable,
     ValidatedToken,
     Validation,
     check_scopes,
 )
-
-_REASONS: dict[int, Reason] = {
-    token_pb2.VALIDATION_REASON_VALID: "valid",
-    token_pb2.VALIDATION_REASON_MALFORMED: "malformed",
-    token_pb2.VALIDATION_REASON_BAD_SIGNATURE: "bad_signature",
-    token_pb2.VALIDATION_REASON_EXPIRED: "expired",
-    token_pb2.VALIDATION_REASON_REVOKED: "revoked",
-    token_pb2.VALIDATION_REASON_INSUFFICIENT_SCOPE: "insufficient_scope",
-    token_pb2.VALIDATION_REASON_WRONG_ISSUER_OR_AUDIENCE: "wrong_issuer_or_audience",
-}
 
 
 class GrpcTokenValidator:
@@ -58,7 +48,7 @@ class GrpcTokenValidator:
                 timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
             raise TokenServiceUnavailable(exc.code().name) from None
-        reason = _REASONS.get(response.reason, "malformed")
+        reason = FROM_PROTO.get(response.reason, "malformed")
         validated = None
         if response.subject:
             validated = ValidatedToken(

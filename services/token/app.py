@@ -37,7 +37,12 @@ from services.common.client_cache import ClientChanges
 from services.common.client_changes import ClientChangeFeed
 from services.common.errors import InvalidClient
 from services.common.grpc_client import create_channel
-from services.common.grpc_server import STOP_GRACE_SECONDS, GrpcServer
+from services.common.grpc_server import (
+    MAX_CONNECTION_AGE_GRACE_SECONDS,
+    MAX_CONNECTION_AGE_SECONDS,
+    STOP_GRACE_SECONDS,
+    GrpcServer,
+)
 from services.common.grpc_server import create_server as create_grpc_server
 from services.common.http import (
     Readiness,
@@ -61,6 +66,8 @@ from services.token.keys import KeyRing, NoSigningKey, PgKeyStore, WrongKek
 from services.token.metadata import authorization_server_metadata
 from services.token.metrics import RATE_LIMIT_FAIL_OPEN, RATE_LIMITED
 from services.token.revocation import Revoker
+from services.token.revocation_feed import RevocationFeed
+from services.token.revocation_log import RevocationLog
 from services.token.servicer import ACCESS, TokenServiceServicer
 from services.token.settings import JWKS_MAX_AGE_SECONDS, TokenSettings
 from services.token.store import PgGrantStore
@@ -86,6 +93,8 @@ class TokenComponents:
     token_endpoint: TokenEndpoint
     revoker: Revoker
     introspector: Introspector
+    revocation_log: RevocationLog
+    feed: RevocationFeed
 
 
 def build_components(settings: TokenSettings, *, pool: asyncpg.Pool, redis: aioredis.Redis,
@@ -93,6 +102,7 @@ def build_components(settings: TokenSettings, *, pool: asyncpg.Pool, redis: aior
                      client_changes: ClientChanges) -> TokenComponents:
     ring = KeyRing(PgKeyStore(pool), kek=settings.kek_bytes)
     store = PgGrantStore(pool, access_token_ttl=settings.access_token_ttl)
+    revocation_log = RevocationLog(pool)
     denylist = DenyList(redis, redis_prefix=settings.stores.redis_prefix,
                         access_token_ttl=settings.access_token_ttl,
                         source=store.live_revocations, record=store.is_revoked)
@@ -128,14 +138,21 @@ def build_components(settings: TokenSettings, *, pool: asyncpg.Pool, redis: aior
         introspector=Introspector(store=store, validator=validator, issuer=settings.issuer,
                                   authenticator=authenticator,
                                   max_body_bytes=settings.max_body_bytes),
+        revocation_log=revocation_log,
+        feed=RevocationFeed(settings.stores.database_url.value, revocation_log,
+                            application_name="otesse-token-revocation-feed",
+                            max_subscribers=settings.feed_max_subscribers),
     )
 
 
 def create_server(settings: TokenSettings, components: TokenComponents, *,
-                  port: int | None = None) -> GrpcServer:
-    """The ``TokenService`` gRPC server (``port=0`` binds a free port, for tests)."""
+                  port: int | None = None,
+                  max_connection_age: float = MAX_CONNECTION_AGE_SECONDS) -> GrpcServer:
+    """The ``TokenService`` gRPC server (``port=0`` binds a free port, and a short
+    ``max_connection_age`` cuts streams early, for tests)."""
     servicer = TokenServiceServicer(validator=components.validator, store=components.store,
-                                    denylist=components.denylist)
+                                    denylist=components.denylist, feed=components.feed,
+                                    revocation_log=components.revocation_log)
 
     def add(server: aio.Server) -> list[str]:
         token_pb2_grpc.add_TokenServiceServicer_to_server(servicer, server)
@@ -145,7 +162,10 @@ def create_server(settings: TokenSettings, components: TokenComponents, *,
                                      key=settings.service_credentials.key_bytes)
     return create_grpc_server(service="token", add_servicers=add, host=settings.grpc_host,
                               port=settings.grpc_port if port is None else port,
-                              tls=settings.tls, interceptors=[access])
+                              tls=settings.tls, interceptors=[access],
+                              max_connection_age=max_connection_age,
+                              max_connection_age_grace=min(MAX_CONNECTION_AGE_GRACE_SECONDS,
+                                                           max_connection_age))
 
 
 @dataclass(frozen=True)
@@ -174,7 +194,10 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
                         "PUBLIC local-development key. Set OTESSE_TOKEN_KEK in production.")
         if settings.service_credentials.is_default:
             log.warning(DEV_CREDENTIAL_WARNING)
-        pool = await db.create_pool(settings.stores, application_name="otesse-token")
+        # The revocation log's trigger reads the access-token lifetime from the session.
+        pool = await db.create_pool(settings.stores, application_name="otesse-token",
+                                    session={"otesse.access_token_ttl":
+                                             str(settings.access_token_ttl)})
         redis = redis_client.create_redis(settings.stores)
         channel = create_channel(settings.registry_addr, services=(REGISTRY_SERVICE,),
                                  tls=settings.tls)
@@ -198,7 +221,9 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
                                                  **rotation))
         syncer = asyncio.create_task(
             components.denylist.run(interval=settings.denylist_sync_seconds))
-        server = create_server(settings, components)
+        feed = asyncio.create_task(components.feed.run())
+        server = create_server(settings, components,
+                               max_connection_age=settings.grpc_max_connection_age)
         await server.start()
         readiness.on_drain.append(server.drain)
         app.state.runtime = TokenRuntime(components=components, grpc_port=server.port,
@@ -221,8 +246,9 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
             yield
         finally:
             readiness.draining = True
+            components.feed.end_all()
             await server.stop(grace=STOP_GRACE_SECONDS)
-            for task in (refresher, syncer, listener):
+            for task in (refresher, syncer, listener, feed):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -37,14 +37,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from services.token.metrics import DENYLIST_FALLBACKS, DENYLIST_REBUILDS
+from services.token.revocations import Revocations
 from services.token.settings import CLOCK_SKEW_SECONDS
 
 log = logging.getLogger("otesse.token.denylist")
@@ -58,24 +58,6 @@ REDIS_TIMEOUT_SECONDS = 0.5
 RESYNC_SECONDS = 0.5
 # What Redis not answering looks like (a timeout is an OSError).
 _REDIS_DOWN = (RedisError, OSError)
-
-
-@dataclass(frozen=True)
-class GrantRevocation:
-    grant_id: str
-    revoked_at: float  # Unix time
-
-
-@dataclass(frozen=True)
-class TokenRevocation:
-    jti: str
-    expires_at: float  # Unix time
-
-
-@dataclass(frozen=True)
-class Revocations:
-    grants: Sequence[GrantRevocation]
-    tokens: Sequence[TokenRevocation]
 
 
 # Reads, from Postgres, the revocations that may still concern a live access token; with a

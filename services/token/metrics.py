@@ -3,7 +3,7 @@ what operators watch for abuse (reuse, replays) and for the deny-list's health."
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 TOKENS_ISSUED = Counter(
     "otesse_token_issued_total",
@@ -40,4 +40,14 @@ RATE_LIMITED = Counter(
 RATE_LIMIT_FAIL_OPEN = Counter(
     "otesse_token_rate_limit_fail_open_total",
     "Token requests let through without a rate-limit check because Redis was slow or down.",
+)
+FEED_SUBSCRIBERS = Gauge(
+    "otesse_token_feed_subscribers",
+    "WatchRevocations subscribers connected to this replica.",
+)
+FEED_CUT = Counter(
+    "otesse_token_feed_cut_total",
+    "WatchRevocations subscriptions ended by this replica, by cause: slow (fell too far "
+    "behind), stopping (the replica stops); each subscriber resumes from its cursor.",
+    ["cause"],
 )

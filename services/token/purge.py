@@ -11,7 +11,8 @@ statement each), so purging runs beside live traffic without long locks:
   the codes themselves expire in Redis) and remaining refresh tokens go with them. Revoked
   grants are kept exactly as long as the deny-list rebuild needs them;
 * individually revoked access tokens past their ``exp``;
-* signing keys retired longer than the last token they signed can live.
+* signing keys retired longer than the last token they signed can live;
+* rows of the revocation log past their ``relevant_until`` (no token they cover can validate).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class PurgeReport:
     revoked_access_tokens: int
     signing_keys: int
     authorization_revocations: int
+    revocation_log: int
 
 
 def _count(status: str) -> int:
@@ -89,7 +91,32 @@ class Purger:
             " SELECT user_id, client_id FROM token.authorization_revocations"
             " WHERE revoked_at < now() - interval '1 day'"
             " LIMIT $1 FOR UPDATE SKIP LOCKED)")
+        revocation_log = await self._revocation_log()
         return PurgeReport(sealed_copies=sealed, refresh_tokens=refresh_tokens, grants=grants,
                            revoked_access_tokens=revoked_access_tokens,
                            signing_keys=signing_keys,
-                           authorization_revocations=authorization_revocations)
+                           authorization_revocations=authorization_revocations,
+                           revocation_log=revocation_log)
+
+    async def _revocation_log(self) -> int:
+        """Rows of the revocation log past their relevance. The same statement raises the
+        horizon to the highest id removed: a subscriber whose cursor is below it gets a
+        snapshot rather than a tail with holes."""
+        total = 0
+        while True:
+            done: int = await self._pool.fetchval(
+                "WITH gone AS ("
+                " DELETE FROM token.revocation_log WHERE id IN ("
+                "  SELECT id FROM token.revocation_log"
+                "  WHERE relevant_until < now() - $2::int * interval '1 second'"
+                "  LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING id),"
+                " horizon AS ("
+                " UPDATE token.revocation_log_horizon"
+                " SET purged_through = greatest(purged_through, (SELECT max(id) FROM gone))"
+                " WHERE EXISTS (SELECT 1 FROM gone))"
+                " SELECT count(*) FROM gone",
+                self._batch, CLOCK_SKEW_SECONDS)
+            total += done
+            if done < self._batch:
+                return total
+            await asyncio.sleep(0)

@@ -26,9 +26,10 @@ from services.common.http import NO_STORE
 from services.token import access_tokens, params
 from services.token.access_tokens import TokenRejected
 from services.token.client_auth import AuthenticatedClient, ClientAuthenticator
-from services.token.denylist import DenyList, Revocations, TokenRevocation
+from services.token.denylist import DenyList
 from services.token.keys import KeyRing
 from services.token.metrics import GRANTS_REVOKED
+from services.token.revocations import Revocations, TokenRevocation
 from services.token.store import GrantStore, RevokedBy
 
 

@@ -1,5 +1,5 @@
-"""``TokenService`` over gRPC (DESIGN §5): validation for resource servers, grant management for
-the authorize service.
+"""``TokenService`` over gRPC (DESIGN §5): validation and the revocation feed for resource
+servers, grant management for the authorize service.
 
 Who may call what is :data:`ACCESS`, enforced for every call by
 :class:`services.common.service_auth.AccessPolicyInterceptor`.
@@ -11,7 +11,9 @@ Redis or Postgres that is down, to ``UNAVAILABLE``). An unusable token is not an
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,23 +23,28 @@ from grpc import aio
 from otesse.auth.v1 import token_pb2 as pb
 from otesse.auth.v1 import token_pb2_grpc
 from services.common import audit
-from services.common.rpc_errors import InvalidArgument
+from services.common.rpc_errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.common.service_auth import ANY_CALLER, Policy
+from services.common.token_reasons import TO_PROTO
 from services.token.denylist import DenyList
 from services.token.metrics import GRANTS_REVOKED
+from services.token.revocation_feed import (
+    FeedNotReady,
+    RevocationFeed,
+    Subscription,
+    TooManySubscribers,
+)
+from services.token.revocation_log import TAIL_BATCH, RevocationLog
+from services.token.revocations import LoggedRevocation
 from services.token.store import GrantStore, RevocationReason, RevokedBy
-from services.token.validation import AccessTokenValidator, Reason
+from services.token.validation import AccessTokenValidator
 
-_REASONS: dict[Reason, pb.ValidationReason.ValueType] = {
-    "valid": pb.VALIDATION_REASON_VALID,
-    "malformed": pb.VALIDATION_REASON_MALFORMED,
-    "bad_signature": pb.VALIDATION_REASON_BAD_SIGNATURE,
-    "expired": pb.VALIDATION_REASON_EXPIRED,
-    "revoked": pb.VALIDATION_REASON_REVOKED,
-    "insufficient_scope": pb.VALIDATION_REASON_INSUFFICIENT_SCOPE,
-    "wrong_issuer_or_audience": pb.VALIDATION_REASON_WRONG_ISSUER_OR_AUDIENCE,
-}
+log = logging.getLogger("otesse.token.feed")
 _MAX_ID_LENGTH = 128
+_MAX_SUBSCRIBER_NAME = 64
+# A subscriber hears at least this often while the feed reads the log.
+HEARTBEAT_SECONDS = 1.0
+_KINDS = {"grant": pb.REVOCATION_KIND_GRANT, "token": pb.REVOCATION_KIND_TOKEN}
 _SERVICE = pb.DESCRIPTOR.services_by_name["TokenService"].full_name
 # DESIGN §5: "Grant administration — RevokeGrant (user, client), ListGrants (user) — is a
 # different privilege: only the authorize service may call it […] A resource server can never
@@ -45,6 +52,10 @@ _SERVICE = pb.DESCRIPTOR.services_by_name["TokenService"].full_name
 # revoke`), as it may change clients: it holds the same key.
 ACCESS: Policy = {
     f"/{_SERVICE}/ValidateToken": ANY_CALLER,
+    # The feed tells what ValidateToken's answers would: open to the same callers, every
+    # resource server (DESIGN §5). What it reveals (ids of revoked grants and tokens) grants
+    # nothing; what it costs is bounded (subscribers per replica, a queue per subscriber).
+    f"/{_SERVICE}/WatchRevocations": ANY_CALLER,
     f"/{_SERVICE}/RevokeGrant": frozenset({"authorize", "cli"}),
     f"/{_SERVICE}/ListGrants": frozenset({"authorize"}),
 }
@@ -71,18 +82,29 @@ def _optional_id(field: str, value: str) -> str | None:
     return value
 
 
+def _event(entry: LoggedRevocation, *, snapshot: bool) -> pb.RevocationEvent:
+    revocation = pb.Revocation(cursor=entry.cursor, kind=_KINDS[entry.kind], id=entry.value,
+                               snapshot=snapshot)
+    revocation.relevant_until.FromMicroseconds(int(entry.relevant_until * 1_000_000))
+    return pb.RevocationEvent(revocation=revocation)
+
+
 class TokenServiceServicer(token_pb2_grpc.TokenServiceServicer):
     def __init__(self, *, validator: AccessTokenValidator, store: GrantStore,
-                 denylist: DenyList) -> None:
+                 denylist: DenyList, feed: RevocationFeed, revocation_log: RevocationLog,
+                 heartbeat_seconds: float = HEARTBEAT_SECONDS) -> None:
         self._validator = validator
         self._store = store
         self._denylist = denylist
+        self._feed = feed
+        self._log = revocation_log
+        self._heartbeat = heartbeat_seconds
 
     async def ValidateToken(self, request: pb.ValidateTokenRequest,
                             context: aio.ServicerContext[Any, Any]) -> pb.ValidateTokenResponse:
         validation = await self._validator.validate(request.token, request.required_scopes)
         response = pb.ValidateTokenResponse(active=validation.active,
-                                            reason=_REASONS[validation.reason])
+                                            reason=TO_PROTO[validation.reason])
         claims = validation.claims
         if claims is not None:
             response.subject = claims.sub
@@ -131,3 +153,65 @@ class TokenServiceServicer(token_pb2_grpc.TokenServiceServicer):
                      last_used_at=_timestamp(grant.last_used_at),
                      expires_at=_timestamp(grant.expires_at))
             for grant in grants])
+
+    async def WatchRevocations(self, request: pb.WatchRevocationsRequest,
+                               context: aio.ServicerContext[Any, Any],
+                               ) -> AsyncIterator[pb.RevocationEvent]:
+        name = request.subscriber
+        if len(name) > _MAX_SUBSCRIBER_NAME or not name.isprintable():
+            raise InvalidArgument("subscriber", f"at most {_MAX_SUBSCRIBER_NAME} printable "
+                                                "characters")
+        try:
+            subscription = self._feed.subscribe()
+        except TooManySubscribers:
+            raise ResourceExhausted("this replica has as many subscribers as it serves; "
+                                    "retry, or use another replica") from None
+        except FeedNotReady:
+            raise Unavailable("the revocation feed is not reading the log; retry "
+                              "shortly") from None
+        log.info("revocation subscriber joined", extra={
+            "subscriber": name, "cursor": request.cursor, "subscribers": self._feed.subscribers})
+        try:
+            async for event in self._watch(subscription, request.cursor, name):
+                yield event
+        finally:
+            self._feed.unsubscribe(subscription)
+
+    async def _watch(self, subscription: Subscription, cursor: int, name: str,
+                     ) -> AsyncIterator[pb.RevocationEvent]:
+        # Registered first, caught up second: whatever commits meanwhile is in both, and sent
+        # once (cursors only go up).
+        if await self._log.start(cursor) == "snapshot":
+            snapshot = await self._log.snapshot()
+            for entry in snapshot.revocations:
+                yield _event(entry, snapshot=True)
+            cursor = snapshot.head
+            yield pb.RevocationEvent(synced=pb.Synced(cursor=cursor, snapshot=True))
+        else:
+            while True:
+                rows = await self._log.tail(cursor)
+                for entry in rows:
+                    yield _event(entry, snapshot=False)
+                if rows:
+                    cursor = rows[-1].cursor
+                if len(rows) < TAIL_BATCH:
+                    break
+            yield pb.RevocationEvent(synced=pb.Synced(cursor=cursor, snapshot=False))
+        while True:
+            entries: Sequence[LoggedRevocation] = await subscription.take(self._heartbeat)
+            if subscription.cut:
+                log.info("revocation subscriber cut off (too slow, or this replica stops); "
+                         "it resumes from its cursor", extra={"subscriber": name})
+                raise Unavailable("this subscription ended (too far behind, or the replica "
+                                  "is stopping); resume from the last cursor")
+            for entry in entries:
+                if entry.cursor > cursor:
+                    yield _event(entry, snapshot=False)
+                    cursor = entry.cursor
+            # Heard only while the feed reads the log: silence tells the subscriber that what
+            # it holds may be behind.
+            if not entries and self._feed.fresh:
+                head = self._feed.head
+                if subscription.idle and head is not None:
+                    cursor = max(cursor, head)
+                yield pb.RevocationEvent(heartbeat=pb.Heartbeat(cursor=cursor))

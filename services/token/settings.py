@@ -12,6 +12,7 @@ import binascii
 from dataclasses import dataclass
 
 from services.common.client_ip import Network
+from services.common.grpc_server import MAX_CONNECTION_AGE_SECONDS
 from services.common.ratelimit import RateLimit
 from services.common.settings import (
     DEFAULT_REGISTRY_ADDR,
@@ -73,6 +74,11 @@ class TokenSettings(ServiceSettings):
     # X-Forwarded-For is believed only from these peers (the gateway): the client's address
     # in the audit trail.
     trusted_proxies: tuple[Network, ...]
+    # WatchRevocations subscribers one replica serves at once; the next is refused.
+    feed_max_subscribers: int
+    # gRPC connections (and the revocation streams on them) are closed after this long, so
+    # clients re-resolve the service; subscribers resume from their cursor.
+    grpc_max_connection_age: float
 
     @property
     def kek_bytes(self) -> bytes:
@@ -115,6 +121,9 @@ class TokenSettings(ServiceSettings):
             registry_addr=env.text("OTESSE_REGISTRY_ADDR", DEFAULT_REGISTRY_ADDR),
             trusted_proxies=env.networks("OTESSE_TOKEN_TRUSTED_PROXIES",
                                          ("127.0.0.1/32", "::1/128")),
+            feed_max_subscribers=env.integer("OTESSE_TOKEN_FEED_MAX_SUBSCRIBERS", 256,
+                                             minimum=1, maximum=100_000),
+            grpc_max_connection_age=MAX_CONNECTION_AGE_SECONDS,
         )
         if settings.key_rotation_seconds and settings.key_rotation_seconds < 2 * (
                 settings.access_token_ttl + settings.key_refresh_seconds):

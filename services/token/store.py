@@ -36,7 +36,7 @@ import asyncpg
 
 from services.common import audit
 from services.common.audit import Actor, Origin
-from services.token.denylist import GrantRevocation, Revocations, TokenRevocation
+from services.token.revocations import GrantRevocation, Revocations, TokenRevocation
 from services.token.settings import CLOCK_SKEW_SECONDS
 
 

@@ -11,15 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
 
+from services.common import jwt_profile
+from services.common.token_reasons import Reason
 from services.token.access_tokens import AccessClaims, TokenRejected, verify
 from services.token.denylist import DenyList
 from services.token.keys import KeyRing
 from services.token.metrics import VALIDATIONS
-
-Reason = Literal["valid", "malformed", "bad_signature", "expired", "revoked",
-                 "insufficient_scope", "wrong_issuer_or_audience"]
 
 
 @dataclass(frozen=True)
@@ -50,15 +48,10 @@ class AccessTokenValidator:
             claims = verify(token, self._ring)
         except TokenRejected as exc:
             return Validation(exc.problem, None)
-        # RFC 9068 §4: "The resource server MUST validate that the "aud" claim contains a
-        # resource indicator value corresponding to an identifier the resource server expects";
-        # the issuer MUST exactly match.
-        if claims.iss != self._issuer or claims.aud != self._audience:
-            return Validation("wrong_issuer_or_audience", claims)
-        # RFC 9068 §4: "The current time MUST be before the time represented by the "exp"
-        # claim."
-        if claims.exp <= time.time():
-            return Validation("expired", claims)
+        problem = jwt_profile.check(claims, issuer=self._issuer, audience=self._audience,
+                                    now=time.time())
+        if problem is not None:
+            return Validation(problem, claims)
         if await self._denylist.is_revoked(jti=claims.jti, grant_id=claims.grant_id):
             return Validation("revoked", claims)
         if any(scope not in claims.scopes for scope in required_scopes):

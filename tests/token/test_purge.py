@@ -145,4 +145,5 @@ async def test_cli_keys_rotate_list_and_purge(
     assert purged.returncode == 0, purged.stderr
     assert set(json.loads(purged.stdout)) == {"sealed_copies", "refresh_tokens", "grants",
                                               "revoked_access_tokens", "signing_keys",
-                                              "authorization_revocations", "audit_events"}
+                                              "authorization_revocations", "revocation_log",
+                                              "audit_events"}

@@ -25,15 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aotesse/auth/v1/token.proto\x12\x0eotesse.auth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\">\n\x14ValidateTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x17\n\x0frequired_scopes\x18\x02 \x03(\t\"\x90\x02\n\x15ValidateTokenResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\x30\n\x06reason\x18\x02 \x01(\x0e\x32 .otesse.auth.v1.ValidationReason\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x11\n\tclient_id\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08grant_id\x18\x07 \x01(\t\x12\x10\n\x08token_id\x18\x08 \x01(\t\x12-\n\tissued_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x12RevokeGrantRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x10\n\x08grant_id\x18\x03 \x01(\t\"-\n\x13RevokeGrantResponse\x12\x16\n\x0erevoked_grants\x18\x01 \x01(\x05\"$\n\x11ListGrantsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\xdf\x01\n\x05Grant\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x12ListGrantsResponse\x12%\n\x06grants\x18\x01 \x03(\x0b\x32\x15.otesse.auth.v1.Grant*\xb0\x02\n\x10ValidationReason\x12!\n\x1dVALIDATION_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17VALIDATION_REASON_VALID\x10\x01\x12\x1f\n\x1bVALIDATION_REASON_MALFORMED\x10\x02\x12#\n\x1fVALIDATION_REASON_BAD_SIGNATURE\x10\x03\x12\x1d\n\x19VALIDATION_REASON_EXPIRED\x10\x04\x12\x1d\n\x19VALIDATION_REASON_REVOKED\x10\x05\x12(\n$VALIDATION_REASON_INSUFFICIENT_SCOPE\x10\x06\x12.\n*VALIDATION_REASON_WRONG_ISSUER_OR_AUDIENCE\x10\x07\x32\x99\x02\n\x0cTokenService\x12\\\n\rValidateToken\x12$.otesse.auth.v1.ValidateTokenRequest\x1a%.otesse.auth.v1.ValidateTokenResponse\x12V\n\x0bRevokeGrant\x12\".otesse.auth.v1.RevokeGrantRequest\x1a#.otesse.auth.v1.RevokeGrantResponse\x12S\n\nListGrants\x12!.otesse.auth.v1.ListGrantsRequest\x1a\".otesse.auth.v1.ListGrantsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aotesse/auth/v1/token.proto\x12\x0eotesse.auth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\">\n\x14ValidateTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x17\n\x0frequired_scopes\x18\x02 \x03(\t\"\x90\x02\n\x15ValidateTokenResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\x30\n\x06reason\x18\x02 \x01(\x0e\x32 .otesse.auth.v1.ValidationReason\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x11\n\tclient_id\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08grant_id\x18\x07 \x01(\t\x12\x10\n\x08token_id\x18\x08 \x01(\t\x12-\n\tissued_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x12RevokeGrantRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x10\n\x08grant_id\x18\x03 \x01(\t\"-\n\x13RevokeGrantResponse\x12\x16\n\x0erevoked_grants\x18\x01 \x01(\x05\"$\n\x11ListGrantsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\xdf\x01\n\x05Grant\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x12ListGrantsResponse\x12%\n\x06grants\x18\x01 \x03(\x0b\x32\x15.otesse.auth.v1.Grant\"=\n\x17WatchRevocationsRequest\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\x12\x12\n\nsubscriber\x18\x02 \x01(\t\"\x9c\x01\n\nRevocation\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\x12,\n\x04kind\x18\x02 \x01(\x0e\x32\x1e.otesse.auth.v1.RevocationKind\x12\n\n\x02id\x18\x03 \x01(\t\x12\x32\n\x0erelevant_until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08snapshot\x18\x05 \x01(\x08\"*\n\x06Synced\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\x12\x10\n\x08snapshot\x18\x02 \x01(\x08\"\x1b\n\tHeartbeat\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\"\xa6\x01\n\x0fRevocationEvent\x12\x30\n\nrevocation\x18\x01 \x01(\x0b\x32\x1a.otesse.auth.v1.RevocationH\x00\x12(\n\x06synced\x18\x02 \x01(\x0b\x32\x16.otesse.auth.v1.SyncedH\x00\x12.\n\theartbeat\x18\x03 \x01(\x0b\x32\x19.otesse.auth.v1.HeartbeatH\x00\x42\x07\n\x05\x65vent*\xb0\x02\n\x10ValidationReason\x12!\n\x1dVALIDATION_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17VALIDATION_REASON_VALID\x10\x01\x12\x1f\n\x1bVALIDATION_REASON_MALFORMED\x10\x02\x12#\n\x1fVALIDATION_REASON_BAD_SIGNATURE\x10\x03\x12\x1d\n\x19VALIDATION_REASON_EXPIRED\x10\x04\x12\x1d\n\x19VALIDATION_REASON_REVOKED\x10\x05\x12(\n$VALIDATION_REASON_INSUFFICIENT_SCOPE\x10\x06\x12.\n*VALIDATION_REASON_WRONG_ISSUER_OR_AUDIENCE\x10\x07*g\n\x0eRevocationKind\x12\x1f\n\x1bREVOCATION_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15REVOCATION_KIND_GRANT\x10\x01\x12\x19\n\x15REVOCATION_KIND_TOKEN\x10\x02\x32\xf9\x02\n\x0cTokenService\x12\\\n\rValidateToken\x12$.otesse.auth.v1.ValidateTokenRequest\x1a%.otesse.auth.v1.ValidateTokenResponse\x12V\n\x0bRevokeGrant\x12\".otesse.auth.v1.RevokeGrantRequest\x1a#.otesse.auth.v1.RevokeGrantResponse\x12S\n\nListGrants\x12!.otesse.auth.v1.ListGrantsRequest\x1a\".otesse.auth.v1.ListGrantsResponse\x12^\n\x10WatchRevocations\x12\'.otesse.auth.v1.WatchRevocationsRequest\x1a\x1f.otesse.auth.v1.RevocationEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'otesse.auth.v1.token_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VALIDATIONREASON']._serialized_start=867
-  _globals['_VALIDATIONREASON']._serialized_end=1171
+  _globals['_VALIDATIONREASON']._serialized_start=1331
+  _globals['_VALIDATIONREASON']._serialized_end=1635
+  _globals['_REVOCATIONKIND']._serialized_start=1637
+  _globals['_REVOCATIONKIND']._serialized_end=1740
   _globals['_VALIDATETOKENREQUEST']._serialized_start=79
   _globals['_VALIDATETOKENREQUEST']._serialized_end=141
   _globals['_VALIDATETOKENRESPONSE']._serialized_start=144
@@ -48,6 +50,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GRANT']._serialized_end=803
   _globals['_LISTGRANTSRESPONSE']._serialized_start=805
   _globals['_LISTGRANTSRESPONSE']._serialized_end=864
-  _globals['_TOKENSERVICE']._serialized_start=1174
-  _globals['_TOKENSERVICE']._serialized_end=1455
+  _globals['_WATCHREVOCATIONSREQUEST']._serialized_start=866
+  _globals['_WATCHREVOCATIONSREQUEST']._serialized_end=927
+  _globals['_REVOCATION']._serialized_start=930
+  _globals['_REVOCATION']._serialized_end=1086
+  _globals['_SYNCED']._serialized_start=1088
+  _globals['_SYNCED']._serialized_end=1130
+  _globals['_HEARTBEAT']._serialized_start=1132
+  _globals['_HEARTBEAT']._serialized_end=1159
+  _globals['_REVOCATIONEVENT']._serialized_start=1162
+  _globals['_REVOCATIONEVENT']._serialized_end=1328
+  _globals['_TOKENSERVICE']._serialized_start=1743
+  _globals['_TOKENSERVICE']._serialized_end=2120
 # @@protoc_insertion_point(module_scope)

@@ -64,6 +64,27 @@ VALIDATION_REASON_WRONG_ISSUER_OR_AUDIENCE: ValidationReason.ValueType  # 7
 """iss or aud is not this server's."""
 Global___ValidationReason: _TypeAlias = ValidationReason  # noqa: Y015
 
+class _RevocationKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RevocationKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RevocationKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REVOCATION_KIND_UNSPECIFIED: _RevocationKind.ValueType  # 0
+    REVOCATION_KIND_GRANT: _RevocationKind.ValueType  # 1
+    """Every access token whose grant_id claim is the id."""
+    REVOCATION_KIND_TOKEN: _RevocationKind.ValueType  # 2
+    """The one access token whose jti claim is the id."""
+
+class RevocationKind(_RevocationKind, metaclass=_RevocationKindEnumTypeWrapper): ...
+
+REVOCATION_KIND_UNSPECIFIED: RevocationKind.ValueType  # 0
+REVOCATION_KIND_GRANT: RevocationKind.ValueType  # 1
+"""Every access token whose grant_id claim is the id."""
+REVOCATION_KIND_TOKEN: RevocationKind.ValueType  # 2
+"""The one access token whose jti claim is the id."""
+Global___RevocationKind: _TypeAlias = RevocationKind  # noqa: Y015
+
 @_typing.final
 class ValidateTokenRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -276,3 +297,141 @@ class ListGrantsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListGrantsResponse: _TypeAlias = ListGrantsResponse  # noqa: Y015
+
+@_typing.final
+class WatchRevocationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    SUBSCRIBER_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.int
+    """The cursor of the last revocation (or heartbeat, or synced marker) received; 0 for none."""
+    subscriber: _builtins.str
+    """Who is watching, for the server's logs only (printable, at most 64 characters)."""
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.int = ...,
+        subscriber: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "subscriber", b"subscriber"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRevocationsRequest: _TypeAlias = WatchRevocationsRequest  # noqa: Y015
+
+@_typing.final
+class Revocation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    RELEVANT_UNTIL_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.int
+    """Its place in commit order. Within a snapshot, do not resume from it: wait for the synced
+    marker.
+    """
+    kind: Global___RevocationKind.ValueType
+    id: _builtins.str
+    snapshot: _builtins.bool
+    """Part of a snapshot (sent before the synced marker) rather than the live tail."""
+    @_builtins.property
+    def relevant_until(self) -> _timestamp_pb2.Timestamp:
+        """The expiry of the newest access token it covers: after it, it can be forgotten."""
+
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.int = ...,
+        kind: Global___RevocationKind.ValueType = ...,
+        id: _builtins.str = ...,
+        relevant_until: _timestamp_pb2.Timestamp | None = ...,
+        snapshot: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["relevant_until", b"relevant_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "id", b"id", "kind", b"kind", "relevant_until", b"relevant_until", "snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Revocation: _TypeAlias = Revocation  # noqa: Y015
+
+@_typing.final
+class Synced(_message.Message):
+    """Everything up to cursor has been sent: the caller is current."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.int
+    snapshot: _builtins.bool
+    """The revocations before this marker were a snapshot of everything still relevant."""
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.int = ...,
+        snapshot: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Synced: _TypeAlias = Synced  # noqa: Y015
+
+@_typing.final
+class Heartbeat(_message.Message):
+    """Nothing new up to cursor; the server is reading the record (sent every second)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.int
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class RevocationEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOCATION_FIELD_NUMBER: _builtins.int
+    SYNCED_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def revocation(self) -> Global___Revocation: ...
+    @_builtins.property
+    def synced(self) -> Global___Synced: ...
+    @_builtins.property
+    def heartbeat(self) -> Global___Heartbeat: ...
+    def __init__(
+        self,
+        *,
+        revocation: Global___Revocation | None = ...,
+        synced: Global___Synced | None = ...,
+        heartbeat: Global___Heartbeat | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "revocation", b"revocation", "synced", b"synced"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "revocation", b"revocation", "synced", b"synced"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["revocation", "synced", "heartbeat"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___RevocationEvent: _TypeAlias = RevocationEvent  # noqa: Y015

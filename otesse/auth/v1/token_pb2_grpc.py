@@ -49,6 +49,11 @@ class TokenServiceStub:
                 request_serializer=otesse_dot_auth_dot_v1_dot_token__pb2.ListGrantsRequest.SerializeToString,
                 response_deserializer=otesse_dot_auth_dot_v1_dot_token__pb2.ListGrantsResponse.FromString,
                 _registered_method=True)
+        self.WatchRevocations = channel.unary_stream(
+                '/otesse.auth.v1.TokenService/WatchRevocations',
+                request_serializer=otesse_dot_auth_dot_v1_dot_token__pb2.WatchRevocationsRequest.SerializeToString,
+                response_deserializer=otesse_dot_auth_dot_v1_dot_token__pb2.RevocationEvent.FromString,
+                _registered_method=True)
 
 
 class TokenServiceServicer:
@@ -78,6 +83,20 @@ class TokenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRevocations(self, request, context):
+        """Every revocation, in the order it committed, for resource servers that validate tokens
+        locally. From a cursor the caller saw: the revocations after it, then one synced marker,
+        then the live tail. With no cursor, one older than what the server still keeps, or one it
+        never issued: a snapshot of every revocation still relevant, then the synced marker
+        (snapshot=true), then the live tail. A heartbeat every second while the server is reading
+        the record: a caller that hears nothing for a few seconds must stop trusting what it has.
+        Too many subscribers on one server: RESOURCE_EXHAUSTED; a subscriber too slow to keep up
+        is cut off (UNAVAILABLE) and resumes from its cursor, as after any disconnect.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +114,11 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.ListGrants,
                     request_deserializer=otesse_dot_auth_dot_v1_dot_token__pb2.ListGrantsRequest.FromString,
                     response_serializer=otesse_dot_auth_dot_v1_dot_token__pb2.ListGrantsResponse.SerializeToString,
+            ),
+            'WatchRevocations': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRevocations,
+                    request_deserializer=otesse_dot_auth_dot_v1_dot_token__pb2.WatchRevocationsRequest.FromString,
+                    response_serializer=otesse_dot_auth_dot_v1_dot_token__pb2.RevocationEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +202,33 @@ class TokenService:
             '/otesse.auth.v1.TokenService/ListGrants',
             otesse_dot_auth_dot_v1_dot_token__pb2.ListGrantsRequest.SerializeToString,
             otesse_dot_auth_dot_v1_dot_token__pb2.ListGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/otesse.auth.v1.TokenService/WatchRevocations',
+            otesse_dot_auth_dot_v1_dot_token__pb2.WatchRevocationsRequest.SerializeToString,
+            otesse_dot_auth_dot_v1_dot_token__pb2.RevocationEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,16 @@ class TokenServiceStub:
     """
     ListGrants: _grpc.UnaryUnaryMultiCallable[_token_pb2.ListGrantsRequest, _token_pb2.ListGrantsResponse]
     """The live (unrevoked, unexpired) grants a user has given, newest first."""
+    WatchRevocations: _grpc.UnaryStreamMultiCallable[_token_pb2.WatchRevocationsRequest, _token_pb2.RevocationEvent]
+    """Every revocation, in the order it committed, for resource servers that validate tokens
+    locally. From a cursor the caller saw: the revocations after it, then one synced marker,
+    then the live tail. With no cursor, one older than what the server still keeps, or one it
+    never issued: a snapshot of every revocation still relevant, then the synced marker
+    (snapshot=true), then the live tail. A heartbeat every second while the server is reading
+    the record: a caller that hears nothing for a few seconds must stop trusting what it has.
+    Too many subscribers on one server: RESOURCE_EXHAUSTED; a subscriber too slow to keep up
+    is cut off (UNAVAILABLE) and resumes from its cursor, as after any disconnect.
+    """
 
 @_typing.type_check_only
 class TokenServiceAsyncStub(TokenServiceStub):
@@ -59,6 +69,16 @@ class TokenServiceAsyncStub(TokenServiceStub):
     """
     ListGrants: _aio.UnaryUnaryMultiCallable[_token_pb2.ListGrantsRequest, _token_pb2.ListGrantsResponse]  # type: ignore[assignment]
     """The live (unrevoked, unexpired) grants a user has given, newest first."""
+    WatchRevocations: _aio.UnaryStreamMultiCallable[_token_pb2.WatchRevocationsRequest, _token_pb2.RevocationEvent]  # type: ignore[assignment]
+    """Every revocation, in the order it committed, for resource servers that validate tokens
+    locally. From a cursor the caller saw: the revocations after it, then one synced marker,
+    then the live tail. With no cursor, one older than what the server still keeps, or one it
+    never issued: a snapshot of every revocation still relevant, then the synced marker
+    (snapshot=true), then the live tail. A heartbeat every second while the server is reading
+    the record: a caller that hears nothing for a few seconds must stop trusting what it has.
+    Too many subscribers on one server: RESOURCE_EXHAUSTED; a subscriber too slow to keep up
+    is cut off (UNAVAILABLE) and resumes from its cursor, as after any disconnect.
+    """
 
 class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -89,5 +109,21 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_token_pb2.ListGrantsResponse, _abc.Awaitable[_token_pb2.ListGrantsResponse]]:
         """The live (unrevoked, unexpired) grants a user has given, newest first."""
+
+    @_abc_1.abstractmethod
+    def WatchRevocations(
+        self,
+        request: _token_pb2.WatchRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_token_pb2.RevocationEvent], _abc.AsyncIterator[_token_pb2.RevocationEvent]]:
+        """Every revocation, in the order it committed, for resource servers that validate tokens
+        locally. From a cursor the caller saw: the revocations after it, then one synced marker,
+        then the live tail. With no cursor, one older than what the server still keeps, or one it
+        never issued: a snapshot of every revocation still relevant, then the synced marker
+        (snapshot=true), then the live tail. A heartbeat every second while the server is reading
+        the record: a caller that hears nothing for a few seconds must stop trusting what it has.
+        Too many subscribers on one server: RESOURCE_EXHAUSTED; a subscriber too slow to keep up
+        is cut off (UNAVAILABLE) and resumes from its cursor, as after any disconnect.
+        """
 
 def add_TokenServiceServicer_to_server(servicer: TokenServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
