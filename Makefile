@@ -6,7 +6,10 @@ STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock pyproject.toml |
 PEER := bench/peer
 PEER_STAMP := $(PEER)/node_modules/.installed-$(shell sha256sum $(PEER)/package-lock.json | cut -c1-12)
 
-.PHONY: run test test-containers lint proto lock venv bench-venv stores browser haproxy peer bench bench-local bench-peer soak clean
+.PHONY: help run test test-containers lint proto lock venv bench-venv stores browser haproxy peer bench bench-local bench-peer soak clean
+
+help: ## list every target with what it does
+	@grep -E '^[a-z][a-z-]*:.*## ' $(firstword $(MAKEFILE_LIST)) | sed -E 's/^([a-z-]+):.*## /\1\t/' | expand -t 18
 
 run: venv stores ## start every service locally and print how to try the flow
 	@scripts/run-local
@@ -17,7 +20,7 @@ test: venv stores browser haproxy peer ## ruff, mypy, import contracts and the w
 test-containers: venv ## build the image, run docker-compose.yml and check it (scripts/test-containers)
 	@scripts/test-containers
 
-venv: $(STAMP)
+venv: $(STAMP) ## create .venv/ from the hash-pinned requirements.lock (the editable install)
 
 $(STAMP): requirements.lock pyproject.toml
 	@command -v python3.11 >/dev/null || command -v python3 >/dev/null || { echo "python3.11 is missing: install Python 3.11"; exit 1; }
@@ -47,7 +50,7 @@ browser: ## make sure headless Chromium is installed (browser tests)
 haproxy: ## make sure HAProxy is installed (the replica tests put it in front of the services)
 	@scripts/ensure-haproxy
 
-lint: venv
+lint: venv ## ruff, mypy and the import contracts (pyproject.toml), without the tests
 	@$(BIN)/ruff check .
 	@$(BIN)/mypy
 	@$(BIN)/lint-imports
@@ -78,5 +81,5 @@ $(PEER_STAMP): $(PEER)/package-lock.json $(PEER)/package.json
 	@cd $(PEER) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null
 	@rm -f $(PEER)/node_modules/.installed-* && touch $@
 
-clean:
+clean: ## remove .venv/, .venv-bench/, test artifacts and the linters' caches
 	rm -rf $(VENV) $(BENCH_VENV) tests/artifacts .mypy_cache .ruff_cache

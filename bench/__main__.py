@@ -13,17 +13,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 from pathlib import Path
 
 import uvloop
 
-from bench import report
+from bench import command, report
 from bench.cpu import CpuMeter
 from bench.load import StepFailed
 from bench.measure import Measurements, Options, measure_all
-from bench.stack import DATABASE_URL, REDIS_PREFIX, REDIS_URL, Stack, StackFailed, running_stack
+from bench.stack import REDIS_PREFIX, Stack, StackFailed, running_stack
 from bench.steady import RSS_GROWTH_LIMIT, Check, Plan, Run, Target, drive, judge
 from bench.stores import store_touches
 
@@ -35,23 +34,15 @@ STEADY_REFRESHES = 3
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, metavar="N",
-                        help=f"requests per measurement (default {DEFAULT_REQUESTS}; the "
-                             "direct-to-service ones make half as many)")
-    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="C",
-                        help=f"requests in flight at once, and refresh chains "
-                             f"(default {DEFAULT_CONCURRENCY})")
-    parser.add_argument("--warmup", type=int, default=None, metavar="W",
-                        help="requests before each measurement (default N/10, at least C)")
+    command.add_load_arguments(parser, requests=DEFAULT_REQUESTS,
+                               concurrency=DEFAULT_CONCURRENCY,
+                               requests_help="; the direct-to-service ones make half as many")
     parser.add_argument("--duration", type=float, default=0.0, metavar="S",
                         help="after the measurements, run whole flows back to back for S "
                              "seconds and check that resident memory does not grow (120: "
                              "issue #13's two-minute check; default 0, off)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--database-url", default=DATABASE_URL,
-                        help="the benchmark's own database: created, then dropped "
-                             f"(default {DATABASE_URL})")
-    parser.add_argument("--redis-url", default=REDIS_URL, help=f"default {REDIS_URL}")
+    command.add_store_arguments(parser, database="the benchmark's own database")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.concurrency < 1 or (args.warmup or 0) < 0:
         parser.error("--requests and --concurrency must be at least 1, --warmup at least 0")
@@ -60,23 +51,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def say(text: str, *, quiet: bool) -> None:
-    """Progress: on standard error when standard output is JSON."""
-    print(text, file=sys.stderr if quiet else sys.stdout, flush=True)
-
-
 async def main(argv: list[str]) -> int:
     args = parse(argv)
-    # SIGTERM (and Ctrl-C, which asyncio already turns into a cancellation) cancels the run,
-    # so the stack is stopped and its database dropped on the way out.
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    warmup = args.warmup if args.warmup is not None else max(args.concurrency,
-                                                             args.requests // 10)
-    options = Options(requests=args.requests, concurrency=args.concurrency, warmup=warmup)
+    command.cancel_on_sigterm()
+    options = Options(requests=args.requests, concurrency=args.concurrency,
+                      warmup=command.warmup(args))
     before = report.machine()
-    say(f"bench: starting the stack (load average {before['load_average'][0]})",
+    command.say(f"bench: starting the stack (load average {before['load_average'][0]})",
         quiet=args.json)
     try:
         async with running_stack(database_url=args.database_url, redis_url=args.redis_url,
@@ -85,21 +66,18 @@ async def main(argv: list[str]) -> int:
                              database_url=args.database_url, redis_url=args.redis_url)
             await meter.open()
             try:
-                say("bench: measuring", quiet=args.json)
+                command.say("bench: measuring", quiet=args.json)
                 measured: Measurements = await measure_all(stack, options, meter)
-                say("bench: counting Redis commands per request", quiet=args.json)
+                command.say("bench: counting Redis commands per request", quiet=args.json)
                 touches = await store_touches(stack, redis_url=args.redis_url)
                 steady = (await _steady(stack, args, quiet=args.json)
                           if args.duration else None)
             finally:
                 await meter.close()
     except (StackFailed, StepFailed) as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
+        return command.failed("bench", exc)
     except asyncio.CancelledError:
-        print("bench: interrupted; the stack is stopped and its database dropped",
-              file=sys.stderr)
-        return 130
+        return command.interrupted("bench", "the stack is stopped and its database dropped")
     after = report.machine()
     document = report.as_json(measured, options, before, after, touches)
     checks = judge(steady, rss_only=True) if steady else []
@@ -129,7 +107,7 @@ async def _steady(stack: Stack, args: argparse.Namespace, *, quiet: bool) -> Run
     no growth over a two-minute run), resident memory sampled every few seconds."""
     plan = Plan(seconds=args.duration, every=max(1.0, args.duration / 60), rate=None,
                 workers=args.concurrency, refreshes=STEADY_REFRESHES)
-    say(f"bench: whole flows back to back for {args.duration:g} s (warm-up "
+    command.say(f"bench: whole flows back to back for {args.duration:g} s (warm-up "
         f"{plan.warmup:.0f} s, then resident memory compared between the first and the last "
         f"{plan.window:.0f} s)", quiet=quiet)
     target = Target(gateway_url=stack.gateway_url, token_grpc=stack.token_grpc,

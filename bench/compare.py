@@ -31,7 +31,6 @@ import itertools
 import json
 import math
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,7 +44,7 @@ import asyncpg
 import httpx
 import uvloop
 
-from bench import baseline, flow, load, report
+from bench import baseline, command, flow, load, report
 from bench.cpu import CpuMeter, per_request
 from bench.http1 import Client
 from bench.load import Result, StepFailed
@@ -53,9 +52,7 @@ from bench.procs import rss_of
 from bench.reference import REDIS_PREFIX as PEER_PREFIX
 from bench.reference import VERSION, Storage, node_version, running_reference
 from bench.stack import (
-    DATABASE_URL,
     REDIS_PREFIX,
-    REDIS_URL,
     ROOT,
     StackFailed,
     running_stack,
@@ -499,13 +496,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, metavar="N",
                         help=f"alternating rounds of each server (default {DEFAULT_ROUNDS})")
-    parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, metavar="N",
-                        help=f"requests per measurement (default {DEFAULT_REQUESTS})")
-    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="C",
-                        help=f"requests in flight at once, and refresh chains (default "
-                             f"{DEFAULT_CONCURRENCY})")
-    parser.add_argument("--warmup", type=int, default=None, metavar="W",
-                        help="requests before each measurement (default N/10, at least C)")
+    command.add_load_arguments(parser, requests=DEFAULT_REQUESTS,
+                               concurrency=DEFAULT_CONCURRENCY)
     parser.add_argument("--peer", choices=("both", "redis", "memory", "none"), default="both",
                         help="node-oidc-provider's storage: its Redis adapter, its in-memory "
                              "one, both (default), or none (with --baseline: Otesse alone)")
@@ -520,9 +512,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--baseline-venv", type=Path, default=ROOT / ".venv", metavar="PATH",
                         help="the virtualenv the baseline's services run on (default .venv)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--database-url", default=DATABASE_URL,
-                        help=f"Otesse's database, created then dropped (default {DATABASE_URL})")
-    parser.add_argument("--redis-url", default=REDIS_URL, help=f"default {REDIS_URL}")
+    command.add_store_arguments(parser, database="Otesse's database")
     args = parser.parse_args(argv)
     if args.venv != ROOT / ".venv" and args.candidate is None:
         parser.error("--venv needs --candidate (the working tree runs on .venv)")
@@ -534,25 +524,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def say(text: str, *, quiet: bool) -> None:
-    print(text, file=sys.stderr if quiet else sys.stdout, flush=True)
-
-
 async def main(argv: list[str]) -> int:
     args = parse(argv)
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    warmup = args.warmup if args.warmup is not None else max(args.concurrency,
-                                                             args.requests // 10)
+    command.cancel_on_sigterm()
     options = Options(rounds=args.rounds, requests=args.requests,
-                      concurrency=args.concurrency, warmup=warmup)
+                      concurrency=args.concurrency, warmup=command.warmup(args))
     every: dict[str, tuple[Storage, ...]] = {"both": ("redis", "memory"), "redis": ("redis",),
                                              "memory": ("memory",), "none": ()}
     storages = every[args.peer]
     before = report.machine()
     quiet = args.json
-    say("bench-peer: starting Otesse"
+    command.say("bench-peer: starting Otesse"
         + (f", Otesse @ {args.baseline}" if args.baseline else "")
         + (f" and node-oidc-provider {VERSION} ({', '.join(storages)})" if storages else "")
         + f" (load average {before['load_average'][0]})", quiet=quiet)
@@ -569,7 +551,7 @@ async def main(argv: list[str]) -> int:
                 + _on(args.venv), candidate, f"{args.database_url}_{run}", args.redis_url,
                 f"{REDIS_PREFIX[:-1]}-{run}:", RESULTS / "stack.log"))]
             synchronous_commit = await durable_commits(f"{args.database_url}_{run}")
-            say(f"bench-peer: Postgres synchronous_commit = {synchronous_commit}: every "
+            command.say(f"bench-peer: Postgres synchronous_commit = {synchronous_commit}: every "
                 "refresh token Otesse answers is on disk first", quiet=quiet)
             if args.baseline is not None:
                 root = exits.enter_context(baseline.checkout(args.baseline,
@@ -590,7 +572,7 @@ async def main(argv: list[str]) -> int:
             node = await node_version()
             for number in range(1, options.rounds + 1):
                 for contender in contenders:
-                    say(f"bench-peer: round {number}/{options.rounds}: {contender.name}",
+                    command.say(f"bench-peer: round {number}/{options.rounds}: {contender.name}",
                         quiet=quiet)
                     database_url = contender.database_url or args.database_url
                     meter = CpuMeter(services=contender.pids,
@@ -609,12 +591,10 @@ async def main(argv: list[str]) -> int:
                             await database.close()
                     by_name.setdefault(contender.name, []).append(measured)
     except (StackFailed, StepFailed) as exc:
-        print(f"bench-peer: {exc}", file=sys.stderr)
-        return 1
+        return command.failed("bench-peer", exc)
     except asyncio.CancelledError:
-        print("bench-peer: interrupted; every server is stopped and Otesse's database dropped",
-              file=sys.stderr)
-        return 130
+        return command.interrupted("bench-peer", "every server is stopped and Otesse's "
+                                                 "database dropped")
     after = report.machine()
     context = {"machine": {**before, "load_average_after": after["load_average"],
                            "note": "the load generator shares these cores with every server"},

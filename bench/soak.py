@@ -15,19 +15,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
-from bench import report
+from bench import command, report
 from bench.plot import Panel, Series, Span, chart
 from bench.stack import (
-    DATABASE_URL,
     REDIS_PREFIX,
-    REDIS_URL,
     SERVICES,
     StackFailed,
     running_stack,
@@ -74,9 +71,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                              f"(default {DEFAULT_REFRESHES})")
     parser.add_argument("--every", type=float, default=DEFAULT_EVERY, metavar="S",
                         help=f"seconds between rows (default {DEFAULT_EVERY:g})")
-    parser.add_argument("--database-url", default=DATABASE_URL,
-                        help=f"its own database, created then dropped (default {DATABASE_URL})")
-    parser.add_argument("--redis-url", default=REDIS_URL, help=f"default {REDIS_URL}")
+    command.add_store_arguments(parser, database="its own database")
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.rate <= 0 or args.every <= 0:
         parser.error("--minutes, --rate and --every must be positive")
@@ -159,9 +154,7 @@ def document(run: Run, checks: list[Check], args: argparse.Namespace,
 
 async def main(argv: list[str]) -> int:
     args = parse(argv)
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    command.cancel_on_sigterm()
     plan = Plan(seconds=args.minutes * 60, every=args.every, rate=args.rate,
                 workers=args.workers, refreshes=args.refreshes, rest=REST_SECONDS)
     before = report.machine()
@@ -182,12 +175,9 @@ async def main(argv: list[str]) -> int:
             print(header(pids), flush=True)
             run = await drive(target, plan, lambda s: print(row(s), flush=True))
     except (StackFailed, FallingBehind) as exc:
-        print(f"soak: {exc}", file=sys.stderr)
-        return 1
+        return command.failed("soak", exc)
     except asyncio.CancelledError:
-        print("soak: interrupted; the stack is stopped and its database dropped",
-              file=sys.stderr)
-        return 130
+        return command.interrupted("soak", "the stack is stopped and its database dropped")
     after = report.machine()
     checks = judge(run)
     for sample in run.error_samples[:10]:

@@ -1,7 +1,8 @@
 """The signed-in user of the settings pages, and the CSRF check of their forms
 (RFC 6749 §10.12; OWASP Session Management and CSRF Prevention cheat sheets).
 
-A page asks for :func:`signed_in`; a visitor who is not signed in is sent to ``/login`` with a
+A page asks for :func:`signed_in_account` (the one check of :mod:`services.authorize.signed_in`,
+shared with the consent screen); a visitor who is not signed in is sent to ``/login`` with a
 relative ``next`` back to the page, raised as :class:`SignInRequired` and turned into the
 redirect in one place (:func:`sign_in_redirect`). A form's POST asks for :func:`form_author`,
 which also checks the form's CSRF token against the session's.
@@ -17,11 +18,11 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from services.authorize import csrf, session_cookie
+from services.authorize import csrf
 from services.authorize.components import Components, components
-from services.authorize.pages import NO_STORE
-from services.authorize.sessions import Session
+from services.authorize.signed_in import SignedIn, signed_in
 from services.common import audit, client_ip
+from services.common.http import NO_STORE
 
 
 class SignInRequired(Exception):
@@ -67,33 +68,32 @@ def _come_back_to(request: Request) -> str:
 _ACTION_SUFFIXES = ("/rotate-secret", "/delete", "/revoke")
 
 
-async def _account(request: Request, c: Components) -> tuple[Account, Session]:
-    found = await session_cookie.current(request, c)
-    if found is None or found[1].user_id is None:
+async def _account(request: Request, c: Components) -> SignedIn:
+    who = await signed_in(request, c)
+    if who is None:
         raise SignInRequired(_come_back_to(request))
-    session_id, session = found
-    assert session.user_id is not None
-    # A user disabled since signing in loses the session here, as at /oauth/authorize.
-    user = await c.users.by_id(user_id=session.user_id)
-    if user is None or user.disabled:
-        await c.sessions.delete(session_id=session_id)
-        raise SignInRequired(_come_back_to(request))
+    return who
+
+
+def _as_account(request: Request, c: Components, who: SignedIn) -> Account:
     origin = audit.Origin.of(client_ip.of_request(request, c.settings.trusted_proxies))
-    return Account(session_id=session_id, session_key=session.key, user_id=session.user_id,
-                   email=session.email or "", csrf_token=session.csrf_token,
-                   origin=origin), session
+    return Account(session_id=who.session_id, session_key=who.session.key,
+                   user_id=who.user_id, email=who.email, csrf_token=who.session.csrf_token,
+                   origin=origin)
 
 
-async def signed_in(request: Request) -> Account:
-    return (await _account(request, components(request)))[0]
+async def signed_in_account(request: Request) -> Account:
+    c = components(request)
+    return _as_account(request, c, await _account(request, c))
 
 
 async def form_author(request: Request, csrf_token: object) -> Account:
     """The signed-in user who sent a form from one of our pages: ``csrf_token`` (the form's
     field) must be the session's, else :class:`csrf.CsrfFailure`."""
-    account, session = await _account(request, components(request))
-    csrf.check(session, csrf_token)
-    return account
+    c = components(request)
+    who = await _account(request, c)
+    csrf.check(who.session, csrf_token)
+    return _as_account(request, c, who)
 
 
 async def sign_in_redirect(request: Request, exc: Exception) -> Response:

@@ -39,7 +39,7 @@ from services.authorize.devices import RedisDeviceStore
 from services.authorize.grants import SERVICE_NAME as TOKEN_SERVICE_NAME
 from services.authorize.grants import TokenServiceGrants
 from services.authorize.login_throttle import RedisLoginThrottle
-from services.authorize.pages import html_error_handlers
+from services.authorize.pages import html_error_handlers, render_error
 from services.authorize.pending import RedisPendingStore
 from services.authorize.secret_reveal import RedisRevealStore
 from services.authorize.security_headers import SecurityHeadersMiddleware
@@ -101,8 +101,8 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = await db.create_pool(settings.stores, application_name="otesse-authorize")
         redis = redis_client.create_redis(settings.stores)
-        tls = settings.registry_tls if settings.registry_tls.enabled or \
-            settings.registry_tls.ca_file else None
+        tls = settings.tls if settings.tls.enabled or \
+            settings.tls.ca_file else None
         if settings.service_credentials.is_default:
             log.warning(DEV_CREDENTIAL_WARNING)
         key = settings.service_credentials.key_bytes
@@ -182,6 +182,8 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
     # absolute URL from the Host it was sent, an internal address behind the gateway. Every
     # redirect here is relative or built from the configured issuer.
     app.router.redirect_slashes = False
+    app.add_middleware(RequestContextMiddleware, service="authorize",
+                       render_unexpected=render_error)
+    # Outermost, so the page answering an unexpected error carries the headers too.
     app.add_middleware(SecurityHeadersMiddleware)
-    app.add_middleware(RequestContextMiddleware, service="authorize")
     return app

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from otesse.auth.v1 import registry_pb2
-from services.authorize import csrf, session_cookie
+from services.authorize import csrf
 from services.authorize.authorization_request import (
     AuthorizationRequest,
     BadClientRequest,
@@ -27,9 +27,11 @@ from services.authorize.authorization_response import (
     success_location,
 )
 from services.authorize.components import Components, components
+from services.authorize.developer_apps import logo_url
 from services.authorize.origins import csp_origin, display_host
-from services.authorize.pages import NO_STORE, page
+from services.authorize.pages import page
 from services.authorize.sessions import Session
+from services.authorize.signed_in import SignedIn, signed_in
 from services.common import audit, client_ip
 from services.common import scopes as scope_catalogue
 from services.common.errors import (
@@ -38,6 +40,7 @@ from services.common.errors import (
     InvalidRequest,
     LoginRequired,
 )
+from services.common.http import NO_STORE
 
 PATH = "/oauth/authorize"
 DECISIONS = ("approve", "deny")
@@ -48,14 +51,13 @@ def login_redirect(next_target: str) -> Response:
                             headers=NO_STORE)
 
 
-async def _issue(c: Components, request: AuthorizationRequest, session: Session,
+async def _issue(c: Components, request: AuthorizationRequest, who: SignedIn,
                  status: int) -> Response:
-    assert session.user_id is not None
     code = await c.codes.issue(
-        client_id=request.client_id, redirect_uri=request.redirect_uri, user_id=session.user_id,
+        client_id=request.client_id, redirect_uri=request.redirect_uri, user_id=who.user_id,
         scopes=request.scopes, code_challenge=request.code_challenge,
         code_challenge_method=request.code_challenge_method,
-        auth_time=session.auth_time or time.time())
+        auth_time=who.session.auth_time or time.time())
     location = success_location(redirect_uri=request.redirect_uri, code=code,
                                 state=request.state, issuer=c.settings.issuer)
     return RedirectResponse(location, status_code=status, headers=NO_STORE)
@@ -81,42 +83,31 @@ async def authorize(request: Request) -> Response:
     # cross-site link must not sign anyone out — and replaced only by that fresh sign-in.
     if "login" in auth_request.prompt:
         return login_redirect(here)
-    found = await session_cookie.current(request, c)
-    standing = None
-    if found is not None and found[1].user_id is not None:
-        standing = await c.consents.standing(user_id=found[1].user_id,
-                                             client_id=client.client_id)
-        if standing is None or standing.disabled:
-            await c.sessions.delete(session_id=found[0])
-            standing = None
-    if found is None or standing is None:
+    who = await signed_in(request, c, client_id=client.client_id)
+    if who is None:
         # OpenID Connect Core §3.1.2.1: prompt=none — "The Authorization Server MUST NOT
         # display any authentication or consent user interface pages."
         if "none" in auth_request.prompt:
             raise fail(LoginRequired("The user is not signed in."))
         return login_redirect(here)
-    session = found[1]
-    assert session.user_id is not None
-    if set(auth_request.scopes) <= standing.granted and "consent" not in auth_request.prompt:
-        return await _issue(c, auth_request, session, status=302)
+    if set(auth_request.scopes) <= who.granted and "consent" not in auth_request.prompt:
+        return await _issue(c, auth_request, who, status=302)
     if "none" in auth_request.prompt:
         raise fail(ConsentRequired("The user has not approved these scopes for this app."))
-    request_id = await c.pending.put(request=auth_request, session_key=session.key,
-                                     user_id=session.user_id)
-    return consent_page(request, client, auth_request, session=session, email=standing.email,
+    request_id = await c.pending.put(request=auth_request, session_key=who.session.key,
+                                     user_id=who.user_id)
+    return consent_page(request, client, auth_request, session=who.session, email=who.email,
                         request_id=request_id, switch_url="/login?" + urlencode({"next": here}))
 
 
 def consent_page(request: Request, client: registry_pb2.Client,
                  auth_request: AuthorizationRequest, *, session: Session, email: str,
                  request_id: str, switch_url: str) -> Response:
-    logo_url = (f"/apps/{client.client_id}/logo?v={client.logo_sha256[:16]}"
-                if client.logo_sha256 else None)
     origin = csp_origin(auth_request.redirect_uri)
     return page(request, "consent.html", {
         "app_name": client.name,
         "app_description": client.description,
-        "logo_url": logo_url,
+        "logo_url": logo_url(client.client_id, client.logo_sha256),
         "avatar_letter": (client.name[:1] or "?").upper(),
         "avatar_color": zlib.crc32(client.name.encode("utf-8")) % 8,
         "email": email,
@@ -132,16 +123,19 @@ def consent_page(request: Request, client: registry_pb2.Client,
 async def decide(request: Request) -> Response:
     c = components(request)
     form = await request.form(max_files=0, max_fields=10)
-    found = await session_cookie.current(request, c)
-    session = csrf.check(found[1] if found else None, form.get("csrf_token"))
+    # Only a signed-in user was shown the consent screen: a visitor's form is an expired one.
+    who = await signed_in(request, c)
+    if who is None:
+        raise csrf.CsrfFailure(csrf.EXPIRED)
+    csrf.check(who.session, form.get("csrf_token"))
     decision = form.get("decision")
     if decision not in DECISIONS:
         raise InvalidRequest("Choose Approve or Deny.")
     request_id = form.get("request_id")
     auth_request = None
-    if session.user_id is not None and isinstance(request_id, str):
-        auth_request = await c.pending.take(request_id=request_id, session_key=session.key,
-                                            user_id=session.user_id)
+    if isinstance(request_id, str):
+        auth_request = await c.pending.take(request_id=request_id, session_key=who.session.key,
+                                            user_id=who.user_id)
     if auth_request is None:
         raise InvalidRequest("This authorization request has expired or was already answered.")
     # The app may have been deleted, or this redirect URI removed, while the screen was open.
@@ -155,9 +149,8 @@ async def decide(request: Request) -> Response:
         raise AuthorizationErrorRedirect(AccessDenied("The user denied the request."),
                                          redirect_uri=auth_request.redirect_uri,
                                          state=auth_request.state)
-    assert session.user_id is not None
-    await c.consents.grant(user_id=session.user_id, client_id=auth_request.client_id,
+    await c.consents.grant(user_id=who.user_id, client_id=auth_request.client_id,
                            scopes=auth_request.scopes, origin=audit.Origin.of(
                                client_ip.of_request(request, c.settings.trusted_proxies)))
     # RFC 9700 §4.12: 303 after a POST, so the browser does not re-send the form.
-    return await _issue(c, auth_request, session, status=303)
+    return await _issue(c, auth_request, who, status=303)

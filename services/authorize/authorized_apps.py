@@ -21,9 +21,10 @@ from starlette.responses import RedirectResponse, Response
 from services.authorize import account, dates
 from services.authorize.components import components
 from services.authorize.developer_apps import well_formed_client_id
-from services.authorize.pages import NO_STORE, page
+from services.authorize.pages import page
 from services.common import scopes as scope_catalogue
 from services.common.errors import InvalidRequest
+from services.common.http import NO_STORE
 
 PATH = "/settings/authorized-apps"
 
@@ -45,7 +46,7 @@ class _Access:
 
 
 async def list_access(request: Request) -> Response:
-    who = await account.signed_in(request)
+    who = await account.signed_in_account(request)
     c = components(request)
     access: dict[str, _Access] = {}
     for consent in await c.consents.list_for_user(user_id=who.user_id):

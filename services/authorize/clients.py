@@ -8,20 +8,19 @@ soon as the registry answers again.
 
 A cached client never outlives a change of it: the registry announces every update (redirect
 URIs among them) and deletion (:mod:`services.common.client_changes`), and the entry goes as
-the change commits. While the announcements cannot be heard, the cache is not used at all.
+the change commits. While the announcements cannot be heard, the cache is not used at all
+(:mod:`services.common.client_cache` keeps these promises, for the token service too).
 """
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
-from collections.abc import Callable
 from typing import Protocol
 
 import grpc
 from grpc import aio
 
 from otesse.auth.v1 import registry_pb2, registry_pb2_grpc
+from services.common.client_cache import ClientCache, ClientChanges
 
 SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["ClientRegistry"].full_name
 _DEADLINE_SECONDS = 3.0
@@ -34,52 +33,24 @@ class ClientDirectory(Protocol):
     async def get_with_logo(self, *, client_id: str) -> registry_pb2.Client | None: ...
 
 
-class ClientChanges(Protocol):
-    """Announcements of changed clients (a ``services.common.client_changes.ClientChangeFeed``)."""
-
-    @property
-    def connected(self) -> bool: ...
-
-    def subscribe(self, subscriber: Callable[[str | None], None]) -> None: ...
-
-
 class RegistryClients:
     """:class:`ClientDirectory` over the registry's ``GetClient``."""
 
     def __init__(self, stub: registry_pb2_grpc.ClientRegistryAsyncStub, *, ttl_seconds: float,
                  max_entries: int, changes: ClientChanges) -> None:
         self._stub = stub
-        self._ttl = ttl_seconds
-        self._max = max_entries
-        self._entries: OrderedDict[str, tuple[float, registry_pb2.Client | None]] = OrderedDict()
-        self._changes = changes
-        # Counts what was forgotten: an answer asked for before a change is not kept.
-        self._generation = 0
-        changes.subscribe(self._forget)
-
-    def _forget(self, client_id: str | None) -> None:
-        self._generation += 1
-        if client_id is None:
-            self._entries.clear()
-        else:
-            self._entries.pop(client_id, None)
+        self._cache: ClientCache[registry_pb2.Client | None] = ClientCache(
+            changes, ttl_seconds=ttl_seconds, max_entries=max_entries)
 
     async def get(self, *, client_id: str) -> registry_pb2.Client | None:
         if not client_id or len(client_id) > _MAX_CLIENT_ID:
             return None
-        now = time.monotonic()
-        entry = self._entries.get(client_id) if self._changes.connected else None
-        if entry is not None and entry[0] > now:
-            self._entries.move_to_end(client_id)
-            return entry[1]
-        generation = self._generation
+        remembered = self._cache.get(client_id)
+        if remembered is not None:
+            return remembered[0]
+        ticket = self._cache.ticket()
         client = await self._fetch(client_id, include_logo=False)
-        if generation != self._generation or not self._changes.connected:
-            return client
-        self._entries[client_id] = (now + self._ttl, client)
-        self._entries.move_to_end(client_id)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+        self._cache.put(client_id, client, ticket=ticket)
         return client
 
     async def get_with_logo(self, *, client_id: str) -> registry_pb2.Client | None:

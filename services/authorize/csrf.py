@@ -17,10 +17,13 @@ class CsrfFailure(AccessDenied):
     """The form did not come from a page this server showed in this session."""
 
 
+EXPIRED = "This form has expired. Go back, reload the page and try again."
+
+
 def check(session: Session | None, presented: object) -> Session:
     # RFC 6749 §10.12: the client "MUST implement CSRF protection"; our own forms do the same,
     # comparing in constant time.
     if session is None or not isinstance(presented, str) or not hmac.compare_digest(
             session.csrf_token.encode(), presented.encode("utf-8", "replace")):
-        raise CsrfFailure("This form has expired. Go back, reload the page and try again.")
+        raise CsrfFailure(EXPIRED)
     return session

@@ -44,6 +44,15 @@ class InvalidField(Exception):
         self.problem = problem
 
 
+def logo_url(client_id: str, logo_sha256: str) -> str | None:
+    """The address of an app's logo (the route ``/apps/{client_id}/logo``, services.authorize.
+    logo), versioned by content so browsers may cache it; ``None`` for an app without one.
+    The consent screen and the settings pages both link it."""
+    if not logo_sha256:
+        return None
+    return f"/apps/{client_id}/logo?v={logo_sha256[:16]}"
+
+
 @dataclass(frozen=True)
 class AppDetails:
     """What a developer fills in for an app (the logo travels separately)."""
@@ -68,10 +77,7 @@ class DeveloperApp:
 
     @property
     def logo_url(self) -> str | None:
-        """The logo route's address, versioned by content so browsers may cache it."""
-        if not self.logo_sha256:
-            return None
-        return f"/apps/{self.client_id}/logo?v={self.logo_sha256[:16]}"
+        return logo_url(self.client_id, self.logo_sha256)
 
 
 @dataclass(frozen=True)

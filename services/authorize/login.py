@@ -32,9 +32,11 @@ from services.authorize import csrf, devices, passwords, session_cookie
 from services.authorize.components import Components, components
 from services.authorize.login_throttle import Attempt
 from services.authorize.origins import csp_origin
-from services.authorize.pages import NO_STORE, page
+from services.authorize.pages import page
 from services.authorize.sessions import Session
+from services.authorize.signed_in import signed_in
 from services.common import audit, client_ip
+from services.common.http import NO_STORE
 
 AUTHORIZE_PATH = "/oauth/authorize"
 MAX_NEXT_LENGTH = 8192
@@ -133,13 +135,14 @@ async def login(request: Request) -> Response:
     password = raw_password if isinstance(raw_password, str) else ""
     found = await session_cookie.current(request, c)
     try:
-        csrf.check(found[1] if found else None, form.get("csrf_token"))
+        if found is None:
+            raise csrf.CsrfFailure(csrf.EXPIRED)
+        csrf.check(found.session, form.get("csrf_token"))
     except csrf.CsrfFailure:
         session_id, session = await c.sessions.create()
         return await _login_page(request, c, session_id=session_id, session=session,
                                  new_session=True, next_target=next_target, email=email,
                                  message=EXPIRED_FORM, status=403)
-    assert found is not None
     old_id, old_session = found
 
     async def again(message: str, status: int) -> Response:
@@ -207,9 +210,10 @@ async def logout(request: Request) -> Response:
     c = components(request)
     form = await request.form(max_files=0, max_fields=10)
     found = await session_cookie.current(request, c)
-    csrf.check(found[1] if found else None, form.get("csrf_token"))
-    assert found is not None
-    await c.sessions.delete(session_id=found[0])
+    if found is None:
+        raise csrf.CsrfFailure(csrf.EXPIRED)
+    csrf.check(found.session, form.get("csrf_token"))
+    await c.sessions.delete(session_id=found.session_id)
     response = RedirectResponse("/login", status_code=303, headers=NO_STORE)
     session_cookie.clear_cookie(response, c.settings)
     return response
@@ -217,8 +221,8 @@ async def logout(request: Request) -> Response:
 
 async def home(request: Request) -> Response:
     c = components(request)
-    found = await session_cookie.current(request, c)
-    if found is None or found[1].user_id is None:
+    who = await signed_in(request, c)
+    if who is None:
         return RedirectResponse("/login", status_code=303, headers=NO_STORE)
-    nav = {"email": found[1].email or "", "csrf_token": found[1].csrf_token}
+    nav = {"email": who.email, "csrf_token": who.session.csrf_token}
     return page(request, "home.html", {**nav, "account": nav})

@@ -27,11 +27,12 @@ from services.authorize import account, app_events, app_form, dates
 from services.authorize.account import Account
 from services.authorize.components import components
 from services.authorize.developer_apps import DeveloperApp, InvalidField
-from services.authorize.pages import NO_STORE, page
+from services.authorize.pages import page
 from services.authorize.secret_reveal import Reveal
 from services.authorize.security_headers import content_security_policy
 from services.common import scopes as scope_catalogue
 from services.common.errors import InvalidRequest
+from services.common.http import NO_STORE
 
 BASE = "/settings/integrations/oauth-apps"
 _JS = resources.files("services.authorize") / "static" / "copy.js"
@@ -73,14 +74,14 @@ async def _owned(request: Request, who: Account) -> DeveloperApp:
 
 
 async def list_apps(request: Request) -> Response:
-    who = await account.signed_in(request)
+    who = await account.signed_in_account(request)
     apps = await components(request).apps.list(owner=who.user_id)
     return _page(request, who, "oauth_apps.html", {"apps": [_view(app) for app in apps],
                                                    "new_url": f"{BASE}/new"})
 
 
 async def new_form(request: Request) -> Response:
-    who = await account.signed_in(request)
+    who = await account.signed_in_account(request)
     return _page(request, who, "oauth_apps_new.html", app_form.AppForm().context())
 
 
@@ -107,7 +108,7 @@ async def register(request: Request) -> Response:
 
 
 async def credentials(request: Request) -> Response:
-    who = await account.signed_in(request)
+    who = await account.signed_in_account(request)
     app = await _owned(request, who)
     reveal = await components(request).reveals.take(
         session_id=who.session_id, session_key=who.session_key, client_id=app.client_id)
@@ -135,7 +136,7 @@ async def _edit_page(request: Request, who: Account, app: DeveloperApp,
 
 
 async def show(request: Request) -> Response:
-    who = await account.signed_in(request)
+    who = await account.signed_in_account(request)
     app = await _owned(request, who)
     return await _edit_page(request, who, app, _edit_form(app),
                             saved=request.query_params.get("saved") == "1")
@@ -186,7 +187,7 @@ async def rotate_secret(request: Request) -> Response:
 
 
 async def confirm_delete(request: Request) -> Response:
-    who = await account.signed_in(request)
+    who = await account.signed_in_account(request)
     app = await _owned(request, who)
     return _page(request, who, "oauth_apps_delete.html", {"app": _view(app)})
 

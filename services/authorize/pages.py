@@ -24,7 +24,7 @@ from services.authorize.components import components
 from services.authorize.csrf import CsrfFailure
 from services.authorize.security_headers import content_security_policy
 from services.common.errors import OAuthError, TemporarilyUnavailable
-from services.common.http import classify
+from services.common.http import NO_STORE, classify
 from services.common.unavailable import DEPENDENCY_FAILURES
 
 log = logging.getLogger("otesse.authorize")
@@ -36,9 +36,6 @@ templates = Jinja2Templates(env=jinja2.Environment(
     loader=jinja2.PackageLoader("services.authorize", "templates"),
     autoescape=True, trim_blocks=True, lstrip_blocks=True))
 templates.env.globals["css_url"] = CSS_URL
-
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
 
 def page(request: Request, template: str, context: Mapping[str, Any], *, status: int = 200,
          form_targets: Sequence[str] = (), headers: Mapping[str, str] | None = None,
@@ -70,7 +67,9 @@ def _error_page(request: Request, error: OAuthError) -> Response:
                                         "status": status}, status=status, headers=headers)
 
 
-async def _render(request: Request, exc: Exception) -> Response:
+async def render_error(request: Request, exc: Exception) -> Response:
+    """The page (or redirect) for any error; also what the request context answers for an
+    unexpected one (a 500 page naming the request id)."""
     if isinstance(exc, AuthorizationErrorRedirect):
         location = error_location(exc, issuer=components(request).settings.issuer)
         # RFC 9700 §4.12: after a POST, redirect with 303 so the form is not re-sent.
@@ -93,10 +92,11 @@ async def _render(request: Request, exc: Exception) -> Response:
 
 
 # Starlette picks a handler by the exception's class; the stores' and peers' failures are
-# listed so that an outage is a 503 page (and not re-raised as a crash).
+# listed so that an outage is a 503 page (and not re-raised as a crash). Anything else is a bug:
+# RequestContextMiddleware logs it with the request id and answers with render_error.
 _HANDLED: tuple[type[BaseException], ...] = (
-    AuthorizationErrorRedirect, OAuthError, HTTPException, *DEPENDENCY_FAILURES, Exception)
+    AuthorizationErrorRedirect, OAuthError, HTTPException, *DEPENDENCY_FAILURES)
 
 
 def html_error_handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:
-    return dict.fromkeys(_HANDLED, _render)
+    return dict.fromkeys(_HANDLED, render_error)

@@ -8,6 +8,8 @@ name takes the ``__Host-`` prefix, which browsers only accept from a secure orig
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -18,24 +20,31 @@ from services.authorize.settings import AuthorizeSettings
 _NAME = "otesse_session"
 
 
+class LiveSession(NamedTuple):
+    """The session a request's cookie names: its id (the cookie's value) and its record."""
+
+    session_id: str
+    session: Session
+
+
 def cookie_name(settings: AuthorizeSettings) -> str:
     return f"__Host-{_NAME}" if settings.secure_cookies else _NAME
 
 
-async def current(request: Request, c: Components) -> tuple[str, Session] | None:
-    """The live session the request's cookie names, as ``(id, session)``."""
+async def current(request: Request, c: Components) -> LiveSession | None:
+    """The live session the request's cookie names."""
     session_id = request.cookies.get(cookie_name(c.settings))
     if not session_id:
         return None
     session = await c.sessions.get(session_id=session_id)
-    return (session_id, session) if session is not None else None
+    return LiveSession(session_id, session) if session is not None else None
 
 
 async def current_or_new(request: Request, c: Components) -> tuple[str, Session, bool]:
     """The live session, or a new anonymous one; the flag says whether it is new."""
     found = await current(request, c)
     if found is not None:
-        return found[0], found[1], False
+        return found.session_id, found.session, False
     session_id, session = await c.sessions.create()
     return session_id, session, True
 

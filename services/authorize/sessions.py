@@ -25,7 +25,9 @@ _MAX_ID_LENGTH = 64
 
 @dataclass(frozen=True)
 class Session:
-    """What a session knows. ``user_id`` is ``None`` until the visitor signs in."""
+    """What a session knows. ``user_id`` is ``None`` until the visitor signs in; whether
+    someone *is* signed in (their account still open) is :mod:`services.authorize.signed_in`'s
+    question, never this record's alone."""
 
     key: str  # the Redis key: the hash of the id, never the id itself
     csrf_token: str
@@ -33,10 +35,6 @@ class Session:
     user_id: str | None = None
     email: str | None = None
     auth_time: float | None = None
-
-    @property
-    def signed_in(self) -> bool:
-        return self.user_id is not None
 
 
 class SessionStore(Protocol):

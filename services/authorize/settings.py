@@ -7,13 +7,11 @@ from urllib.parse import urlsplit
 
 from services.common.client_ip import Network
 from services.common.settings import (
-    DEFAULT_ISSUER,
     DEFAULT_REGISTRY_ADDR,
     DEFAULT_TOKEN_GRPC_ADDR,
     Env,
-    GrpcTlsSettings,
     ServiceCredentialSettings,
-    StoreSettings,
+    ServiceSettings,
 )
 
 
@@ -43,14 +41,10 @@ class LoginThrottleSettings:
 
 
 @dataclass(frozen=True)
-class AuthorizeSettings:
-    stores: StoreSettings
+class AuthorizeSettings(ServiceSettings):
     host: str
     port: int
-    # RFC 9207 ``iss``: exactly the issuer identifier the metadata publishes.
-    issuer: str
     registry_addr: str
-    registry_tls: GrpcTlsSettings
     # The token service's gRPC address (TokenService: ListGrants and RevokeGrant for the
     # settings pages); the same TLS settings as the registry channel apply.
     token_addr: str
@@ -63,8 +57,6 @@ class AuthorizeSettings:
     trusted_proxies: tuple[Network, ...]
     client_cache_seconds: float
     client_cache_size: int
-    log_level: str
-    drain_seconds: float
 
     @property
     def secure_cookies(self) -> bool:
@@ -75,12 +67,10 @@ class AuthorizeSettings:
     def from_env(cls, env: Env | None = None) -> AuthorizeSettings:
         env = env or Env()
         return cls(
-            stores=StoreSettings.from_env(env),
+            **ServiceSettings.shared(env),
             host=env.text("OTESSE_AUTHORIZE_HOST", "127.0.0.1"),
             port=env.integer("OTESSE_AUTHORIZE_PORT", 8001, maximum=65535),
-            issuer=env.url("OTESSE_ISSUER", DEFAULT_ISSUER),
             registry_addr=env.text("OTESSE_REGISTRY_ADDR", DEFAULT_REGISTRY_ADDR),
-            registry_tls=GrpcTlsSettings.from_env(env),
             token_addr=env.text("OTESSE_TOKEN_GRPC_ADDR", DEFAULT_TOKEN_GRPC_ADDR),
             service_credentials=ServiceCredentialSettings.from_env(env),
             session_idle_seconds=env.integer("OTESSE_AUTHORIZE_SESSION_IDLE_SECONDS", 1800,
@@ -110,6 +100,4 @@ class AuthorizeSettings:
                                          ("127.0.0.1/32", "::1/128")),
             client_cache_seconds=env.number("OTESSE_AUTHORIZE_CLIENT_CACHE_SECONDS", 5.0),
             client_cache_size=env.integer("OTESSE_AUTHORIZE_CLIENT_CACHE_SIZE", 256, minimum=1),
-            log_level=env.text("OTESSE_LOG_LEVEL", "INFO"),
-            drain_seconds=env.number("OTESSE_SHUTDOWN_DRAIN_SECONDS", 0.0),
         )

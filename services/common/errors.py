@@ -5,10 +5,15 @@ OpenID Connect Core §3.1.2.6 (``prompt=none``); ``too_many_requests`` names RFC
 status, for which OAuth has no code (the gateway answers its own limits with it too).
 ``description`` is what the client sees; debug detail belongs in logs, never here. Anything not
 an :class:`OAuthError` is rendered as ``server_error`` with no detail.
+
+:func:`json_error` writes the ``{"error", "error_description"}`` body, for every transport that
+answers in JSON: the services' exception handlers, the resource kit's bearer checks, the
+gateway's own answers and the connection refusals written before any request is parsed.
 """
 
 from __future__ import annotations
 
+import json
 from typing import ClassVar, Literal
 
 ErrorCode = Literal[
@@ -30,6 +35,14 @@ ErrorCode = Literal[
     "interaction_required",
     "too_many_requests",
 ]
+
+
+def json_error(error: str, description: str = "") -> bytes:
+    """The RFC 6749 §5.2 body: ``error``, and ``error_description`` when there is one ("Human-
+    readable ASCII [USASCII] text providing additional information", OPTIONAL)."""
+    body = {"error": error, "error_description": description} if description else {
+        "error": error}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 class OAuthError(Exception):

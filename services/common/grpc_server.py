@@ -33,6 +33,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common import request_id
+from services.common.errors import TemporarilyUnavailable
 from services.common.log import request_id_var
 from services.common.metrics import DEPENDENCY_ERRORS, GRPC_REQUESTS
 from services.common.rpc_errors import RpcError
@@ -82,6 +83,10 @@ class ServiceInterceptor(aio.ServerInterceptor):
             except aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
+            except TemporarilyUnavailable as exc:
+                # Raised on purpose (a signing key not loaded yet): a dependency not there.
+                code = grpc.StatusCode.UNAVAILABLE
+                await context.abort(code, exc.description or "unavailable; retry shortly")
             except Exception as exc:
                 if is_unavailable(exc):
                     code = grpc.StatusCode.UNAVAILABLE

@@ -4,11 +4,14 @@
   request id from ``X-Request-ID`` or makes one, echoes it, writes one access-log line and one
   metric per request.
 * :func:`json_error_handlers` renders :class:`~services.common.errors.OAuthError` as
-  ``{"error", "error_description"}`` with ``Cache-Control: no-store``; anything unexpected
-  becomes ``server_error`` with no detail (the traceback goes to the log), and a store or peer
-  that is down becomes ``503 temporarily_unavailable`` with ``Retry-After``, answered by the
-  app itself (logged as a warning, no traceback). Browser services pass their own renderer for
+  ``{"error", "error_description"}`` with ``Cache-Control: no-store``, and a store or peer
+  that is down as ``503 temporarily_unavailable`` with ``Retry-After``, answered by the app
+  itself (logged as a warning, no traceback). Browser services pass their own renderer for
   HTML pages.
+* Anything unexpected (a bug: a ``KeyError``, a file that is not there) reaches
+  :class:`RequestContextMiddleware`, which logs it with its traceback and the request id and
+  answers ``500 server_error`` naming the request id and nothing else, so an operator can find
+  the story from what the client reports.
 * :func:`health_routes` serves ``/healthz``, ``/readyz`` and ``/metrics``.
 """
 
@@ -34,6 +37,7 @@ from services.common.errors import (
     ServerError,
     TemporarilyUnavailable,
     TooManyRequests,
+    json_error,
 )
 from services.common.log import request_id_var
 from services.common.metrics import DEPENDENCY_ERRORS, HTTP_REQUESTS
@@ -42,17 +46,30 @@ from services.common.unavailable import DEPENDENCY_FAILURES, is_unavailable
 access_log = logging.getLogger("otesse.access")
 log = logging.getLogger("otesse.http")
 
+# RFC 6749 §5.1: "The authorization server MUST include the HTTP "Cache-Control" response
+# header field [RFC2616] with a value of "no-store" in any response containing tokens,
+# credentials, or other sensitive information, as well as the "Pragma" response header field
+# [RFC2616] with a value of "no-cache"." Every API answer and every page carries both.
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+ErrorRenderer = Callable[[Request, Exception], Awaitable[Response]]
+
+
+async def _json_unexpected(request: Request, exc: Exception) -> Response:
+    return oauth_error_response(classify(exc))
 
 
 class RequestContextMiddleware:
-    """Request id in and out, one access-log line and one metric per request."""
+    """Request id in and out, one access-log line and one metric per request, and the answer
+    to anything unexpected (``render_unexpected``: JSON by default, a page for browsers)."""
 
     def __init__(self, app: ASGIApp, *, service: str,
-                 extra_headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+                 extra_headers: Sequence[tuple[bytes, bytes]] = (),
+                 render_unexpected: ErrorRenderer = _json_unexpected) -> None:
         self.app = app
         self.service = service
         self.extra_headers = list(extra_headers)
+        self.render_unexpected = render_unexpected
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,12 +84,14 @@ class RequestContextMiddleware:
         token = request_id_var.set(rid)
         started = time.perf_counter()
         status = 500
+        started_response = False
         rid_header = (b"x-request-id", rid.encode())
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started_response = True
                 headers = list(message.get("headers", ()))
                 headers.append(rid_header)
                 headers.extend(self.extra_headers)
@@ -80,7 +99,17 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            try:
+                await self.app(scope, receive, send_wrapper)
+            except Exception as exc:
+                if started_response:
+                    # Half an answer is out: nothing clean can follow. The server closes the
+                    # connection; the log has the story.
+                    log.error("unexpected error after the answer started", exc_info=exc)
+                    raise
+                # Logged (with the request id) by classify(); the client learns the id only.
+                response = await self.render_unexpected(Request(scope, receive), exc)
+                await response(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
@@ -99,16 +128,14 @@ class RequestContextMiddleware:
 
 
 def oauth_error_response(exc: OAuthError, *, headers: Mapping[str, str] | None = None) -> Response:
-    body: dict[str, str] = {"error": exc.error}
-    if exc.description:
-        body["error_description"] = exc.description
     all_headers = {**NO_STORE, **(headers or {})}
     www_authenticate = getattr(exc, "www_authenticate", None)
     if www_authenticate:
         all_headers["WWW-Authenticate"] = www_authenticate
     if isinstance(exc, (TooManyRequests, TemporarilyUnavailable)):
         all_headers["Retry-After"] = str(exc.retry_after)
-    return JSONResponse(body, status_code=exc.status_code, headers=all_headers)
+    return Response(json_error(exc.error, exc.description), status_code=exc.status_code,
+                    headers=all_headers, media_type="application/json")
 
 
 def classify(exc: Exception) -> OAuthError:
@@ -120,7 +147,8 @@ def classify(exc: Exception) -> OAuthError:
         log.warning("dependency unavailable", extra={"error": type(exc).__name__})
         return TemporarilyUnavailable("The service is temporarily unavailable; retry shortly.")
     log.error("unexpected error", exc_info=exc)
-    return ServerError()
+    return ServerError(f"The server encountered an unexpected error; request id "
+                       f"{request_id_var.get()}.")
 
 
 async def _oauth_handler(request: Request, exc: Exception) -> Response:
@@ -130,13 +158,13 @@ async def _oauth_handler(request: Request, exc: Exception) -> Response:
 async def _http_exception_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        body = {"error": "not_found", "error_description": "No such endpoint."}
+        body = json_error("not_found", "No such endpoint.")
     elif exc.status_code == 405:
-        body = {"error": "invalid_request", "error_description": "Method not allowed."}
+        body = json_error("invalid_request", "Method not allowed.")
     else:
-        body = {"error": "invalid_request", "error_description": str(exc.detail)}
-    return JSONResponse(body, status_code=exc.status_code, headers={**NO_STORE,
-                                                                    **(exc.headers or {})})
+        body = json_error("invalid_request", str(exc.detail))
+    return Response(body, status_code=exc.status_code, media_type="application/json",
+                    headers={**NO_STORE, **(exc.headers or {})})
 
 
 def json_error_handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:
@@ -144,11 +172,12 @@ def json_error_handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[
     return {
         OAuthError: _oauth_handler,
         HTTPException: _http_exception_handler,
-        # A store or peer that fails is answered inside the app, like an OAuth error. Starlette
-        # runs a handler keyed on Exception in its outermost middleware, which re-raises after
-        # answering: the server would log a traceback and the access log record a 500.
+        # A store or peer that fails is answered inside the app, like an OAuth error. Nothing
+        # is keyed on Exception: Starlette runs such a handler in its outermost middleware,
+        # outside the request context, and re-raises after answering (a traceback without
+        # the request id, and no X-Request-ID on the answer). RequestContextMiddleware
+        # answers the unexpected instead.
         **dict.fromkeys(DEPENDENCY_FAILURES, _oauth_handler),
-        Exception: _oauth_handler,
     }
 
 

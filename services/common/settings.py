@@ -15,7 +15,7 @@ import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 from urllib.parse import urlsplit
 
 T = TypeVar("T")
@@ -104,6 +104,12 @@ class Env:
             return raw.rstrip("/") if parts.scheme in ("http", "https") else raw
 
         return self._parse(name, default, parse, "an absolute URL")
+
+    def refuse(self, retired: Mapping[str, str]) -> None:
+        """Stops start-up when a retired variable is set, naming what replaced it."""
+        for name, replacement in retired.items():
+            if self._environ.get(name):
+                raise ConfigError(f"{name} is no longer read: set {replacement} instead")
 
     def items(self, name: str, default: tuple[str, ...] | None = None) -> tuple[str, ...]:
         return self._parse(name, default, _comma_list, "a comma-separated list")
@@ -230,3 +236,51 @@ class AuditSettings:
         # At least a day: the table refuses to delete anything younger (its migration).
         return cls(retention_days=env.integer("OTESSE_AUDIT_RETENTION_DAYS", 400, minimum=1,
                                               maximum=36500))
+
+
+# Settings no longer read, and what replaced each: a deployment still setting one would believe
+# it in force, so start-up stops and names the replacement instead of ignoring it.
+RETIRED: dict[str, str] = {
+    "OTESSE_GATEWAY_RATE_TOKEN_PER_CLIENT":
+        "the token service's OTESSE_TOKEN_RATE_PER_CLIENT (a client is charged once the token "
+        "service has authenticated it)",
+    "OTESSE_GATEWAY_MAX_BODY_BYTES":
+        "OTESSE_GATEWAY_MAX_TOKEN_BODY_BYTES, OTESSE_GATEWAY_MAX_FORM_BODY_BYTES and "
+        "OTESSE_GATEWAY_MAX_UPLOAD_BODY_BYTES (one cap per kind of route)",
+}
+
+
+class _Shared(TypedDict):
+    stores: StoreSettings
+    issuer: str
+    tls: GrpcTlsSettings
+    log_level: str
+    drain_seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceSettings:
+    """What every service has, read the same way by each: the stores, the issuer, gRPC TLS,
+    the log level and the SIGTERM drain. A service's settings subclass this and add only their
+    own fields; ``from_env`` passes ``**ServiceSettings.shared(env)`` along."""
+
+    stores: StoreSettings
+    # Exactly the string in metadata ``issuer``, the ``iss`` parameter and the tokens' ``iss``
+    # claim (DESIGN §7).
+    issuer: str
+    tls: GrpcTlsSettings
+    log_level: str
+    # How long to keep serving after SIGTERM, answering not-ready (services.common.serve).
+    drain_seconds: float
+
+    @staticmethod
+    def shared(env: Env) -> _Shared:
+        """The shared fields; first refuses any :data:`RETIRED` setting still set."""
+        env.refuse(RETIRED)
+        return _Shared(
+            stores=StoreSettings.from_env(env),
+            issuer=env.url("OTESSE_ISSUER", DEFAULT_ISSUER),
+            tls=GrpcTlsSettings.from_env(env),
+            log_level=env.text("OTESSE_LOG_LEVEL", "INFO"),
+            drain_seconds=env.number("OTESSE_SHUTDOWN_DRAIN_SECONDS", 0.0),
+        )

@@ -15,15 +15,16 @@ refused with a clear answer rather than running out of descriptors.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 
 import uvicorn
 
+from services.common.connection_limits import MAX_LINGERING
 from services.common.http import Readiness
 from services.common.log import configure_logging
-from services.common.serve import MAX_LINGERING, raise_open_files_limit, run, serve_http
+from services.common.serve import raise_open_files_limit, run, serve_http
+from services.common.uvicorn_patches import SignalFreeServer
 from services.gateway.app import connection_limits, create_admin_app, create_app
 from services.gateway.settings import GatewaySettings
 
@@ -53,11 +54,10 @@ async def serve(settings: GatewaySettings) -> None:
         await writer.wait_closed()
 
     readiness.checks["listening"] = listening
-    admin = uvicorn.Server(uvicorn.Config(
+    # Signals belong to the public server, which decides when to stop.
+    admin = SignalFreeServer(uvicorn.Config(
         create_admin_app(readiness), host=settings.admin_host, port=settings.admin_port,
         log_config=None, access_log=False, lifespan="off", loop="none", server_header=False))
-    # Signals belong to the public server, which decides when to stop.
-    admin.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     admin_task = asyncio.create_task(admin.serve())
     while not admin.started:
         if admin_task.done():

@@ -32,11 +32,11 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common import internal_headers
+from services.common.connection_limits import ConnectionLimits
 from services.common.http import Readiness, RequestContextMiddleware, health_routes
 from services.common.log import request_id_var
 from services.common.ratelimit import Bucket, RateLimiter
 from services.common.redis_client import create_redis
-from services.common.serve import ConnectionLimits
 from services.gateway import forwarded, hop_by_hop, routing
 from services.gateway.body import BodyBudget, ClientDisconnected, RequestBody
 from services.gateway.errors import (

@@ -10,11 +10,12 @@ Browser paths get a small HTML page with the same sentence and nothing else.
 from __future__ import annotations
 
 import html
-import json
 import math
 from typing import ClassVar
 
 from starlette.types import Send
+
+from services.common.errors import json_error
 
 
 class GatewayError(Exception):
@@ -160,7 +161,7 @@ color:#1f2933}}h1{{font-size:1.4rem}}</style></head>
 async def send_error(send: Send, exc: GatewayError, *, api: bool) -> None:
     """Writes ``exc`` as the whole response."""
     if api:
-        body = json.dumps({"error": exc.error, "error_description": exc.description}).encode()
+        body = json_error(exc.error, exc.description)
         content_type = b"application/json"
     else:
         body = _PAGE.format(title=html.escape(exc.title),

@@ -16,7 +16,8 @@ What can go wrong, and what the client gets:
 * the upstream refuses connections or the pool is exhausted → ``503`` (it is down or busy);
 * the upstream closes a kept-alive connection before reading the request, and the request
   cannot be sent again (above) → ``503``: it was never delivered;
-* the upstream resets a new connection or answers garbage → ``502``;
+* the upstream resets a new connection or answers garbage, or the exchange breaks otherwise
+  (any other :class:`~services.gateway.upstream_client.UpstreamError`) → ``502``;
 * no response headers within the upstream timeout → ``504``;
 * the upstream breaks off mid-body → the client's connection is closed without a clean end, so
   the client sees a truncated response rather than a complete-looking one.
@@ -46,6 +47,7 @@ from services.gateway.upstream_client import (
     ConnectFailed,
     NoAnswer,
     Response,
+    UpstreamError,
     UpstreamPool,
 )
 
@@ -119,6 +121,10 @@ class Upstreams:
             raise self._failed(name, "unavailable", UpstreamUnavailable(), exc) from None
         except BadResponse as exc:
             raise self._failed(name, "bad_response", BadGateway(), exc) from None
+        except UpstreamError as exc:
+            # Any other broken exchange (a request body that did not match its length) is
+            # the exchange's failure, not the gateway's: 502, never a 500.
+            raise self._failed(name, "bad_exchange", BadGateway(), exc) from None
         try:
             failed = await self._relay(name, response, send)
         finally:

@@ -11,9 +11,11 @@ limiter counts for it (``login``: sign-in attempts per address; ``token``: token
 address; ``client_auth``: nothing is taken, but an address over its client-authentication
 failures is refused — ``token`` checks that too).
 
-The decision is made on the decoded path, and the raw path is forwarded unchanged. A path with
-``.`` or ``..`` segments is refused, because the upstream HTTP client would collapse them
-(RFC 3986 §5.2.4) and ``/x/../metrics`` would otherwise reach a path the table refuses.
+The decision is made on the decoded path, and the raw path is forwarded unchanged (the upstream
+client sends it byte for byte). A path with ``.`` or ``..`` segments (``%2e`` included) is
+refused all the same: any hop that resolves dot segments as RFC 3986 §5.2.4 describes (an
+upstream framework, a proxy added in front of a service) would turn ``/x/../metrics`` into a
+path this table refuses, and such a path has no legitimate use here.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from services.common.ratelimit import RateLimit
-from services.common.settings import Env, StoreSettings
+from services.common.settings import ConfigError, Env, ServiceSettings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -25,8 +25,7 @@ UPLOAD_BODY_BYTES = 1024 * KIB + 256 * KIB
 
 
 @dataclass(frozen=True)
-class GatewaySettings:
-    stores: StoreSettings
+class GatewaySettings(ServiceSettings):
     host: str
     port: int
     # /healthz, /readyz and /metrics live here, never on the public port.
@@ -65,8 +64,6 @@ class GatewaySettings:
     rate_client_auth_failures_per_ip: RateLimit | None
     # A rate-limit check slower than this fails open (Redis slow or down).
     rate_redis_timeout: float
-    log_level: str
-    drain_seconds: float
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> GatewaySettings:
@@ -76,13 +73,14 @@ class GatewaySettings:
             return RateLimit.parse(name, env.text(name, default))
 
         return cls(
-            stores=StoreSettings.from_env(env),
+            **ServiceSettings.shared(env),
             host=env.text("OTESSE_GATEWAY_HOST", "127.0.0.1"),
             port=env.integer("OTESSE_GATEWAY_PORT", 8000, maximum=65535),
             admin_host=env.text("OTESSE_GATEWAY_ADMIN_HOST", "127.0.0.1"),
             admin_port=env.integer("OTESSE_GATEWAY_ADMIN_PORT", 8010, maximum=65535),
-            authorize_url=env.url("OTESSE_GATEWAY_AUTHORIZE_URL", "http://127.0.0.1:8001"),
-            token_url=env.url("OTESSE_GATEWAY_TOKEN_URL", "http://127.0.0.1:8002"),
+            authorize_url=_upstream_url(env, "OTESSE_GATEWAY_AUTHORIZE_URL",
+                                        "http://127.0.0.1:8001"),
+            token_url=_upstream_url(env, "OTESSE_GATEWAY_TOKEN_URL", "http://127.0.0.1:8002"),
             allowed_hosts=tuple(h.lower() for h in env.items(
                 "OTESSE_GATEWAY_ALLOWED_HOSTS", ("localhost", "127.0.0.1"))),
             trusted_proxies=env.networks("OTESSE_GATEWAY_TRUSTED_PROXIES",
@@ -119,6 +117,14 @@ class GatewaySettings:
                 "OTESSE_GATEWAY_RATE_CLIENT_AUTH_FAILURES_PER_IP", "30/60"),
             rate_redis_timeout=env.number("OTESSE_GATEWAY_RATE_REDIS_TIMEOUT_SECONDS", 0.25,
                                           minimum=0.01),
-            log_level=env.text("OTESSE_LOG_LEVEL", "INFO"),
-            drain_seconds=env.number("OTESSE_SHUTDOWN_DRAIN_SECONDS", 0.0),
         )
+
+
+def _upstream_url(env: Env, name: str, default: str) -> str:
+    """An upstream's URL: ``http://`` only. The upstreams are the services inside the cluster,
+    which listen without TLS, and the gateway's client speaks plain HTTP/1.1 to them."""
+    url = env.url(name, default)
+    if not url.startswith("http://"):
+        raise ConfigError(f"{name} must be an http:// URL (the gateway speaks plain HTTP to "
+                          f"the services behind it), got {url!r}")
+    return url

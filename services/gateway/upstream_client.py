@@ -32,7 +32,6 @@ reading paused while the caller has not taken what is buffered. A response to ``
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections import deque
 from collections.abc import AsyncIterable
 from typing import cast
@@ -75,8 +74,9 @@ class BrokenBody(UpstreamError):
     """The response body broke off (reset, close before its end, garbage)."""
 
 
-class BodyLengthMismatch(Exception):
-    """A streamed request body longer or shorter than its ``Content-Length``."""
+class BodyLengthMismatch(UpstreamError):
+    """A streamed request body longer or shorter than its ``Content-Length``: the request on
+    the wire is broken, so is its connection (closed, never reused)."""
 
 
 class Response:
@@ -381,17 +381,20 @@ class _Connection(asyncio.Protocol):
 
 
 class UpstreamPool:
-    """Keep-alive connections to one upstream (``http://host:port`` or ``https://…``)."""
+    """Keep-alive connections to one upstream, ``http://host[:port]``.
+
+    Plain HTTP only: the upstreams are the services inside the cluster, which listen without
+    TLS (TLS ends at the load balancer; gRPC carries its own). The gateway's settings refuse
+    an ``https://`` upstream at start-up, naming the variable."""
 
     def __init__(self, url: str, *, max_connections: int, connect_timeout: float,
                  read_timeout: float | None = None,
                  keepalive_expiry: float = KEEPALIVE_EXPIRY) -> None:
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"an http(s)://host[:port] URL is needed, not {url!r}")
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"an http://host[:port] URL is needed, not {url!r}")
         self._host = parts.hostname
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        self._port = parts.port or 80
         self._netloc = parts.netloc.encode("idna")
         self._max = max_connections
         self._connect_timeout = connect_timeout
@@ -416,6 +419,9 @@ class UpstreamPool:
     async def request(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
                       body: bytes | AsyncIterable[bytes] | None = None) -> Response:
         """Sends a request and returns its response once the head has arrived.
+
+        ``target`` goes on the request line exactly as given: dot segments are not resolved
+        and nothing is re-encoded (the gateway forwards the raw path it routed on).
 
         ``headers`` have lower-case names and no hop-by-hop fields; the framing
         (``Content-Length`` / ``Transfer-Encoding``) is the client's own: a ``Content-Length``
@@ -524,7 +530,7 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, connection = await loop.create_connection(
-                    lambda: _Connection(self), self._host, self._port, ssl=self._ssl)
+                    lambda: _Connection(self), self._host, self._port)
         except TimeoutError:
             raise ConnectFailed("connect timeout") from None
         except OSError as exc:

@@ -17,8 +17,10 @@ import re
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
+from services.common.errors import json_error
+from services.common.http import NO_STORE
 from services.common.token_reasons import DESCRIPTIONS
 from services.resource_kit.validation import TokenServiceUnavailable, TokenValidator
 
@@ -42,12 +44,13 @@ def _challenge(error: str | None = None, description: str | None = None,
     return "Bearer " + ", ".join(parts)
 
 
-def _error(status: int, error: str | None, description: str, *, scope: str | None = None
-           ) -> Response:
-    body = {"error": error or "invalid_token", "error_description": description}
-    return JSONResponse(body, status_code=status, headers={
-        "WWW-Authenticate": _challenge(error, description if error else None, scope),
-        "Cache-Control": "no-store"})
+def _error(status: int, error: str | None, description: str, *, scope: str | None = None,
+           headers: dict[str, str] | None = None) -> Response:
+    """The answer and, on 401 and 403, the ``WWW-Authenticate`` challenge (RFC 6750 §3)."""
+    if headers is None:
+        headers = {"WWW-Authenticate": _challenge(error, description if error else None, scope)}
+    return Response(json_error(error or "invalid_token", description), status_code=status,
+                    media_type="application/json", headers={**headers, **NO_STORE})
 
 
 def requires_scopes(*scopes: str) -> Callable[[Endpoint], Endpoint]:
@@ -72,11 +75,9 @@ def requires_scopes(*scopes: str) -> Callable[[Endpoint], Endpoint]:
                                                       required_scopes=required)
             except TokenServiceUnavailable as exc:
                 log.warning("token check unavailable", extra={"error": str(exc)})
-                return JSONResponse(
-                    {"error": "temporarily_unavailable",
-                     "error_description": "The access token cannot be checked right now; "
-                                          "retry shortly."},
-                    status_code=503, headers={"Retry-After": "1", "Cache-Control": "no-store"})
+                return _error(503, "temporarily_unavailable",
+                              "The access token cannot be checked right now; retry shortly.",
+                              headers={"Retry-After": "1"})
             if validation.reason == "insufficient_scope":
                 return _error(403, "insufficient_scope",
                               f"This call needs the scope {scope_text}.", scope=scope_text)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +33,7 @@ from starlette.routing import Route
 
 from otesse.auth.v1 import registry_pb2, registry_pb2_grpc, token_pb2, token_pb2_grpc
 from services.common import db, internal_headers, redis_client
+from services.common.client_cache import ClientChanges
 from services.common.client_changes import ClientChangeFeed
 from services.common.errors import InvalidClient
 from services.common.fast_route import FastRouteStarlette
@@ -55,11 +56,11 @@ from services.common.http import (
 from services.common.ratelimit import RateLimiter
 from services.common.service_auth import DEV_CREDENTIAL_WARNING, AccessPolicyInterceptor
 from services.token.access_tokens import AccessTokenIssuer
-from services.token.client_auth import ClientAuthenticator, ClientChanges
+from services.token.client_auth import ClientAuthenticator
 from services.token.client_budget import ClientBudget
 from services.token.denylist import DenyList
-from services.token.grants import Grant
 from services.token.grants.authorization_code import AuthorizationCodeGrant
+from services.token.grants.base import Grant
 from services.token.grants.refresh_token import RefreshTokenGrant
 from services.token.introspection import Introspector
 from services.token.keys import KeyRing, NoSigningKey, PgKeyStore, WrongKek
@@ -260,14 +261,21 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
         runtime: TokenRuntime = request.app.state.runtime
         return runtime.components
 
-    def endpoint(pick: Callable[[TokenComponents], Callable[[Request], Awaitable[Response]]],
-                 ) -> Callable[[Request], Awaitable[Response]]:
-        async def handle(request: Request) -> Response:
-            return await pick(components(request))(request)
-        return handle
+    # The components open in the lifespan, so each endpoint finds its handler at request time.
+    async def token(request: Request) -> Response:
+        return await components(request).token_endpoint.handle(request)
+
+    async def revoke(request: Request) -> Response:
+        return await components(request).revoker.handle(request)
+
+    async def introspect(request: Request) -> Response:
+        return await components(request).introspector.handle(request)
 
     async def metadata(request: Request) -> Response:
-        return JSONResponse(authorization_server_metadata(settings.issuer), headers=PUBLIC_CACHE)
+        # The grant types are the ones the token endpoint dispatches to, never a second list.
+        return JSONResponse(authorization_server_metadata(
+            settings.issuer, grant_types=components(request).token_endpoint.grant_types),
+            headers=PUBLIC_CACHE)
 
     async def jwks(request: Request) -> Response:
         ring = components(request).ring
@@ -275,13 +283,11 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
             raise NoSigningKey()
         return JSONResponse(ring.jwks(), headers=PUBLIC_CACHE)
 
-    token_route = Route("/oauth/token", endpoint(lambda c: c.token_endpoint.handle),
-                        methods=["POST"])
+    token_route = Route("/oauth/token", token, methods=["POST"])
     routes = [
         token_route,
-        Route("/oauth/revoke", endpoint(lambda c: c.revoker.handle), methods=["POST"]),
-        Route("/oauth/introspect", endpoint(lambda c: c.introspector.handle),
-              methods=["POST"]),
+        Route("/oauth/revoke", revoke, methods=["POST"]),
+        Route("/oauth/introspect", introspect, methods=["POST"]),
         Route("/.well-known/oauth-authorization-server", metadata, methods=["GET"]),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         *health_routes(readiness),

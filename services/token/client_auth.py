@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 from urllib.parse import unquote_plus
 
 import grpc
@@ -30,6 +29,7 @@ from grpc import aio
 from otesse.auth.v1 import registry_pb2 as pb
 from otesse.auth.v1 import registry_pb2_grpc
 from services.common import credentials
+from services.common.client_cache import ClientCache, ClientChanges
 from services.common.errors import InvalidClient, InvalidRequest
 
 AuthMethod = Literal["client_secret_basic", "client_secret_post", "none"]
@@ -42,15 +42,6 @@ _MAX_SECRET_LENGTH = 512
 _CACHE_LIMIT = 10_000
 # The registry answers within its own database bound (services.common.db), plus a margin.
 _REGISTRY_TIMEOUT = 3.0
-
-
-class ClientChanges(Protocol):
-    """Announcements of changed clients (a ``services.common.client_changes.ClientChangeFeed``)."""
-
-    @property
-    def connected(self) -> bool: ...
-
-    def subscribe(self, subscriber: Callable[[str | None], None]) -> None: ...
 
 
 class BasicAuthFailed(InvalidClient):
@@ -91,22 +82,9 @@ class ClientAuthenticator:
     def __init__(self, registry: registry_pb2_grpc.ClientRegistryAsyncStub, *,
                  cache_seconds: float, changes: ClientChanges) -> None:
         self._registry = registry
-        self._cache_seconds = cache_seconds
-        # client id → secret hash (b"" for a public client) → (expiry, client)
-        self._cache: dict[str, dict[bytes, tuple[float, AuthenticatedClient]]] = {}
-        self._size = 0
-        self._changes = changes
-        # Counts what was forgotten: an answer asked for before a change is not remembered.
-        self._generation = 0
-        changes.subscribe(self._forget)
-
-    def _forget(self, client_id: str | None) -> None:
-        self._generation += 1
-        if client_id is None:
-            self._cache.clear()
-            self._size = 0
-        else:
-            self._size -= len(self._cache.pop(client_id, {}))
+        # By client id and the secret's hash (b"" for a public client).
+        self._cache: ClientCache[AuthenticatedClient] = ClientCache(
+            changes, ttl_seconds=cache_seconds, max_entries=_CACHE_LIMIT)
 
     async def authenticate(self, *, authorization: str | None, params: Mapping[str, str],
                            allow_public: bool = True) -> AuthenticatedClient:
@@ -131,41 +109,18 @@ class ClientAuthenticator:
             raise InvalidClient("This endpoint requires client authentication.")
         return await self._public(body_id)
 
-    def _cached(self, client_id: str, secret_hash: bytes) -> AuthenticatedClient | None:
-        if not self._changes.connected:
-            return None
-        entry = self._cache.get(client_id, {}).get(secret_hash)
-        if entry is None:
-            return None
-        if entry[0] < time.monotonic():
-            del self._cache[client_id][secret_hash]
-            self._size -= 1
-            return None
-        return entry[1]
-
-    def _remember(self, client_id: str, secret_hash: bytes, client: AuthenticatedClient,
-                  generation: int) -> None:
-        if (self._cache_seconds <= 0 or not self._changes.connected
-                or generation != self._generation):
-            return
-        if self._size >= _CACHE_LIMIT:
-            self._cache.clear()
-            self._size = 0
-        entries = self._cache.setdefault(client_id, {})
-        self._size += secret_hash not in entries
-        entries[secret_hash] = (time.monotonic() + self._cache_seconds, client)
-
     async def _confidential(self, client_id: str, secret: str, method: AuthMethod, *,
                             basic: bool) -> AuthenticatedClient:
         failure = BasicAuthFailed if basic else InvalidClient
         if not 0 < len(client_id) <= _MAX_ID_LENGTH or not 0 < len(secret) <= _MAX_SECRET_LENGTH:
             raise failure("Client authentication failed.")
         secret_hash = credentials.sha256(secret)
-        cached = self._cached(client_id, secret_hash)
-        if cached is not None:
+        remembered = self._cache.get(client_id, secret_hash)
+        if remembered is not None:
+            cached = remembered[0]
             return AuthenticatedClient(cached.client_id, cached.client_type,
                                        cached.allowed_scopes, method)
-        generation = self._generation
+        ticket = self._cache.ticket()
         try:
             response = await self._registry.AuthenticateClient(
                 pb.AuthenticateClientRequest(client_id=client_id, client_secret=secret),
@@ -176,16 +131,16 @@ class ClientAuthenticator:
             raise
         client = AuthenticatedClient(response.client.client_id, "confidential",
                                      tuple(response.client.allowed_scopes), method)
-        self._remember(client_id, secret_hash, client, generation)
+        self._cache.put(client_id, client, ticket=ticket, key=secret_hash)
         return client
 
     async def _public(self, client_id: str) -> AuthenticatedClient:
         if not 0 < len(client_id) <= _MAX_ID_LENGTH:
             raise InvalidClient("Client authentication failed.")
-        cached = self._cached(client_id, b"")
-        if cached is not None:
-            return cached
-        generation = self._generation
+        remembered = self._cache.get(client_id)
+        if remembered is not None:
+            return remembered[0]
+        ticket = self._cache.ticket()
         try:
             response = await self._registry.GetClient(pb.GetClientRequest(client_id=client_id),
                                                       timeout=_REGISTRY_TIMEOUT)
@@ -198,5 +153,5 @@ class ClientAuthenticator:
             raise InvalidClient("Client authentication failed.")
         client = AuthenticatedClient(response.client.client_id, "public",
                                      tuple(response.client.allowed_scopes), "none")
-        self._remember(client_id, b"", client, generation)
+        self._cache.put(client_id, client, ticket=ticket)
         return client

@@ -15,14 +15,12 @@ from services.common.client_ip import Network
 from services.common.grpc_server import MAX_CONNECTION_AGE_SECONDS
 from services.common.ratelimit import RateLimit
 from services.common.settings import (
-    DEFAULT_ISSUER,
     DEFAULT_REGISTRY_ADDR,
     ConfigError,
     Env,
-    GrpcTlsSettings,
     Secret,
     ServiceCredentialSettings,
-    StoreSettings,
+    ServiceSettings,
 )
 
 # Local development only: anyone can read this key, so keys encrypted under it are not secret.
@@ -44,17 +42,13 @@ def decode_kek(name: str, secret: Secret) -> bytes:
 
 
 @dataclass(frozen=True)
-class TokenSettings:
-    stores: StoreSettings
+class TokenSettings(ServiceSettings):
     http_host: str
     http_port: int
     grpc_host: str
     grpc_port: int
-    tls: GrpcTlsSettings
     # Checks the service credentials of callers of grant administration (DESIGN §5).
     service_credentials: ServiceCredentialSettings
-    # Exactly the string in metadata ``issuer`` and the tokens' ``iss`` (DESIGN §7).
-    issuer: str
     # The tokens' ``aud``: the resource servers behind api.otesse.com.
     audience: str
     kek: Secret
@@ -85,8 +79,6 @@ class TokenSettings:
     # gRPC connections (and the revocation streams on them) are closed after this long, so
     # clients re-resolve the service; subscribers resume from their cursor.
     grpc_max_connection_age: float
-    log_level: str
-    drain_seconds: float
 
     @property
     def kek_bytes(self) -> bytes:
@@ -98,14 +90,12 @@ class TokenSettings:
         kek = env.secret("OTESSE_TOKEN_KEK", DEV_KEK)
         decode_kek("OTESSE_TOKEN_KEK", kek)
         settings = cls(
-            stores=StoreSettings.from_env(env),
+            **ServiceSettings.shared(env),
             http_host=env.text("OTESSE_TOKEN_HTTP_HOST", "127.0.0.1"),
             http_port=env.integer("OTESSE_TOKEN_HTTP_PORT", 8002, maximum=65535),
             grpc_host=env.text("OTESSE_TOKEN_GRPC_HOST", "127.0.0.1"),
             grpc_port=env.integer("OTESSE_TOKEN_GRPC_PORT", 50052, maximum=65535),
-            tls=GrpcTlsSettings.from_env(env),
             service_credentials=ServiceCredentialSettings.from_env(env),
-            issuer=env.url("OTESSE_ISSUER", DEFAULT_ISSUER),
             audience=env.text("OTESSE_TOKEN_AUDIENCE", "https://api.otesse.com"),
             kek=kek,
             kek_is_default=kek.value == DEV_KEK,
@@ -134,8 +124,6 @@ class TokenSettings:
             feed_max_subscribers=env.integer("OTESSE_TOKEN_FEED_MAX_SUBSCRIBERS", 256,
                                              minimum=1, maximum=100_000),
             grpc_max_connection_age=MAX_CONNECTION_AGE_SECONDS,
-            log_level=env.text("OTESSE_LOG_LEVEL", "INFO"),
-            drain_seconds=env.number("OTESSE_SHUTDOWN_DRAIN_SECONDS", 0.0),
         )
         if settings.key_rotation_seconds and settings.key_rotation_seconds < 2 * (
                 settings.access_token_ttl + settings.key_refresh_seconds):

@@ -22,7 +22,7 @@ from services.common.http import NO_STORE
 from services.token import params
 from services.token.client_auth import ClientAuthenticator
 from services.token.client_budget import ClientBudget
-from services.token.grants import Grant
+from services.token.grants.base import Grant
 from services.token.metrics import TOKENS_ISSUED
 
 

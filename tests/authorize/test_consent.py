@@ -355,6 +355,29 @@ async def test_a_disabled_user_loses_their_session(browser: httpx.AsyncClient, a
     assert (await browser.get("/")).status_code == 303
 
 
+@pytest.mark.parametrize("page", ["/settings/integrations/oauth-apps",
+                                  "/settings/authorized-apps"],
+                         ids=["oauth-apps", "authorized-apps"])
+async def test_a_user_disabled_while_the_consent_screen_is_open_cannot_approve(
+        browser: httpx.AsyncClient, app: App, person: Person, pool: asyncpg.Pool,
+        page: str) -> None:
+    """One check for every page: the decision, like the settings pages, signs out a user
+    whose account was disabled since the screen was shown, and issues nothing."""
+    await sign_in(browser, person)
+    screen = await consent_screen(browser, app)
+    await PgUserStore(pool).set_disabled(email=person.email, disabled=True)
+    refused = await decide(browser, screen, "approve")
+    assert refused.status_code == 403
+    assert "location" not in refused.headers
+    assert "This form has expired" in refused.text
+    # The session is gone: re-enabled, the user is still signed out everywhere.
+    await PgUserStore(pool).set_disabled(email=person.email, disabled=False)
+    settings = await browser.get(page)
+    assert settings.status_code == 302
+    assert settings.headers["location"].startswith("/login?next=")
+    assert (await authorize(browser, app)).headers["location"].startswith("/login?next=")
+
+
 async def test_every_code_is_new(browser: httpx.AsyncClient, app: App, person: Person) -> None:
     await sign_in(browser, person)
     await decide(browser, await consent_screen(browser, app), "approve")

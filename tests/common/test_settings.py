@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
-from services.common.settings import ConfigError, Env, Secret, StoreSettings
+from services.authorize.settings import AuthorizeSettings
+from services.common.settings import ConfigError, Env, Secret, ServiceSettings, StoreSettings
+from services.gateway.settings import GatewaySettings
 from services.registry.settings import RegistrySettings
+from services.token.settings import TokenSettings
 
 
 def test_defaults_need_no_environment() -> None:
@@ -59,3 +63,36 @@ def test_a_service_with_a_bad_setting_stops_with_one_line() -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "OTESSE_REGISTRY_GRPC_PORT" in lines[0]
+
+
+SERVICE_SETTINGS = [RegistrySettings, TokenSettings, AuthorizeSettings, GatewaySettings]
+
+
+@pytest.mark.parametrize("settings_class", SERVICE_SETTINGS,
+                         ids=[cls.__name__ for cls in SERVICE_SETTINGS])
+def test_every_service_reads_the_shared_settings_the_same_way(
+        settings_class: Any) -> None:
+    environ = {"OTESSE_ISSUER": "https://auth.example.test", "OTESSE_LOG_LEVEL": "DEBUG",
+               "OTESSE_SHUTDOWN_DRAIN_SECONDS": "5", "OTESSE_REDIS_PREFIX": "shared:",
+               "OTESSE_GRPC_TLS_CERT": "/tls/cert.pem", "OTESSE_GRPC_TLS_KEY": "/tls/key.pem"}
+    settings = settings_class.from_env(Env(environ))
+    assert isinstance(settings, ServiceSettings)
+    shared = ServiceSettings.shared(Env(environ))
+    assert {name: getattr(settings, name) for name in shared} == shared
+    assert (settings.issuer, settings.log_level, settings.drain_seconds) == (
+        "https://auth.example.test", "DEBUG", 5.0)
+    assert settings.tls.enabled and settings.stores.redis_prefix == "shared:"
+
+
+@pytest.mark.parametrize(("retired", "replacement"), [
+    ("OTESSE_GATEWAY_RATE_TOKEN_PER_CLIENT", "OTESSE_TOKEN_RATE_PER_CLIENT"),
+    ("OTESSE_GATEWAY_MAX_BODY_BYTES", "OTESSE_GATEWAY_MAX_TOKEN_BODY_BYTES"),
+], ids=["gateway-rate-per-client", "gateway-max-body-bytes"])
+@pytest.mark.parametrize("settings_class", SERVICE_SETTINGS,
+                         ids=[cls.__name__ for cls in SERVICE_SETTINGS])
+def test_a_retired_setting_stops_start_up_naming_its_replacement(
+        settings_class: Any, retired: str, replacement: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_class.from_env(Env({retired: "1000"}))
+    assert retired in str(info.value) and replacement in str(info.value)
+    assert "\n" not in str(info.value)

@@ -23,8 +23,8 @@ import pytest_asyncio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.common.http import Readiness
-from services.common.serve import limited_protocol
 from services.common.settings import Env
+from services.common.uvicorn_patches import limited_protocol
 from services.gateway.app import connection_limits, create_app
 from services.gateway.settings import GatewaySettings
 from tests.conftest import REDIS_URL

@@ -107,7 +107,7 @@ async def test_a_body_too_slow_is_408_and_never_reaches_the_upstream(
         assert gw.token.hits == []
     assert answer is not None and answer.startswith(b"HTTP/1.1 408 ")
     assert b"connection: close" in answer.lower()
-    assert b'"error": "invalid_request"' in answer
+    assert b'"error":"invalid_request"' in answer
     assert elapsed < 0.3 + SERVED_WITHIN
 
 
@@ -175,7 +175,7 @@ async def test_a_body_over_the_route_cap_is_refused_before_it_is_sent(
                          b"Content-Length: 16385\r\n\r\n")
             answer = await read_until_closed(reader, timeout=5)
     assert answer is not None and answer.startswith(b"HTTP/1.1 413 ")
-    assert b'"error": "invalid_request"' in answer
+    assert b'"error":"invalid_request"' in answer
 
 
 # -- Slow headers, idle connections, connection floods -------------------------------------------

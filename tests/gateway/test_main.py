@@ -18,8 +18,8 @@ import pytest
 import pytest_asyncio
 
 from services.authorize import app_form
+from services.common.connection_limits import MAX_LINGERING
 from services.common.ratelimit import RateLimit
-from services.common.serve import MAX_LINGERING
 from services.common.settings import ConfigError, Env
 from services.gateway.__main__ import connection_cap
 from services.gateway.settings import GatewaySettings
@@ -117,6 +117,10 @@ async def test_process_serves_public_and_admin_ports_and_stops_on_sigterm(
     ("OTESSE_GATEWAY_RATE_TOKEN_PER_IP", "lots", "OTESSE_GATEWAY_RATE_TOKEN_PER_IP must be"),
     ("OTESSE_GATEWAY_RATE_LOGIN_PER_IP", "10/0", "OTESSE_GATEWAY_RATE_LOGIN_PER_IP must be"),
     ("OTESSE_GATEWAY_TOKEN_URL", "127.0.0.1:8002", "OTESSE_GATEWAY_TOKEN_URL must be"),
+    ("OTESSE_GATEWAY_TOKEN_URL", "https://token:8002",
+     "OTESSE_GATEWAY_TOKEN_URL must be an http:// URL"),
+    ("OTESSE_GATEWAY_AUTHORIZE_URL", "https://authorize:8001",
+     "OTESSE_GATEWAY_AUTHORIZE_URL must be an http:// URL"),
     ("OTESSE_GATEWAY_TRUSTED_PROXIES", "10.0.0.0/33", "OTESSE_GATEWAY_TRUSTED_PROXIES must be"),
     ("OTESSE_GATEWAY_MAX_TOKEN_BODY_BYTES", "-1", "OTESSE_GATEWAY_MAX_TOKEN_BODY_BYTES must be"),
     ("OTESSE_GATEWAY_MAX_FORM_BODY_BYTES", "2000000", "OTESSE_GATEWAY_MAX_FORM_BODY_BYTES must"),
@@ -124,7 +128,8 @@ async def test_process_serves_public_and_admin_ports_and_stops_on_sigterm(
     ("OTESSE_GATEWAY_MAX_CONNECTIONS", "lots", "OTESSE_GATEWAY_MAX_CONNECTIONS must be"),
     ("OTESSE_GATEWAY_RATE_CLIENT_AUTH_FAILURES_PER_IP", "1/-1",
      "OTESSE_GATEWAY_RATE_CLIENT_AUTH_FAILURES_PER_IP must be"),
-], ids=["rate-not-a-number", "rate-zero-window", "url-without-scheme", "bad-cidr",
+], ids=["rate-not-a-number", "rate-zero-window", "url-without-scheme", "token-url-https",
+        "authorize-url-https", "bad-cidr",
         "negative-cap", "form-cap-over-1MiB", "no-header-time", "connections-not-a-number",
         "negative-window"])
 def test_bad_settings_name_the_variable(name: str, value: str, message: str) -> None:

@@ -14,10 +14,12 @@ import pytest
 
 from services.gateway.upstream_client import (
     BadResponse,
+    BodyLengthMismatch,
     BrokenBody,
     ConnectFailed,
     NoAnswer,
     Response,
+    UpstreamError,
     UpstreamPool,
 )
 from tests.conftest import free_port
@@ -111,6 +113,17 @@ async def answer_ok(server: Server, index: int, request: Request,
                     writer: asyncio.StreamWriter) -> bool:
     writer.write(OK)
     return True
+
+
+def answer_ok_after(release: asyncio.Event) -> Handler:
+    """Answers each request once ``release`` is set: the connection stays busy until then."""
+    async def held(server: Server, index: int, request: Request,
+                   writer: asyncio.StreamWriter) -> bool:
+        await release.wait()
+        writer.write(OK)
+        return True
+
+    return held
 
 
 async def echo(server: Server, index: int, request: Request,
@@ -351,12 +364,7 @@ async def test_a_body_sent_after_a_head_answer_is_dropped_with_its_connection() 
 
 async def test_the_pool_bound_makes_requests_wait_then_fail() -> None:
     release = asyncio.Event()
-
-    async def held(server: Server, index: int, request: Request,
-                   writer: asyncio.StreamWriter) -> bool:
-        await release.wait()
-        writer.write(OK)
-        return True
+    held = answer_ok_after(release)
 
     async with serve(held) as server, pool_for(server, max_connections=2,
                                                connect_timeout=0.2) as pool:
@@ -371,6 +379,88 @@ async def test_the_pool_bound_makes_requests_wait_then_fail() -> None:
         for task in [*busy, waiting]:
             assert await read_all(await task) == b"ok"
         assert len(server.connections) == 2 and pool.connections == 2
+
+
+async def test_a_request_cancelled_while_waiting_for_its_answer_frees_its_connection() -> None:
+    release = asyncio.Event()
+
+    async def held_once(server: Server, index: int, request: Request,
+                        writer: asyncio.StreamWriter) -> bool:
+        if index == 0:
+            await release.wait()
+            return False
+        writer.write(OK)
+        return True
+
+    async with serve(held_once) as server, pool_for(server, max_connections=1,
+                                                    connect_timeout=0.5) as pool:
+        stuck = asyncio.create_task(pool.request("GET", b"/a", HOST))
+        await asyncio.sleep(0.05)
+        assert pool.connections == 1
+        stuck.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stuck
+        # Half an exchange: the connection is closed, never reused, and its room is free.
+        assert (pool.connections, pool.idle) == (0, 0)
+        assert await read_all(await pool.request("GET", b"/b", HOST)) == b"ok"
+        release.set()
+        assert [len(requests) for requests in server.connections] == [1, 1]
+
+
+async def test_a_request_cancelled_while_waiting_for_room_leaves_no_waiter_behind() -> None:
+    release = asyncio.Event()
+    held = answer_ok_after(release)
+
+    async with serve(held) as server, pool_for(server, max_connections=1,
+                                               connect_timeout=2.0) as pool:
+        busy = asyncio.create_task(pool.request("GET", b"/a", HOST))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(pool.request("GET", b"/b", HOST))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        release.set()
+        assert await read_all(await busy) == b"ok"
+        # The freed connection went idle rather than to the cancelled waiter, and the next
+        # request reuses it: the bound is intact.
+        assert (pool.connections, pool.idle) == (1, 1)
+        assert await read_all(await pool.request("GET", b"/c", HOST)) == b"ok"
+        assert [len(requests) for requests in server.connections] == [2]
+
+
+@pytest.mark.parametrize("chunks", [
+    (b"abc",), (b"abcdef", b"ghijk"),
+], ids=["shorter-than-content-length", "longer-than-content-length"])
+async def test_a_streamed_body_that_breaks_its_length_is_an_upstream_error(
+        chunks: tuple[bytes, ...]) -> None:
+    async def silent(server: Server, index: int, request: Request,
+                     writer: asyncio.StreamWriter) -> bool:
+        return True
+
+    async with serve(silent) as server, pool_for(server) as pool:
+        with pytest.raises(BodyLengthMismatch) as raised:
+            await pool.request("POST", b"/a", [*HOST, (b"content-length", b"8")],
+                               body_of(*chunks))
+        # An UpstreamError, so the gateway answers it 502 like any broken exchange.
+        assert isinstance(raised.value, UpstreamError)
+        assert (pool.connections, pool.idle) == (0, 0)
+
+
+async def test_the_request_target_is_sent_byte_for_byte() -> None:
+    """Nothing resolves dot segments or re-encodes on the way (services/gateway/routing.py)."""
+    async with serve(answer_ok) as server, pool_for(server) as pool:
+        target = b"/x/./y/%2e%2e/z/../q?next=/a/../b"
+        assert await read_all(await pool.request("GET", target, HOST)) == b"ok"
+    assert server.connections[0][0].head.split(b"\r\n", 1)[0] == b"GET " + target + b" HTTP/1.1"
+
+
+@pytest.mark.parametrize("url", [
+    "https://127.0.0.1:8443", "127.0.0.1:8002", "http://",
+], ids=["https", "no-scheme", "no-host"])
+def test_the_pool_takes_plain_http_urls_only(url: str) -> None:
+    with pytest.raises(ValueError, match="http://host"):
+        UpstreamPool(url, max_connections=1, connect_timeout=1.0)
 
 
 @pytest.mark.parametrize("answer", [

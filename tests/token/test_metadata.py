@@ -64,3 +64,21 @@ async def test_health_routes(token: TokenService) -> None:
     assert ready.status_code == 200, ready.text
     assert set(ready.json()["checks"]) == {"postgres", "redis", "registry", "signing_keys"}
     assert (await token.http.get("/metrics")).status_code == 200
+
+
+async def test_the_announced_grant_types_are_exactly_the_ones_dispatched(
+        token: TokenService, client: Client) -> None:
+    """One list: metadata is built from the registered grants, and the endpoint refuses every
+    other grant type naming exactly that list."""
+    announced = (await token.http.get("/.well-known/oauth-authorization-server")).json()[
+        "grant_types_supported"]
+    for grant_type in announced:
+        response = await token.http.post("/oauth/token", data={
+            "grant_type": grant_type, "client_id": client.client_id,
+            "client_secret": client.secret})
+        # Dispatched: whatever is missing, the grant type itself is not the complaint.
+        assert response.json()["error"] != "unsupported_grant_type", grant_type
+    refused = await token.http.post("/oauth/token", data={"grant_type": "password"})
+    assert refused.json()["error"] == "unsupported_grant_type"
+    assert refused.json()["error_description"] == (
+        f"Supported grant types: {', '.join(announced)}.")

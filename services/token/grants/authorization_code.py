@@ -33,7 +33,7 @@ from services.token.access_tokens import AccessTokenIssuer
 from services.token.client_auth import AuthenticatedClient
 from services.token.codes import CodeConsumer
 from services.token.denylist import DenyList
-from services.token.grants import Grant, mint_pair
+from services.token.grants.base import Grant, mint_pair
 from services.token.metrics import GRANTS_REVOKED
 from services.token.store import AuthorizationRevoked, CodeAlreadyExchanged, GrantStore
 

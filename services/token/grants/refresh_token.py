@@ -23,7 +23,7 @@ from services.token import rotation_retry
 from services.token.access_tokens import AccessTokenIssuer
 from services.token.client_auth import AuthenticatedClient
 from services.token.denylist import DenyList
-from services.token.grants import Grant, mint_pair
+from services.token.grants.base import Grant, mint_pair
 from services.token.metrics import GRANTS_REVOKED, REFRESH_RETRIES
 from services.token.store import GrantStore, RefreshRecord, RevokedBy
 
