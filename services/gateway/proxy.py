@@ -3,10 +3,12 @@
 One keep-alive connection pool per upstream (:mod:`services.gateway.upstream_client`), opened in
 the lifespan. The request body arrives here whole, already read from the client
 (:mod:`services.gateway.body`), so a pooled connection is held only while the upstream works;
-the response body is streamed back chunk by chunk, so memory per request stays small whatever
-its size. Upstream keep-alive connections are dropped after 4 s idle, before uvicorn's 5 s on the
-other side closes them, so a request never lands on a connection that is being closed (and one
-that raced a close anyway is retried once, on a new connection: its body is in memory).
+an answer of at most 64 KiB (every token endpoint answer, every page) is read whole before its
+head is relayed, a larger one streamed back chunk by chunk, so memory per request stays small
+whatever its size. Upstream keep-alive connections are dropped after 4 s idle, before uvicorn's
+5 s on the other side closes them, so a request never lands on a connection that is being
+closed on purpose (one that meets a close anyway is retried once, on a new connection, only
+when it is a GET, HEAD or OPTIONS: an upstream that died under a POST may have acted on it).
 
 Internal header fields (``x-otesse-…``, :mod:`services.common.internal_headers`) never reach the
 client: the one the gateway acts on is returned to the caller, with the status.
@@ -14,13 +16,14 @@ client: the one the gateway acts on is returned to the caller, with the status.
 What can go wrong, and what the client gets:
 
 * the upstream refuses connections or the pool is exhausted → ``503`` (it is down or busy);
-* the upstream closes a kept-alive connection before reading the request, and the request
-  cannot be sent again (above) → ``503``: it was never delivered;
+* the upstream closes a kept-alive connection before answering, and the request cannot be sent
+  again (above) → ``503``: the client decides whether to send it again;
 * the upstream resets a new connection or answers garbage, or the exchange breaks otherwise
   (any other :class:`~services.gateway.upstream_client.UpstreamError`) → ``502``;
 * no response headers within the upstream timeout → ``504``;
-* the upstream breaks off mid-body → the client's connection is closed without a clean end, so
-  the client sees a truncated response rather than a complete-looking one.
+* the upstream breaks off mid-body → ``502`` for an answer read whole (above); for a streamed
+  one, whose head is already relayed, the client's connection is closed without a clean end,
+  so the client sees a truncated response rather than a complete-looking one.
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ log = logging.getLogger("otesse.gateway.proxy")
 # Response headers the gateway sets itself (the request id, security headers, the date).
 OWN_RESPONSE_HEADERS = frozenset({b"x-request-id", b"date", b"server",
                                   b"strict-transport-security", b"x-content-type-options"})
+# An answer whose Content-Length is at most this is read whole before its head is relayed: an
+# upstream that dies mid-answer (a killed replica) is then a clean 502, not a connection the
+# client sees cut after a 200. Every token endpoint answer and every page is far below it.
+WHOLE_ANSWER_BYTES = 64 * 1024
 _CLIENT_AUTH = internal_headers.CLIENT_AUTH.encode()
 _FAILED = internal_headers.CLIENT_AUTH_FAILED.encode()
 
@@ -142,6 +149,14 @@ class Upstreams:
                 headers.append((field, value))
         start: Message = {"type": "http.response.start", "status": response.status,
                           "headers": headers}
+        if _small(response.headers):
+            try:
+                body = await _read_whole(response)
+            except BrokenBody as exc:
+                raise self._failed(name, "broken_body", BadGateway(), exc) from None
+            await send(start)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return failed
         await send(start)
         more = True
         try:
@@ -163,3 +178,20 @@ class Upstreams:
         log.warning("upstream %s", kind, extra={"upstream": name,
                                                  "error": type(exc).__name__ if exc else kind})
         return error
+
+
+def _small(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the answer says it is at most :data:`WHOLE_ANSWER_BYTES` long."""
+    for field, value in headers:
+        if field == b"content-length":
+            return value.isdigit() and int(value) <= WHOLE_ANSWER_BYTES
+    return False
+
+
+async def _read_whole(response: Response) -> bytes:
+    chunks = []
+    more = True
+    while more:
+        chunk, more = await response.read()
+        chunks.append(chunk)
+    return b"".join(chunks)

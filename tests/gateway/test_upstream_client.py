@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
+from services.gateway.proxy import WHOLE_ANSWER_BYTES
 from services.gateway.upstream_client import (
     BadResponse,
     BodyLengthMismatch,
@@ -551,11 +552,36 @@ async def test_gateway_answers_502_to_a_garbage_status_line(
     assert response.json()["error"] == "temporarily_unavailable"
 
 
-async def test_gateway_leaves_a_broken_body_unfinished(gateway_factory: GatewayFactory,
-                                                       ) -> None:
+async def test_gateway_answers_502_for_a_small_answer_broken_off(
+        gateway_factory: GatewayFactory) -> None:
+    """An upstream that dies mid-answer (a killed replica): the answer is read whole before its
+    head is relayed, so the client gets a clean 502, not a 200 cut short."""
     async def truncated(server: Server, index: int, request: Request,
                         writer: asyncio.StreamWriter) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await writer.drain()
+        return False
+
+    async with serve(truncated) as server, gateway_factory(
+            OTESSE_GATEWAY_TOKEN_URL=server.url,
+            OTESSE_GATEWAY_AUTHORIZE_URL=server.url) as gw:
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            token = await client.post("/oauth/token", content=b"grant_type=refresh_token")
+            page = await client.get("/oauth/authorize")
+    assert token.status_code == 502
+    assert token.json()["error"] == "temporarily_unavailable"
+    assert page.status_code == 502
+    assert page.headers["content-type"].startswith("text/html")
+
+
+async def test_gateway_leaves_a_broken_streamed_body_unfinished(
+        gateway_factory: GatewayFactory) -> None:
+    """A large answer is streamed, its head relayed first: broken off, it is left unfinished so
+    that it never looks complete."""
+    async def truncated(server: Server, index: int, request: Request,
+                        writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\nabc"
+                     % (WHOLE_ANSWER_BYTES + 1))
         await writer.drain()
         return False
 
