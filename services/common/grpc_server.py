@@ -69,7 +69,6 @@ class ServiceInterceptor(aio.ServerInterceptor):
             return handler
         inner: Callable[[Any, Any], Awaitable[Any]] = handler.unary_unary
         method = details.method
-        service = self._service
 
         async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             token = request_id_var.set(request_id.from_grpc_metadata(context))
@@ -77,32 +76,14 @@ class ServiceInterceptor(aio.ServerInterceptor):
             code = grpc.StatusCode.OK
             try:
                 return await inner(request, context)
-            except RpcError as exc:
-                code = exc.code
-                await context.abort(exc.code, exc.message)
             except aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
-            except TemporarilyUnavailable as exc:
-                # Raised on purpose (a signing key not loaded yet): a dependency not there.
-                code = grpc.StatusCode.UNAVAILABLE
-                await context.abort(code, exc.description or "unavailable; retry shortly")
             except Exception as exc:
-                if is_unavailable(exc):
-                    code = grpc.StatusCode.UNAVAILABLE
-                    DEPENDENCY_ERRORS.labels(service).inc()
-                    log.warning("dependency unavailable", extra={"method": method,
-                                                                 "error": type(exc).__name__})
-                    await context.abort(code, "a dependency is unavailable; retry shortly")
-                code = grpc.StatusCode.INTERNAL
-                log.exception("unexpected error", extra={"method": method})
-                await context.abort(code, "internal error")
+                code, message = self._status_of(exc, method)
+                await context.abort(code, message)
             finally:
-                elapsed = time.perf_counter() - started
-                GRPC_REQUESTS.labels(service, method, code.name).observe(elapsed)
-                level = logging.DEBUG if code == grpc.StatusCode.OK else logging.INFO
-                log.log(level, "rpc", extra={"method": method, "code": code.name,
-                                             "duration_ms": round(elapsed * 1000, 3)})
+                self._observe(method, code, started)
                 request_id_var.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -116,7 +97,6 @@ class ServiceInterceptor(aio.ServerInterceptor):
         """A server-streaming call, mapped like a unary one: its status is decided here, once
         (a stream that ends because the client left is not an error)."""
         inner = cast(Callable[[Any, Any], Any], handler.unary_stream)
-        service = self._service
 
         async def stream(request: Any, context: aio.ServicerContext[Any, Any],
                          ) -> AsyncIterator[Any]:
@@ -132,9 +112,6 @@ class ServiceInterceptor(aio.ServerInterceptor):
                         yield item
                 else:
                     await produced
-            except RpcError as exc:
-                code = exc.code
-                await context.abort(exc.code, exc.message)
             except aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
@@ -142,22 +119,10 @@ class ServiceInterceptor(aio.ServerInterceptor):
                 code = grpc.StatusCode.CANCELLED
                 raise
             except Exception as exc:
-                if is_unavailable(exc):
-                    code = grpc.StatusCode.UNAVAILABLE
-                    DEPENDENCY_ERRORS.labels(service).inc()
-                    log.warning("dependency unavailable", extra={"method": method,
-                                                                 "error": type(exc).__name__})
-                    await context.abort(code, "a dependency is unavailable; retry shortly")
-                code = grpc.StatusCode.INTERNAL
-                log.exception("unexpected error", extra={"method": method})
-                await context.abort(code, "internal error")
+                code, message = self._status_of(exc, method)
+                await context.abort(code, message)
             finally:
-                elapsed = time.perf_counter() - started
-                GRPC_REQUESTS.labels(service, method, code.name).observe(elapsed)
-                log.log(logging.DEBUG if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED)
-                        else logging.INFO, "rpc", extra={
-                            "method": method, "code": code.name,
-                            "duration_ms": round(elapsed * 1000, 3)})
+                self._observe(method, code, started)
                 request_id_var.reset(token)
 
         return grpc.unary_stream_rpc_method_handler(
@@ -165,6 +130,32 @@ class ServiceInterceptor(aio.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+    def _status_of(self, exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
+        """The status an exception ends a call with, and its message (called while handling it,
+        so an unexpected one is logged with its traceback)."""
+        if isinstance(exc, RpcError):
+            return exc.code, exc.message
+        if isinstance(exc, TemporarilyUnavailable):
+            # Raised on purpose (a signing key not loaded yet): a dependency not there.
+            return (grpc.StatusCode.UNAVAILABLE,
+                    exc.description or "unavailable; retry shortly")
+        if is_unavailable(exc):
+            DEPENDENCY_ERRORS.labels(self._service).inc()
+            log.warning("dependency unavailable", extra={"method": method,
+                                                         "error": type(exc).__name__})
+            return grpc.StatusCode.UNAVAILABLE, "a dependency is unavailable; retry shortly"
+        log.exception("unexpected error", extra={"method": method})
+        return grpc.StatusCode.INTERNAL, "internal error"
+
+    def _observe(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        GRPC_REQUESTS.labels(self._service, method, code.name).observe(elapsed)
+        # A call that ends well, or because its client left, is not news.
+        level = (logging.DEBUG if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED)
+                 else logging.INFO)
+        log.log(level, "rpc", extra={"method": method, "code": code.name,
+                                     "duration_ms": round(elapsed * 1000, 3)})
 
 
 def server_credentials(tls: GrpcTlsSettings) -> grpc.ServerCredentials:
