@@ -176,20 +176,25 @@ def params(actor: Actor, origin: Origin, details: Mapping[str, DetailValue] | No
 
 
 def insert_from(event_type: EventType, *, first: int, rows: str, subject: str, client: str,
-                grant: str, where: str = "") -> str:
+                grant: str, where: str = "", scope: str = "") -> str:
     """``INSERT INTO audit.events … SELECT … FROM rows``: one event per row of ``rows`` (a CTE
     of the same statement) passing ``where``.
 
     ``subject``, ``client`` and ``grant`` are SQL expressions over those rows (or parameters,
-    or ``NULL``); parameters ``$first`` to ``$first+4`` are :func:`params`. Everything here is
-    written in code, never from input: the type is one of :data:`EVENT_TYPES`.
+    or ``NULL``); parameters ``$first`` to ``$first+4`` are :func:`params`. ``scope``, when
+    given, is a ``text[]`` expression over the rows: the details' ``scope`` (space-separated),
+    for a scope only the statement knows. Everything here is written in code, never from
+    input: the type is one of :data:`EVENT_TYPES`.
     """
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown audit event type {event_type!r}")
     p = [f"${first + offset}" for offset in range(5)]
+    details = f"{p[4]}::jsonb"
+    if scope:
+        details = f"({details} || jsonb_build_object('scope', array_to_string({scope}, ' ')))"
     return (f"INSERT INTO audit.events ({COLUMNS})"
             f" SELECT '{event_type}', {p[0]}::text, {p[1]}::text, {subject}, {client}, {grant},"
-            f" {p[2]}::inet, {p[3]}::text, {p[4]}::jsonb FROM {rows}"
+            f" {p[2]}::inet, {p[3]}::text, {details} FROM {rows}"
             + (f" WHERE {where}" if where else ""))
 
 

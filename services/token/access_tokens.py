@@ -2,9 +2,13 @@
 
 Header ``{"alg":"ES256","typ":"at+jwt","kid":…}`` (RFC 9068 §2.1); claims ``iss``, ``sub``,
 ``aud``, ``client_id``, ``scope``, ``iat``, ``exp``, ``jti`` (RFC 9068 §2.2) plus ``grant_id``.
-Signed here with ``cryptography`` directly (one ES256 operation, DESIGN §8); the profile's rules
-and the verification are :mod:`services.common.jwt_profile`, shared with the resource kit.
-Tokens are not stored; their revocations are (see :mod:`services.token.denylist`).
+Signed here with ``cryptography`` directly (one ES256 operation, DESIGN §8), with deterministic
+ECDSA (RFC 6979): the same claims and key always give the same token, which is how a refresh
+retried within its window gets back the very access token it was first answered with
+(:mod:`services.token.rotation_retry`) although only the token's ``jti`` and ``iat`` are kept.
+The profile's rules and the verification are :mod:`services.common.jwt_profile`, shared with
+the resource kit. Tokens are not stored; their revocations are (see
+:mod:`services.token.denylist`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import functools
 import json
 import time
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from services.common import credentials, jwt_profile
@@ -23,7 +29,9 @@ from services.token.keys import KeyRing, SigningKey
 PREFIX = jwt_profile.PREFIX
 MAX_TOKEN_LENGTH = jwt_profile.MAX_TOKEN_LENGTH
 __all__ = ["MAX_TOKEN_LENGTH", "PREFIX", "AccessClaims", "AccessTokenIssuer", "TokenRejected",
-           "sign", "verify"]
+           "new_jti", "sign", "verify"]
+# RFC 6979: the nonce is derived from the key and the message, not drawn at random.
+_DETERMINISTIC_ES256 = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
 
 
 def _b64url(data: bytes) -> str:
@@ -45,13 +53,31 @@ class AccessTokenIssuer:
         self.audience = audience
         self.ttl = ttl
 
-    def mint(self, *, user_id: str, client_id: str, scopes: tuple[str, ...],
-             grant_id: str) -> tuple[str, AccessClaims]:
-        now = int(time.time())
+    @property
+    def current_kid(self) -> str:
+        """The key the next token is signed with (raises ``NoSigningKey`` when none is)."""
+        return self._ring.current().kid
+
+    def mint(self, *, user_id: str, client_id: str, scopes: tuple[str, ...], grant_id: str,
+             jti: str | None = None, iat: int | None = None, kid: str | None = None,
+             ) -> tuple[str, AccessClaims]:
+        """A new token, or, given the ``jti``, ``iat`` and ``kid`` of one minted before with
+        the same other claims, that very token again (while ``kid`` is the current key; the
+        current key signs otherwise)."""
+        now = int(time.time()) if iat is None else iat
+        key = self._ring.current()
+        if kid is not None and kid != key.kid:
+            older = self._ring.get(kid)
+            key = older if older is not None and older.private_key is not None else key
         claims = AccessClaims(iss=self.issuer, sub=user_id, aud=self.audience,
                               client_id=client_id, scopes=scopes, iat=now, exp=now + self.ttl,
-                              jti=credentials.random_urlsafe(16), grant_id=grant_id)
-        return sign(claims, self._ring.current()), claims
+                              jti=jti or new_jti(), grant_id=grant_id)
+        return sign(claims, key), claims
+
+
+def new_jti() -> str:
+    """128 random bits: an access token's unique id."""
+    return credentials.random_urlsafe(16)
 
 
 def sign(claims: AccessClaims, key: SigningKey) -> str:
@@ -59,7 +85,7 @@ def sign(claims: AccessClaims, key: SigningKey) -> str:
     payload = _b64url(json.dumps(claims.payload(), separators=(",", ":")).encode("utf-8"))
     signing_input = f"{_header_segment(key.kid)}.{payload}"
     r, s = decode_dss_signature(key.private_key.sign(signing_input.encode("ascii"),
-                                                     jwt_profile.ECDSA))
+                                                     _DETERMINISTIC_ES256))
     signature = _b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
     return f"{PREFIX}{signing_input}.{signature}"
 

@@ -13,7 +13,9 @@ Security promises of this store:
   refresh token: it is never listed, never validates, and purge removes it like any revoked
   grant;
 * a refresh token is rotated by one atomic statement that succeeds for exactly one caller: the
-  old token is marked rotated and its successor inserted together, or nothing happens;
+  grant is read and every condition of the refresh checked, the old token is marked rotated
+  and its successor inserted together, or nothing happens; a refresh is that one round trip
+  when it succeeds;
 * revocation marks (``revoked_at``), never deletes; a revoked grant's tokens never refresh;
 * statements are single and prepared; ``create_grant`` writes a grant and its refresh token in
   one statement;
@@ -26,17 +28,13 @@ Security promises of this store:
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from services.common import audit
 from services.common.audit import Actor, Origin
@@ -67,6 +65,15 @@ class RefreshRecord:
     # Rotated less than the retry window ago, and the successor neither rotated nor expired.
     retry_allowed: bool
     successor_sealed: bytes | None
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """A refresh token rotated: its grant, the grant's user, and the scope granted now."""
+
+    grant_id: str
+    user_id: str
+    scopes: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -130,17 +137,17 @@ class GrantStore(Protocol):
     async def revoke_replayed_code(self, *, code_hash: bytes, presented_by: str,
                                    origin: Origin) -> RevokeResult: ...
 
-    def one_connection(self) -> AbstractAsyncContextManager[GrantStore]:
-        """This store on one connection, for statements that follow each other (a refresh's
-        read, then its rotation): one pool checkout instead of one per statement."""
-        ...
-
     async def find_refresh(self, *, token_hash: bytes, retry_window: int,
                            ) -> RefreshRecord | None: ...
 
     async def rotate_refresh(self, *, token_hash: bytes, successor_hash: bytes,
                              successor_sealed: bytes | None, refresh_ttl: int, client_id: str,
-                             scopes: Sequence[str], origin: Origin) -> bool: ...
+                             allowed_scopes: Sequence[str],
+                             requested_scopes: Sequence[str] | None,
+                             origin: Origin) -> Rotation | None:
+        """Checks and rotates in one statement; ``None`` when it did nothing (find out why
+        with :meth:`find_refresh`)."""
+        ...
 
     async def refresh_token_info(self, *, token_hash: bytes) -> RefreshTokenInfo | None: ...
 
@@ -166,20 +173,9 @@ def _revocations(rows: Sequence[asyncpg.Record]) -> Revocations:
 
 class PgGrantStore:
     def __init__(self, pool: asyncpg.Pool, *, access_token_ttl: int) -> None:
-        self._connections = pool
-        # Every statement goes through this: the pool, or one connection (one_connection).
-        self._pool: asyncpg.Pool | PoolConnectionProxy = pool
+        self._pool = pool
         # Revoked grants younger than this may still have live access tokens.
         self._deny_window = access_token_ttl + CLOCK_SKEW_SECONDS
-
-    @contextlib.asynccontextmanager
-    async def one_connection(self) -> AsyncIterator[GrantStore]:
-        # The pool's bounds hold: the checkout waits at most ACQUIRE_SECONDS, and a statement
-        # that times out drops the connection (services.common.db).
-        async with self._connections.acquire() as connection:
-            bound = copy.copy(self)
-            bound._pool = connection
-            yield bound
 
     async def create_grant(self, *, grant_id: str, user_id: str, client_id: str,
                            scopes: Sequence[str], code_hash: bytes, refresh_hash: bytes,
@@ -274,37 +270,52 @@ class PgGrantStore:
 
     async def rotate_refresh(self, *, token_hash: bytes, successor_hash: bytes,
                              successor_sealed: bytes | None, refresh_ttl: int, client_id: str,
-                             scopes: Sequence[str], origin: Origin) -> bool:
-        # One statement: the WHERE on rotated_at lets exactly one of any number of concurrent
-        # callers mark the old token; only that caller's successor (and its audit event) is
-        # inserted. The grant row is read, not written: its last use and expiry are those of
-        # its newest refresh token (list_grants), so a rotation writes one row and inserts
-        # one, not three. ``FOR SHARE`` still makes a concurrent revocation of the grant wait
-        # for this statement, or this statement see it (and insert nothing).
-        grant_id = await self._pool.fetchval(
+                             allowed_scopes: Sequence[str],
+                             requested_scopes: Sequence[str] | None,
+                             origin: Origin) -> Rotation | None:
+        # One statement, the refresh's only round trip: it reads the grant, checks everything
+        # the refresh grant decides on (RFC 6749 §6: the token is this client's, live and not
+        # rotated, its grant not revoked, the requested scope within the scope granted and
+        # still allowed to the client), marks the old token and inserts its successor, or
+        # does nothing at all (the caller then reads why: find_refresh). The WHERE on
+        # rotated_at lets exactly one of any number of concurrent callers mark the old token.
+        # The grant row is read FOR SHARE, never written: a concurrent revocation waits for
+        # this statement, or this statement sees it (and does nothing); its last use and
+        # expiry are those of its newest refresh token (list_grants).
+        row = await self._pool.fetchrow(
+            "WITH g AS ("
+            " SELECT g.grant_id, g.user_id,"
+            # The scope granted now: the grant's, in its order, that the client may still
+            # have, narrowed to the requested scope if there is one.
+            "  ARRAY(SELECT s FROM unnest(g.scopes) WITH ORDINALITY AS u(s, i)"
+            "   WHERE s = ANY($6::text[]) AND ($7::text[] IS NULL OR s = ANY($7::text[]))"
+            "   ORDER BY i) AS granted"
+            " FROM token.refresh_tokens r JOIN token.grants g ON g.grant_id = r.grant_id"
+            " WHERE r.token_hash = $1 AND g.client_id = $5 AND g.revoked_at IS NULL"
+            " FOR SHARE OF g),"
             # The old row's update names no indexed column: Postgres writes it in place (HOT),
             # no index entry; the sealed copy goes with the successor's insert (migration 0004).
-            "WITH old AS ("
-            " UPDATE token.refresh_tokens SET rotated_at = now(), successor_hash = $2"
-            " WHERE token_hash = $1 AND rotated_at IS NULL AND expires_at > now()"
-            " RETURNING grant_id),"
-            " g AS ("
-            " SELECT grant_id, user_id, client_id FROM token.grants"
-            " WHERE grant_id = (SELECT grant_id FROM old) AND revoked_at IS NULL FOR SHARE),"
+            " old AS ("
+            " UPDATE token.refresh_tokens r SET rotated_at = now(), successor_hash = $2"
+            " FROM g WHERE r.token_hash = $1 AND r.rotated_at IS NULL AND r.expires_at > now()"
+            "  AND cardinality(g.granted) > 0 AND ($7::text[] IS NULL OR $7::text[] <@ g.granted)"
+            " RETURNING g.grant_id, g.user_id, g.granted),"
             " audited AS (" + audit.insert_from(
-                "token.issued", first=5, rows="g", subject="user_id", client="client_id",
-                grant="grant_id") + ")"
+                "token.issued", first=8, rows="old", subject="user_id", client="$5::text",
+                grant="grant_id", scope="granted") + "),"
+            " successor AS ("
             " INSERT INTO token.refresh_tokens (token_hash, grant_id, expires_at,"
             "  predecessor_sealed)"
-            " SELECT $2, grant_id, now() + $4::int * interval '1 second', $3 FROM g"
-            " RETURNING grant_id",
-            token_hash, successor_hash, successor_sealed, refresh_ttl,
-            *audit.params(Actor.client(client_id), origin, {
-                "grant_type": "refresh_token", "scope": " ".join(scopes)}))
-        if grant_id is None:
-            return False
+            " SELECT $2, grant_id, now() + $4::int * interval '1 second', $3 FROM old)"
+            " SELECT grant_id, user_id, granted FROM old",
+            token_hash, successor_hash, successor_sealed, refresh_ttl, client_id,
+            list(allowed_scopes), None if requested_scopes is None else list(requested_scopes),
+            *audit.params(Actor.client(client_id), origin, {"grant_type": "refresh_token"}))
+        if row is None:
+            return None
         audit.counted("token.issued")
-        return True
+        return Rotation(grant_id=str(row["grant_id"]), user_id=row["user_id"],
+                        scopes=tuple(row["granted"]))
 
     async def refresh_token_info(self, *, token_hash: bytes) -> RefreshTokenInfo | None:
         row = await self._pool.fetchrow(

@@ -5,6 +5,10 @@ and the 30-day life."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,13 +16,19 @@ import asyncpg
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from prometheus_client import REGISTRY
 
 from otesse.auth.v1 import registry_pb2_grpc, token_pb2
 from services.common import credentials
+from services.common.audit import Actor
 from services.common.settings import StoreSettings
+from services.token.keys import PgKeyStore
 from services.token.store import PgGrantStore
 from tests.token.conftest import (
+    KEK,
     Client,
     TokenService,
     make_settings,
@@ -334,3 +344,89 @@ async def test_refresh_tokens_live_thirty_days(
         "SELECT extract(epoch FROM expires_at - created_at) FROM token.refresh_tokens"
         " WHERE token_hash = $1", credentials.sha256(pair["refresh_token"]))
     assert abs(float(lifetime) - 30 * 24 * 3600) < 5
+
+
+# --- One statement: what a refresh that is refused leaves, and the retry copy it seals --------
+
+
+@pytest.mark.parametrize("attack", ["wider scope", "another client", "revoked grant"])
+async def test_a_refused_refresh_rotates_nothing(
+        token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client,
+        public_client: Client, pool: asyncpg.Pool, attack: str) -> None:
+    # The one statement checks everything before it writes: a refresh refused for the scope or
+    # the client leaves the token as it was for its rightful holder (and an attacker holding
+    # another client's credentials cannot burn it).
+    pair = await tokens_for(token, redis, redis_prefix, client)
+    grant_id = (await validate(token, pair["access_token"])).grant_id
+    if attack == "revoked grant":
+        await pool.execute("UPDATE token.grants SET revoked_at = now() WHERE grant_id = $1::uuid",
+                           grant_id)
+    presenter, extra = ((public_client, {}) if attack == "another client" else
+                        (client, {"scope": "bookings:write"} if attack == "wider scope" else {}))
+
+    refused = await refresh(token.http, presenter, pair["refresh_token"], **extra)
+
+    assert refused.status_code == 400
+    assert refused.json()["error"] == ("invalid_scope" if attack == "wider scope"
+                                       else "invalid_grant")
+    row = await pool.fetchrow(
+        "SELECT rotated_at, successor_hash FROM token.refresh_tokens WHERE token_hash = $1",
+        credentials.sha256(pair["refresh_token"]))
+    assert row is not None and tuple(row) == (None, None)
+    assert await pool.fetchval("SELECT count(*) FROM token.refresh_tokens"
+                               " WHERE grant_id = $1::uuid", grant_id) == 1
+    if attack != "revoked grant":
+        assert (await refresh(token.http, client, pair["refresh_token"])).status_code == 200
+
+
+def payload_of(access_token: str) -> dict[str, Any]:
+    header_payload = access_token[len("otesse_at_"):].split(".")
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(header_payload[1] + "=="))
+    claims["kid"] = json.loads(base64.urlsafe_b64decode(header_payload[0] + "=="))["kid"]
+    return claims
+
+
+async def test_a_retry_after_the_signing_key_rotated_gets_the_same_claims_under_the_new_key(
+        token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client,
+        pool: asyncpg.Pool) -> None:
+    first = await tokens_for(token, redis, redis_prefix, client)
+    pair = (await refresh(token.http, client, first["refresh_token"])).json()
+    assert await PgKeyStore(pool).rotate(kek=base64.b64decode(KEK), retire_after_seconds=3700,
+                                         min_next_age_seconds=0, actor=Actor.operator())
+    await token.components.ring.refresh()
+
+    retry = (await refresh(token.http, client, first["refresh_token"])).json()
+
+    # The old key's private half is gone: the same claims (the same jti, iat and expiry),
+    # signed by the key that signs now, and the same refresh token.
+    assert retry["refresh_token"] == pair["refresh_token"]
+    before, after = payload_of(pair["access_token"]), payload_of(retry["access_token"])
+    assert after.pop("kid") != before.pop("kid")
+    assert after == before
+    assert (await validate(token, retry["access_token"])).active
+
+
+def seal_as_version_2(body: bytes, *, old_refresh_token: str) -> bytes:
+    """The copy an earlier release sealed: the whole response body, under the v2 key."""
+    digest = hashlib.sha256(b"-").digest()[:16]  # no scope parameter
+    key = AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                      info=b"otesse refresh retry v2").derive(old_refresh_token.encode()))
+    nonce = os.urandom(12)
+    return digest + nonce + key.encrypt(nonce, body,
+                                        credentials.sha256(old_refresh_token) + digest)
+
+
+async def test_a_copy_an_earlier_release_sealed_still_answers_the_retry(
+        token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client,
+        pool: asyncpg.Pool) -> None:
+    # Rolling update: the rotation was made by a replica that sealed the whole body.
+    first = await tokens_for(token, redis, redis_prefix, client)
+    answered = await refresh(token.http, client, first["refresh_token"])
+    await pool.execute(
+        "UPDATE token.refresh_tokens SET predecessor_sealed = $2 WHERE token_hash = $1",
+        credentials.sha256(answered.json()["refresh_token"]),
+        seal_as_version_2(answered.content, old_refresh_token=first["refresh_token"]))
+
+    retried = await refresh(token.http, client, first["refresh_token"])
+
+    assert retried.status_code == 200 and retried.content == answered.content

@@ -1,16 +1,20 @@
 """The ``refresh_token`` grant with rotation (RFC 6749 §6; RFC 9700 §4.14.2; DESIGN §2.3).
 
-Each use returns a new refresh token and invalidates the old one in one atomic statement.
+Each use returns a new refresh token and invalidates the old one in one atomic statement, which
+also reads the grant and checks the request against it: a refresh that succeeds is that one
+round trip to Postgres; only one that does not reads the token's state to say why.
 Presenting a rotated token again is treated as theft and revokes the whole grant, except within
 the retry window while the successor is unused: then the same old token with the same ``scope``
-parameter gets back exactly the same response, read from the copy sealed under a key derived
-from the old token; with another ``scope`` it is refused (``invalid_grant``), minting nothing.
-Concurrent refreshes of one token therefore yield one new pair and never a revoked grant.
+parameter gets back exactly the same response, rebuilt from the copy sealed under a key derived
+from the old token (:mod:`services.token.rotation_retry`); with another ``scope`` it is refused
+(``invalid_grant``), minting nothing. Concurrent refreshes of one token therefore yield one new
+pair and never a revoked grant.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -20,10 +24,10 @@ from services.common import credentials, scopes
 from services.common.audit import Actor, Origin
 from services.common.errors import InvalidGrant, InvalidRequest, InvalidScope
 from services.token import rotation_retry
-from services.token.access_tokens import AccessTokenIssuer
+from services.token.access_tokens import AccessTokenIssuer, new_jti
 from services.token.client_auth import AuthenticatedClient
 from services.token.denylist import DenyList
-from services.token.grants.base import Grant, mint_pair
+from services.token.grants.base import Grant, TokenResponse
 from services.token.metrics import GRANTS_REVOKED, REFRESH_RETRIES
 from services.token.store import GrantStore, RefreshRecord, RevokedBy
 
@@ -72,34 +76,45 @@ class RefreshTokenGrant(Grant[RefreshRequest]):
     async def issue(self, request: RefreshRequest, client: AuthenticatedClient,
                     origin: Origin) -> bytes:
         token_hash = credentials.sha256(request.refresh_token)
-        async with self._store.one_connection() as store:
-            for _attempt in range(2):
-                record = await store.find_refresh(token_hash=token_hash,
-                                                  retry_window=self._retry_window)
-                granted = self._check(record, request, client)
-                assert record is not None
-                if record.rotated:
-                    break
-                response, _ = mint_pair(self._access_tokens, user_id=record.user_id,
-                                        client_id=client.client_id, scopes=granted,
-                                        grant_id=record.grant_id)
-                body = response.to_json()
-                sealed = rotation_retry.seal(
-                    body, old_refresh_token=request.refresh_token, old_hash=token_hash,
-                    requested_scopes=request.scopes) if self._retry_window else None
-                if await store.rotate_refresh(
-                        token_hash=token_hash,
-                        successor_hash=credentials.sha256(response.refresh_token),
-                        successor_sealed=sealed, refresh_ttl=self._refresh_ttl,
-                        client_id=client.client_id, scopes=granted, origin=origin):
-                    return body
-                # Another request rotated this token (or the grant was revoked) between our
-                # read and our write: read again and answer as that state demands.
-            else:
-                raise InvalidGrant(_INVALID)
-        # Rotated already: a retry, or a reuse (which revokes; the connection is back in the
-        # pool by then).
-        return await self._rotated_again(record, request, token_hash, client, origin)
+        # Everything the new pair needs but the grant is chosen first, so the one statement
+        # that checks and rotates also stores the sealed copy (rotation_retry).
+        successor = rotation_retry.Successor(
+            refresh_token=credentials.new_credential(credentials.REFRESH_TOKEN_PREFIX),
+            jti=new_jti(), iat=int(time.time()), kid=self._access_tokens.current_kid)
+        sealed = rotation_retry.seal(
+            successor, old_refresh_token=request.refresh_token, old_hash=token_hash,
+            requested_scopes=request.scopes) if self._retry_window else None
+        for _attempt in range(2):
+            rotation = await self._store.rotate_refresh(
+                token_hash=token_hash,
+                successor_hash=credentials.sha256(successor.refresh_token),
+                successor_sealed=sealed, refresh_ttl=self._refresh_ttl,
+                client_id=client.client_id, allowed_scopes=client.allowed_scopes,
+                requested_scopes=request.scopes, origin=origin)
+            if rotation is not None:
+                return self._answer(successor, rotation.grant_id, rotation.user_id, client,
+                                    rotation.scopes)
+            # Nothing rotated: read why, and answer as that state demands.
+            record = await self._store.find_refresh(token_hash=token_hash,
+                                                    retry_window=self._retry_window)
+            granted = self._check(record, request, client)
+            assert record is not None
+            if record.rotated:
+                # A retry, or a reuse (which revokes).
+                return await self._rotated_again(record, request, token_hash, client, granted,
+                                                 origin)
+            # Still there to rotate: what stopped the statement is gone (a concurrent rotation
+            # rolled back); once more.
+        raise InvalidGrant(_INVALID)
+
+    def _answer(self, successor: rotation_retry.Successor, grant_id: str, user_id: str,
+                client: AuthenticatedClient, granted: tuple[str, ...]) -> bytes:
+        access_token, _ = self._access_tokens.mint(
+            user_id=user_id, client_id=client.client_id, scopes=granted, grant_id=grant_id,
+            jti=successor.jti, iat=successor.iat, kid=successor.kid)
+        return TokenResponse(access_token=access_token, refresh_token=successor.refresh_token,
+                             expires_in=self._access_tokens.ttl,
+                             scope=" ".join(granted)).to_json()
 
     def _check(self, record: RefreshRecord | None, request: RefreshRequest,
                client: AuthenticatedClient) -> tuple[str, ...]:
@@ -124,15 +139,18 @@ class RefreshTokenGrant(Grant[RefreshRequest]):
 
     async def _rotated_again(self, record: RefreshRecord, request: RefreshRequest,
                              token_hash: bytes, client: AuthenticatedClient,
-                             origin: Origin) -> bytes:
+                             granted: tuple[str, ...], origin: Origin) -> bytes:
         if self._retry_window and record.retry_allowed and record.successor_sealed:
             try:
-                body = rotation_retry.open_sealed(record.successor_sealed,
-                                                  old_refresh_token=request.refresh_token,
-                                                  old_hash=token_hash,
-                                                  requested_scopes=request.scopes)
+                sealed = rotation_retry.open_sealed(record.successor_sealed,
+                                                    old_refresh_token=request.refresh_token,
+                                                    old_hash=token_hash,
+                                                    requested_scopes=request.scopes)
                 REFRESH_RETRIES.inc()
-                return body
+                if isinstance(sealed, bytes):
+                    return sealed  # the whole body, as an earlier release sealed it
+                # The same pair again: the same claims, signed into the same bytes.
+                return self._answer(sealed, record.grant_id, record.user_id, client, granted)
             except rotation_retry.DifferentRequest:
                 # The holder of the old token, within the window, asking for something else:
                 # a retry that is not the same request gets no pair, and is no theft either.
