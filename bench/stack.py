@@ -223,8 +223,10 @@ async def running_stack(*, database_url: str = DATABASE_URL, redis_url: str = RE
 async def _client(env: dict[str, str], number: int, root: Path) -> tuple[Person, App]:
     person = Person(email=f"bench-{secrets.token_hex(4)}@otesse.test",
                     password=secrets.token_urlsafe(16))
-    await _cli(env, "users", "create", "--email", person.email, "--password", person.password,
-               root=root)
+    # "--password=…": a random password may start with "-", which argparse would take for an
+    # option (one run in 64).
+    await _cli(env, "users", "create", "--email", person.email,
+               f"--password={person.password}", root=root)
     name = "Otesse Bench" if number == 0 else f"Otesse Bench {number + 1}"
     created = json.loads(await _cli(
         env, "clients", "create", "--name", name, "--description",
