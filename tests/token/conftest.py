@@ -160,6 +160,18 @@ async def refresh(http: httpx.AsyncClient, client: Client, refresh_token: str,
                            headers={"Content-Type": "application/json"})
 
 
+def segments(access_token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An access token's JOSE header and claims, decoded (not verified)."""
+    assert access_token.startswith("otesse_at_")
+    header, payload, _ = access_token[len("otesse_at_"):].split(".")
+
+    def decode(segment: str) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(base64.urlsafe_b64decode(segment + "==="))
+        return value
+
+    return decode(header), decode(payload)
+
+
 async def tokens_for(token: TokenService, redis: aioredis.Redis, prefix: str, client: Client,
                      **code_args: Any) -> dict[str, Any]:
     """A fresh grant: code issued and exchanged; returns the token response body."""

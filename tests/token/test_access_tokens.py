@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
 import time
 from typing import Any
@@ -29,18 +28,14 @@ from services.token.keys import (
     open_private_key,
     public_jwk,
 )
-from tests.token.conftest import KEK, Client, TokenService, insert_previous_key, tokens_for
-
-
-def segments(access_token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    assert access_token.startswith("otesse_at_")
-    header, payload, _ = access_token[len("otesse_at_"):].split(".")
-
-    def decode(segment: str) -> dict[str, Any]:
-        value: dict[str, Any] = json.loads(base64.urlsafe_b64decode(segment + "==="))
-        return value
-
-    return decode(header), decode(payload)
+from tests.token.conftest import (
+    KEK,
+    Client,
+    TokenService,
+    insert_previous_key,
+    segments,
+    tokens_for,
+)
 
 
 async def served_jwks(token: TokenService) -> dict[str, Any]:
