@@ -53,26 +53,21 @@ class AccessTokenIssuer:
         self.audience = audience
         self.ttl = ttl
 
-    @property
-    def current_kid(self) -> str:
-        """The key the next token is signed with (raises ``NoSigningKey`` when none is)."""
-        return self._ring.current().kid
+    def check_ready(self) -> None:
+        """Raises ``NoSigningKey`` (503) while no key can sign: before a caller writes what a
+        token will be minted for, not after."""
+        self._ring.current()
 
     def mint(self, *, user_id: str, client_id: str, scopes: tuple[str, ...], grant_id: str,
-             jti: str | None = None, iat: int | None = None, kid: str | None = None,
-             ) -> tuple[str, AccessClaims]:
-        """A new token, or, given the ``jti``, ``iat`` and ``kid`` of one minted before with
-        the same other claims, that very token again (while ``kid`` is the current key; the
-        current key signs otherwise)."""
+             jti: str | None = None, iat: int | None = None) -> tuple[str, AccessClaims]:
+        """A new token, or, given the ``jti`` and ``iat`` of one minted before with the same
+        other claims, that very token again (while the key that signed it is still the
+        current one; the current key signs the same claims otherwise)."""
         now = int(time.time()) if iat is None else iat
-        key = self._ring.current()
-        if kid is not None and kid != key.kid:
-            older = self._ring.get(kid)
-            key = older if older is not None and older.private_key is not None else key
         claims = AccessClaims(iss=self.issuer, sub=user_id, aud=self.audience,
                               client_id=client_id, scopes=scopes, iat=now, exp=now + self.ttl,
                               jti=jti or new_jti(), grant_id=grant_id)
-        return sign(claims, key), claims
+        return sign(claims, self._ring.current()), claims
 
 
 def new_jti() -> str:

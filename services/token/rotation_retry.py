@@ -6,8 +6,8 @@ refresh tokens are stored, so only the holder of the old token can read it back:
 again within the window returns the same response, minting nothing.
 
 What is sealed (version 3) is the :class:`Successor`: the new refresh token and the access
-token's own facts (``jti``, ``iat``, the signing key's ``kid``), all chosen before the rotation's
-one statement runs, so the copy is written by that statement. The access token is signed with
+token's own facts (``jti``, ``iat``), all chosen before the rotation's one statement runs, so
+the copy is written by that statement. The access token is signed with
 deterministic ECDSA (RFC 6979), so the retry signs the same claims into the same bytes: the same
 pair. (The claims that come from the grant, ``sub`` and the scope, are read again with the
 retry; a scope the client lost meanwhile is not issued again, and a signing key rotated
@@ -46,21 +46,20 @@ class DifferentRequest(Exception):
 @dataclass(frozen=True)
 class Successor:
     """What a rotation decided before it ran: the new refresh token and its access token's
-    ``jti``, ``iat`` and signing key."""
+    ``jti`` and ``iat``."""
 
     refresh_token: str
     jti: str
     iat: int
-    kid: str
 
     def to_bytes(self) -> bytes:
-        return json.dumps([self.refresh_token, self.jti, self.iat, self.kid],
+        return json.dumps([self.refresh_token, self.jti, self.iat],
                           separators=(",", ":")).encode("utf-8")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Successor:
-        refresh_token, jti, iat, kid = json.loads(data)
-        return cls(refresh_token=str(refresh_token), jti=str(jti), iat=int(iat), kid=str(kid))
+        refresh_token, jti, iat = json.loads(data)
+        return cls(refresh_token=str(refresh_token), jti=str(jti), iat=int(iat))
 
 
 def _key(old_refresh_token: str, info: bytes) -> AESGCM:

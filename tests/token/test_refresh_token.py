@@ -22,9 +22,11 @@ from prometheus_client import REGISTRY
 
 from otesse.auth.v1 import registry_pb2_grpc, token_pb2
 from services.common import credentials
-from services.common.audit import Actor
+from services.common.audit import NOWHERE, Actor
 from services.common.settings import StoreSettings
-from services.token.keys import PgKeyStore
+from services.token.access_tokens import AccessTokenIssuer
+from services.token.grants.refresh_token import RefreshTokenGrant
+from services.token.keys import KeyRing, NoSigningKey, PgKeyStore
 from services.token.store import PgGrantStore
 from tests.token.conftest import (
     KEK,
@@ -37,6 +39,7 @@ from tests.token.conftest import (
     segments,
     tokens_for,
 )
+from tests.token.test_authorization_code import authenticated
 
 
 async def backdate_rotation(pool: asyncpg.Pool, refresh_token: str, seconds: int) -> None:
@@ -424,3 +427,29 @@ async def test_a_copy_an_earlier_release_sealed_still_answers_the_retry(
     retried = await refresh(token.http, client, first["refresh_token"])
 
     assert retried.status_code == 200 and retried.content == answered.content
+
+
+async def test_no_signing_key_is_a_503_before_anything_rotates(
+        token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client,
+        pool: asyncpg.Pool) -> None:
+    # A rotation that committed must be answered: were the token rotated first, the client's
+    # retry after the window would be taken for theft.
+    pair = await tokens_for(token, redis, redis_prefix, client)
+    settings = token.settings
+    unloaded = KeyRing(PgKeyStore(pool), kek=base64.b64decode(KEK))  # never refreshed: no key
+    grant = RefreshTokenGrant(
+        store=PgGrantStore(pool, access_token_ttl=3600),
+        access_tokens=AccessTokenIssuer(unloaded, issuer=settings.issuer,
+                                        audience=settings.audience,
+                                        ttl=settings.access_token_ttl),
+        denylist=token.components.denylist, refresh_ttl=3600,
+        retry_window=settings.refresh_retry_window)
+
+    with pytest.raises(NoSigningKey):
+        await grant.handle({"refresh_token": pair["refresh_token"]}, authenticated(client),
+                           NOWHERE)
+
+    assert await pool.fetchval(
+        "SELECT rotated_at FROM token.refresh_tokens WHERE token_hash = $1",
+        credentials.sha256(pair["refresh_token"])) is None
+    assert (await refresh(token.http, client, pair["refresh_token"])).status_code == 200

@@ -76,11 +76,13 @@ class RefreshTokenGrant(Grant[RefreshRequest]):
     async def issue(self, request: RefreshRequest, client: AuthenticatedClient,
                     origin: Origin) -> bytes:
         token_hash = credentials.sha256(request.refresh_token)
+        # A rotation that commits must be answered: no signing key, no rotation.
+        self._access_tokens.check_ready()
         # Everything the new pair needs but the grant is chosen first, so the one statement
         # that checks and rotates also stores the sealed copy (rotation_retry).
         successor = rotation_retry.Successor(
             refresh_token=credentials.new_credential(credentials.REFRESH_TOKEN_PREFIX),
-            jti=new_jti(), iat=int(time.time()), kid=self._access_tokens.current_kid)
+            jti=new_jti(), iat=int(time.time()))
         sealed = rotation_retry.seal(
             successor, old_refresh_token=request.refresh_token, old_hash=token_hash,
             requested_scopes=request.scopes) if self._retry_window else None
@@ -111,7 +113,7 @@ class RefreshTokenGrant(Grant[RefreshRequest]):
                 client: AuthenticatedClient, granted: tuple[str, ...]) -> bytes:
         access_token, _ = self._access_tokens.mint(
             user_id=user_id, client_id=client.client_id, scopes=granted, grant_id=grant_id,
-            jti=successor.jti, iat=successor.iat, kid=successor.kid)
+            jti=successor.jti, iat=successor.iat)
         return TokenResponse(access_token=access_token, refresh_token=successor.refresh_token,
                              expires_in=self._access_tokens.ttl,
                              scope=" ".join(granted)).to_json()
