@@ -2,8 +2,9 @@
 
 A grant declares its ``grant_type``; ``validate`` checks the request's parameters and raises
 before any side effect; ``issue`` consumes (a code, a refresh token), writes and answers with a
-:class:`TokenResponse` (RFC 6749 §5.1) minted by :func:`mint_pair`. ``origin`` (the client's
-address and the request id) goes into the audit events the writes record.
+:class:`TokenResponse` (RFC 6749 §5.1): a new pair from :func:`mint_pair` (the code grant), or
+the successor a rotation chose (the refresh grant). ``origin`` (the client's address and the
+request id) goes into the audit events the writes record.
 """
 
 
