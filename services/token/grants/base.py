@@ -2,9 +2,8 @@
 
 A grant declares its ``grant_type``; ``validate`` checks the request's parameters and raises
 before any side effect; ``issue`` consumes (a code, a refresh token), writes and answers with a
-:class:`TokenResponse` (RFC 6749 §5.1): a new pair from :func:`mint_pair` (the code grant), or
-the successor a rotation chose (the refresh grant). ``origin`` (the client's address and the
-request id) goes into the audit events the writes record.
+:class:`TokenResponse` (RFC 6749 §5.1) minted by :func:`mint_pair`. ``origin`` (the client's
+address and the request id) goes into the audit events the writes record.
 """
 
 
@@ -47,13 +46,16 @@ class TokenResponse:
 
 def mint_pair(issuer: AccessTokenIssuer, *, user_id: str, client_id: str,
               scopes: tuple[str, ...], grant_id: str | None = None,
-              ) -> tuple[TokenResponse, str]:
-    """A new access token and refresh token; returns the response and the grant id."""
+              refresh_token: str | None = None, jti: str | None = None,
+              iat: int | None = None) -> tuple[TokenResponse, str]:
+    """A new access token and refresh token, or the pair a rotation chose (its refresh token,
+    and its access token's ``jti`` and ``iat``: see :meth:`AccessTokenIssuer.mint`); returns
+    the response and the grant id."""
     grant_id = grant_id or str(uuid.uuid4())
     access_token, _ = issuer.mint(user_id=user_id, client_id=client_id, scopes=scopes,
-                                  grant_id=grant_id)
+                                  grant_id=grant_id, jti=jti, iat=iat)
     response = TokenResponse(access_token=access_token,
-                             refresh_token=credentials.new_credential(
+                             refresh_token=refresh_token or credentials.new_credential(
                                  credentials.REFRESH_TOKEN_PREFIX),
                              expires_in=issuer.ttl, scope=" ".join(scopes))
     return response, grant_id

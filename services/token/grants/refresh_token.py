@@ -27,7 +27,7 @@ from services.token import rotation_retry
 from services.token.access_tokens import AccessTokenIssuer, new_jti
 from services.token.client_auth import AuthenticatedClient
 from services.token.denylist import DenyList
-from services.token.grants.base import Grant, TokenResponse
+from services.token.grants.base import Grant, mint_pair
 from services.token.metrics import GRANTS_REVOKED, REFRESH_RETRIES
 from services.token.store import GrantStore, RefreshRecord, RevokedBy
 
@@ -86,10 +86,10 @@ class RefreshTokenGrant(Grant[RefreshRequest]):
         sealed = rotation_retry.seal(
             successor, old_refresh_token=request.refresh_token, old_hash=token_hash,
             requested_scopes=request.scopes) if self._retry_window else None
+        successor_hash = credentials.sha256(successor.refresh_token)
         for _attempt in range(2):
             rotation = await self._store.rotate_refresh(
-                token_hash=token_hash,
-                successor_hash=credentials.sha256(successor.refresh_token),
+                token_hash=token_hash, successor_hash=successor_hash,
                 successor_sealed=sealed, refresh_ttl=self._refresh_ttl,
                 client_id=client.client_id, allowed_scopes=client.allowed_scopes,
                 requested_scopes=request.scopes, origin=origin)
@@ -111,12 +111,11 @@ class RefreshTokenGrant(Grant[RefreshRequest]):
 
     def _answer(self, successor: rotation_retry.Successor, grant_id: str, user_id: str,
                 client: AuthenticatedClient, granted: tuple[str, ...]) -> bytes:
-        access_token, _ = self._access_tokens.mint(
-            user_id=user_id, client_id=client.client_id, scopes=granted, grant_id=grant_id,
-            jti=successor.jti, iat=successor.iat)
-        return TokenResponse(access_token=access_token, refresh_token=successor.refresh_token,
-                             expires_in=self._access_tokens.ttl,
-                             scope=" ".join(granted)).to_json()
+        response, _ = mint_pair(self._access_tokens, user_id=user_id,
+                                client_id=client.client_id, scopes=granted, grant_id=grant_id,
+                                refresh_token=successor.refresh_token, jti=successor.jti,
+                                iat=successor.iat)
+        return response.to_json()
 
     def _check(self, record: RefreshRecord | None, request: RefreshRequest,
                client: AuthenticatedClient) -> tuple[str, ...]:
