@@ -27,7 +27,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -159,8 +159,12 @@ class PrivatePostgres:
 
 
 class PrivateRedis:
-    def __init__(self, root: Path) -> None:
+    """``extra_args`` are appended to redis-server's command line (a later option overrides an
+    earlier one: ``--port 0 --tls-port …`` for a TLS-only server on :attr:`port`)."""
+
+    def __init__(self, root: Path, extra_args: Sequence[str] = ()) -> None:
         self.root = root
+        self.extra_args = tuple(extra_args)
         self.port = free_port()
         self.log = root / "redis.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -177,7 +181,7 @@ class PrivateRedis:
             self.process = subprocess.Popen(
                 [*_dies_with_us("KILL"), redis_server, "--port", str(self.port),
                  "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--maxmemory-policy", "noeviction", "--dir", str(self.root)],
+                 "--maxmemory-policy", "noeviction", "--dir", str(self.root), *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_SECONDS
         while time.monotonic() < deadline:
