@@ -25,6 +25,7 @@ from otesse.auth.v1 import registry_pb2_grpc
 from services.cli.migrate import migrate_all
 from services.common.client_changes import ClientChangeFeed
 from services.common.grpc_client import create_channel
+from services.common.redis_lean import LeanRedis
 from services.common.settings import Env, Secret, StoreSettings
 from services.registry.app import create_server as create_registry_server
 from services.registry.settings import RegistrySettings
@@ -93,6 +94,14 @@ async def redis(redis_prefix: str) -> AsyncIterator[aioredis.Redis]:
     yield client
     async for key in client.scan_iter(match=f"{redis_prefix}*", count=1000):
         await client.delete(key)
+    await client.aclose()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def lean_redis() -> AsyncIterator[LeanRedis]:
+    """The hot paths' Redis client (services.common.redis_lean), on the shared Redis."""
+    client = LeanRedis.from_url(REDIS_URL)
+    yield client
     await client.aclose()
 
 

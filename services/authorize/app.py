@@ -101,6 +101,7 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = await db.create_pool(settings.stores, application_name="otesse-authorize")
         redis = redis_client.create_redis(settings.stores)
+        lean = redis_client.create_lean(settings.stores)
         tls = settings.tls if settings.tls.enabled or \
             settings.tls.ca_file else None
         if settings.service_credentials.is_default:
@@ -126,12 +127,12 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
             clients=RegistryClients(registry, ttl_seconds=settings.client_cache_seconds,
                                     max_entries=settings.client_cache_size,
                                     changes=client_changes),
-            sessions=RedisSessionStore(redis, prefix=prefix,
+            sessions=RedisSessionStore(lean, prefix=prefix,
                                        idle_seconds=settings.session_idle_seconds,
                                        absolute_seconds=settings.session_absolute_seconds),
             users=PgUserStore(pool),
             consents=PgConsentStore(pool),
-            codes=RedisCodeStore(redis, prefix=prefix),
+            codes=RedisCodeStore(lean, prefix=prefix),
             pending=RedisPendingStore(redis, prefix=prefix),
             throttle=RedisLoginThrottle(redis, prefix=prefix, settings=settings.login),
             devices=RedisDeviceStore(redis, prefix=prefix,
@@ -151,7 +152,7 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
 
         checks: dict[str, Callable[[], Awaitable[object]]] = {
             "postgres": lambda: db.ping(pool),
-            "redis": lambda: redis_client.ping(redis),
+            "redis": lambda: redis_client.ping(redis, lean),
             "registry": registry_serving,
         }
         readiness.dependencies.update(checks)
@@ -166,6 +167,7 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
             await channel.close()
             await token_channel.close()
             await redis.aclose()
+            await lean.aclose()
             await pool.close()
 
     every_route = routes(readiness)

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
-import redis.asyncio as aioredis
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from otesse.auth.v1 import authorization_code_pb2
 from services.common import credentials
+from services.common.redis_lean import LeanRedis
 
 # RFC 6749 §4.1.2: "A maximum authorization code lifetime of 10 minutes is RECOMMENDED";
 # DESIGN §3 asks for 60 seconds.
@@ -35,7 +35,7 @@ def _timestamp(seconds: float) -> Timestamp:
 
 
 class RedisCodeStore:
-    def __init__(self, redis: aioredis.Redis, *, prefix: str) -> None:
+    def __init__(self, redis: LeanRedis, *, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
 
@@ -52,8 +52,8 @@ class RedisCodeStore:
         while True:
             code = credentials.new_authorization_code()
             # NX: a code is never written over another (a collision of 256 random bits).
-            stored = await self._redis.set(
-                credentials.authorization_code_key(self._prefix, code), value,
-                ex=CODE_TTL_SECONDS, nx=True)
-            if stored:
+            stored = await self._redis.execute(
+                b"SET", credentials.authorization_code_key(self._prefix, code), value,
+                b"EX", CODE_TTL_SECONDS, b"NX")
+            if stored is not None:
                 return code

@@ -16,9 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-import redis.asyncio as aioredis
-
 from services.common.credentials import random_urlsafe
+from services.common.redis_lean import LeanRedis
 
 _MAX_ID_LENGTH = 64
 
@@ -47,7 +46,7 @@ class SessionStore(Protocol):
 
 
 class RedisSessionStore:
-    def __init__(self, redis: aioredis.Redis, *, prefix: str, idle_seconds: int,
+    def __init__(self, redis: LeanRedis, *, prefix: str, idle_seconds: int,
                  absolute_seconds: int) -> None:
         self._redis = redis
         self._prefix = f"{prefix}authorize:session:"
@@ -66,7 +65,7 @@ class RedisSessionStore:
                           auth_time=auth_time)
         record = {"csrf": session.csrf_token, "created": session.created_at, "user": user_id,
                   "email": email, "auth_time": auth_time}
-        await self._redis.set(session.key, json.dumps(record), ex=self._idle)
+        await self._redis.execute(b"SET", session.key, json.dumps(record), b"EX", self._idle)
         return session_id, session
 
     async def get(self, *, session_id: str) -> Session | None:
@@ -74,8 +73,8 @@ class RedisSessionStore:
         if not session_id or len(session_id) > _MAX_ID_LENGTH:
             return None
         key = self._key(session_id)
-        raw = await self._redis.getex(key, ex=self._idle)
-        if raw is None:
+        raw = await self._redis.execute(b"GETEX", key, b"EX", self._idle)
+        if not isinstance(raw, bytes):
             return None
         try:
             record = json.loads(raw)
@@ -86,9 +85,9 @@ class RedisSessionStore:
         except (ValueError, KeyError, TypeError):
             created, session = 0.0, None  # unreadable: as good as absent
         if session is None or time.time() >= created + self._absolute:
-            await self._redis.delete(key)
+            await self._redis.execute(b"DEL", key)
             return None
         return session
 
     async def delete(self, *, session_id: str) -> None:
-        await self._redis.delete(self._key(session_id))
+        await self._redis.execute(b"DEL", self._key(session_id))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from redis.maint_notifications import MaintNotificationsConfig
 
+from services.common.redis_lean import LeanRedis
 from services.common.settings import StoreSettings
 
 
@@ -33,6 +34,14 @@ def create_redis(settings: StoreSettings, *, max_connections: int = 64) -> aiore
     )
 
 
-async def ping(client: aioredis.Redis) -> None:
-    """Raises when Redis does not answer."""
+def create_lean(settings: StoreSettings, *, max_connections: int = 64) -> LeanRedis:
+    """The hot paths' client (:mod:`services.common.redis_lean`), with the same timeouts."""
+    return LeanRedis.from_url(settings.redis_url.value, max_connections=max_connections,
+                              connect_timeout=1.0, timeout=2.0)
+
+
+async def ping(client: aioredis.Redis, *others: LeanRedis) -> None:
+    """Raises when Redis does not answer, on any of the service's clients."""
     await client.ping()
+    for other in others:
+        await other.ping()

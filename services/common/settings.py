@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import TypedDict, TypeVar
 from urllib.parse import urlsplit
 
+from services.common.redis_lean import Endpoint
+
 T = TypeVar("T")
 
 
@@ -155,9 +157,15 @@ class StoreSettings:
     @classmethod
     def from_env(cls, env: Env) -> StoreSettings:
         prefix = env.text("OTESSE_REDIS_PREFIX", "otesse:")
+        redis_url = env.secret("OTESSE_REDIS_URL", DEFAULT_REDIS_URL)
+        try:
+            Endpoint.from_url(redis_url.value)
+        except ValueError as exc:
+            # The message names what is wrong, never the URL (it may hold the password).
+            raise ConfigError(f"OTESSE_REDIS_URL: {exc}") from None
         return cls(
             database_url=env.secret("OTESSE_DATABASE_URL", DEFAULT_DATABASE_URL),
-            redis_url=env.secret("OTESSE_REDIS_URL", DEFAULT_REDIS_URL),
+            redis_url=redis_url,
             redis_prefix=prefix,
             db_pool_min=env.integer("OTESSE_DB_POOL_MIN", 2, minimum=0),
             db_pool_max=env.integer("OTESSE_DB_POOL_MAX", 10, minimum=1),

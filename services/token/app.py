@@ -54,6 +54,7 @@ from services.common.http import (
     oauth_error_response,
 )
 from services.common.ratelimit import RateLimiter
+from services.common.redis_lean import LeanRedis
 from services.common.service_auth import DEV_CREDENTIAL_WARNING, AccessPolicyInterceptor
 from services.token.access_tokens import AccessTokenIssuer
 from services.token.client_auth import ClientAuthenticator
@@ -99,12 +100,12 @@ class TokenComponents:
 
 
 def build_components(settings: TokenSettings, *, pool: asyncpg.Pool, redis: aioredis.Redis,
-                     registry: registry_pb2_grpc.ClientRegistryAsyncStub,
+                     lean: LeanRedis, registry: registry_pb2_grpc.ClientRegistryAsyncStub,
                      client_changes: ClientChanges) -> TokenComponents:
     ring = KeyRing(PgKeyStore(pool), kek=settings.kek_bytes)
     store = PgGrantStore(pool, access_token_ttl=settings.access_token_ttl)
     revocation_log = RevocationLog(pool)
-    denylist = DenyList(redis, redis_prefix=settings.stores.redis_prefix,
+    denylist = DenyList(redis, reader=lean, redis_prefix=settings.stores.redis_prefix,
                         access_token_ttl=settings.access_token_ttl,
                         source=store.live_revocations, record=store.is_revoked)
     issuer = AccessTokenIssuer(ring, issuer=settings.issuer, audience=settings.audience,
@@ -121,7 +122,7 @@ def build_components(settings: TokenSettings, *, pool: asyncpg.Pool, redis: aior
                               failed_open=RATE_LIMIT_FAIL_OPEN)
         budget = ClientBudget(limiter, settings.rate_per_client)
     grants: list[Grant[Any]] = [
-        AuthorizationCodeGrant(redis=redis, redis_prefix=settings.stores.redis_prefix,
+        AuthorizationCodeGrant(redis=lean, redis_prefix=settings.stores.redis_prefix,
                                store=store, access_tokens=issuer, denylist=denylist,
                                refresh_ttl=settings.refresh_token_ttl),
         RefreshTokenGrant(store=store, access_tokens=issuer, denylist=denylist,
@@ -200,13 +201,14 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
                                     session={"otesse.access_token_ttl":
                                              str(settings.access_token_ttl)})
         redis = redis_client.create_redis(settings.stores)
+        lean = redis_client.create_lean(settings.stores)
         channel = create_channel(settings.registry_addr, services=(REGISTRY_SERVICE,),
                                  tls=settings.tls)
         client_changes = ClientChangeFeed(settings.stores.database_url.value,
                                           application_name="otesse-token-client-changes")
         listener = asyncio.create_task(client_changes.run())
         components = build_components(
-            settings, pool=pool, redis=redis,
+            settings, pool=pool, redis=redis, lean=lean,
             registry=registry_pb2_grpc.ClientRegistryStub(channel),
             client_changes=client_changes)
         ring = components.ring
@@ -239,7 +241,7 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
             ring.current()
 
         readiness.dependencies.update({"postgres": lambda: db.ping(pool),
-                                       "redis": lambda: redis_client.ping(redis),
+                                       "redis": lambda: redis_client.ping(redis, lean),
                                        "registry": registry_ready})
         readiness.checks["signing_keys"] = keys_ready
         log.info("token serving", extra={"grpc_port": server.port})
@@ -255,6 +257,7 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
                     await task
             await channel.close()
             await redis.aclose()
+            await lean.aclose()
             await pool.close()
 
     def components(request: Request) -> TokenComponents:

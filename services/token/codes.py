@@ -17,9 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import redis.asyncio as aioredis
-
 from services.common import credentials
+from services.common.redis_lean import LeanRedis
 
 # A code lives 60 s (DESIGN §3); its marker as long again after the exchange, so a replay
 # within the code's lifetime is always recognised, however late in it the first use came.
@@ -47,16 +46,15 @@ class Consumed:
 
 
 class CodeConsumer:
-    def __init__(self, redis: aioredis.Redis, *, redis_prefix: str) -> None:
+    def __init__(self, redis: LeanRedis, *, redis_prefix: str) -> None:
         self._prefix = redis_prefix
-        self._script = redis.register_script(_CONSUME)
+        self._script = redis.script(_CONSUME)
 
     async def consume(self, code: str) -> Consumed:
         raw = await self._script(keys=[credentials.authorization_code_key(self._prefix, code)],
                                  args=[USED_MARKER, MARKER_SECONDS])
-        if raw is None:
+        if not isinstance(raw, bytes):
             return Consumed("unknown")
-        value = raw if isinstance(raw, bytes) else str(raw).encode("latin-1")
-        if value == USED_MARKER:
+        if raw == USED_MARKER:
             return Consumed("used")
-        return Consumed("taken", value)
+        return Consumed("taken", raw)

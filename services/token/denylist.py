@@ -43,6 +43,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from services.common.redis_lean import LeanRedis, Reply
 from services.token.metrics import DENYLIST_FALLBACKS, DENYLIST_REBUILDS
 from services.token.revocations import Revocations
 from services.token.settings import CLOCK_SKEW_SECONDS
@@ -72,9 +73,13 @@ class RevocationRecord(Protocol):
 
 
 class DenyList:
-    def __init__(self, redis: aioredis.Redis, *, redis_prefix: str, access_token_ttl: int,
-                 source: RevocationSource, record: RevocationRecord) -> None:
+    def __init__(self, redis: aioredis.Redis, *, reader: LeanRedis, redis_prefix: str,
+                 access_token_ttl: int, source: RevocationSource,
+                 record: RevocationRecord) -> None:
         self._redis = redis
+        # The check, once per validation, goes through the hot paths' client; the writes
+        # (pipelines, a transaction) through redis-py.
+        self._reader = reader
         self._base = f"{redis_prefix}token:deny:"
         self._marker = f"{self._base}complete"
         self._grant_life = access_token_ttl + CLOCK_SKEW_SECONDS
@@ -117,14 +122,20 @@ class DenyList:
         raises that error (nothing can tell the answer then)."""
         keys = [self._jti_key(jti), self._grant_key(grant_id), self._marker]
         async with asyncio.timeout(REDIS_TIMEOUT_SECONDS):
-            token_mark, grant_mark, marker = await self._redis.mget(keys)
+            token_mark, grant_mark, marker = await self._mget(keys)
         if marker is None:
             await self.rebuild()
             async with asyncio.timeout(REDIS_TIMEOUT_SECONDS):
-                token_mark, grant_mark, marker = await self._redis.mget(keys)
+                token_mark, grant_mark, marker = await self._mget(keys)
             if marker is None:
                 return None  # emptied again meanwhile: ask the record this time
         return token_mark is not None or grant_mark is not None
+
+    async def _mget(self, keys: list[str]) -> list[Reply]:
+        values = await self._reader.execute(b"MGET", *keys)
+        if not isinstance(values, list) or len(values) != len(keys):
+            raise RedisError("MGET answered with something other than one value per key")
+        return values
 
     async def rebuild(self) -> None:
         async with self._rebuilding:

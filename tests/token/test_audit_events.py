@@ -27,6 +27,7 @@ from otesse.auth.v1 import token_pb2, token_pb2_grpc
 from services.common import audit, credentials
 from services.common.audit import NOWHERE, Actor, Origin
 from services.common.grpc_client import create_channel
+from services.common.redis_lean import LeanRedis
 from services.common.settings import StoreSettings
 from services.token.access_tokens import AccessTokenIssuer
 from services.token.grants.refresh_token import RefreshTokenGrant
@@ -333,13 +334,14 @@ async def test_an_address_behind_an_untrusted_peer_is_the_peer(
 
 async def test_an_exchange_and_a_refresh_send_no_statement_more_than_before(
         token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client,
+        lean_redis: LeanRedis,
         pool: asyncpg.Pool) -> None:
     counting = CountingPool(pool)
     store = PgGrantStore(cast(asyncpg.Pool, counting), access_token_ttl=3600)
     rid = fresh_request_id()
     origin = Origin(ip=USER_IP, request_id=rid)
     code = await issue_code(redis, redis_prefix, client)
-    body = json.loads(await grant_over(token, redis, redis_prefix, store).handle(
+    body = json.loads(await grant_over(token, lean_redis, redis_prefix, store).handle(
         {"code": code, "redirect_uri": REDIRECT_URI}, authenticated(client), origin))
     # The grant, its refresh token and its event: one statement.
     assert counting.statements == 1

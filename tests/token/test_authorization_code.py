@@ -18,6 +18,7 @@ from otesse.auth.v1 import registry_pb2_grpc, token_pb2
 from services.common import credentials
 from services.common.audit import NOWHERE
 from services.common.errors import InvalidGrant
+from services.common.redis_lean import LeanRedis
 from services.token.access_tokens import AccessTokenIssuer
 from services.token.client_auth import AuthenticatedClient
 from services.token.codes import MARKER_SECONDS, USED_MARKER
@@ -215,13 +216,13 @@ class HeldExchange(PgGrantStore):
             await self.release.wait()
 
 
-def grant_over(token: TokenService, redis: aioredis.Redis, redis_prefix: str,
+def grant_over(token: TokenService, lean: LeanRedis, redis_prefix: str,
                store: GrantStore) -> AuthorizationCodeGrant:
     """The service's own grant type and stores, with ``store`` for the grants."""
     settings = token.settings
     issuer = AccessTokenIssuer(token.components.ring, issuer=settings.issuer,
                                audience=settings.audience, ttl=settings.access_token_ttl)
-    return AuthorizationCodeGrant(redis=redis, redis_prefix=redis_prefix, store=store,
+    return AuthorizationCodeGrant(redis=lean, redis_prefix=redis_prefix, store=store,
                                   access_tokens=issuer, denylist=token.components.denylist,
                                   refresh_ttl=settings.refresh_token_ttl)
 
@@ -244,10 +245,11 @@ async def waiting_on_a_row_lock(pool: asyncpg.Pool, timeout: float = 10.0) -> bo
 
 async def test_a_replay_during_the_first_exchange_waits_for_its_commit_and_revokes_it(
         token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client,
+        lean_redis: LeanRedis,
         pool: asyncpg.Pool) -> None:
     store = HeldExchange(pool, hold="before_commit")
     code = await issue_code(redis, redis_prefix, client)
-    first = asyncio.create_task(grant_over(token, redis, redis_prefix, store).handle(
+    first = asyncio.create_task(grant_over(token, lean_redis, redis_prefix, store).handle(
         {"code": code, "redirect_uri": REDIRECT_URI}, authenticated(client), NOWHERE))
     try:
         await asyncio.wait_for(store.reached.wait(), 10)
@@ -273,11 +275,12 @@ async def test_a_replay_during_the_first_exchange_waits_for_its_commit_and_revok
 
 async def test_a_replay_before_the_first_exchange_writes_makes_it_issue_nothing(
         token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client,
+        lean_redis: LeanRedis,
         pool: asyncpg.Pool) -> None:
     store = HeldExchange(pool, hold="before_insert")
     user_id = f"user-{credentials.random_urlsafe(6)}"
     code = await issue_code(redis, redis_prefix, client, user_id=user_id)
-    first = asyncio.create_task(grant_over(token, redis, redis_prefix, store).handle(
+    first = asyncio.create_task(grant_over(token, lean_redis, redis_prefix, store).handle(
         {"code": code, "redirect_uri": REDIRECT_URI}, authenticated(client), NOWHERE))
     try:
         await asyncio.wait_for(store.reached.wait(), 10)
@@ -324,9 +327,10 @@ async def test_a_tombstone_is_never_denied_nor_kept_past_purge(
 @pytest.mark.parametrize("presented", ["never_issued", "expired"], ids=["never issued", "expired"])
 async def test_a_junk_or_expired_code_costs_no_postgres_and_no_wait(
         token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client,
+        lean_redis: LeanRedis,
         pool: asyncpg.Pool, presented: str) -> None:
     counting = CountingPool(pool)
-    grant = grant_over(token, redis, redis_prefix,
+    grant = grant_over(token, lean_redis, redis_prefix,
                        PgGrantStore(cast(asyncpg.Pool, counting), access_token_ttl=3600))
     codes = []
     for _ in range(25):

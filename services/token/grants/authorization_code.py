@@ -21,13 +21,13 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from google.protobuf.message import DecodeError
 
 from otesse.auth.v1.authorization_code_pb2 import AuthorizationCodeRecord
 from services.common import credentials
 from services.common.audit import Origin
 from services.common.errors import InvalidGrant, InvalidRequest
+from services.common.redis_lean import LeanRedis
 from services.token import pkce
 from services.token.access_tokens import AccessTokenIssuer
 from services.token.client_auth import AuthenticatedClient
@@ -52,7 +52,7 @@ class CodeRequest:
 class AuthorizationCodeGrant(Grant[CodeRequest]):
     grant_type = "authorization_code"
 
-    def __init__(self, *, redis: aioredis.Redis, redis_prefix: str, store: GrantStore,
+    def __init__(self, *, redis: LeanRedis, redis_prefix: str, store: GrantStore,
                  access_tokens: AccessTokenIssuer, denylist: DenyList, refresh_ttl: int) -> None:
         self._codes = CodeConsumer(redis, redis_prefix=redis_prefix)
         self._store = store
