@@ -15,6 +15,7 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
@@ -30,6 +31,9 @@ from services.common.settings import Env, Secret, StoreSettings
 from services.registry.app import create_server as create_registry_server
 from services.registry.settings import RegistrySettings
 from tests.callers import as_service
+
+if TYPE_CHECKING:
+    from tests.faults.stores import PrivateRedis
 
 ADMIN_URL = os.environ.get("OTESSE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("OTESSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -95,6 +99,20 @@ async def redis(redis_prefix: str) -> AsyncIterator[aioredis.Redis]:
     async for key in client.scan_iter(match=f"{redis_prefix}*", count=1000):
         await client.delete(key)
     await client.aclose()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of the test's own (tests/faults/stores.py), which it may pause, kill
+    and restart; killed afterwards."""
+    from tests.faults.stores import PrivateRedis  # it imports this module
+
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
 
 
 @pytest_asyncio.fixture(scope="session")

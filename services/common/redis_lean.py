@@ -1,11 +1,12 @@
 """A lean Redis client for the hot paths: one command, one round trip, little Python around it.
 
-redis-py spends about 60 µs of CPU around every command under load here (its pool, retry and
-observability layers, ``asyncio.wait_for``, a stream reader), against about 8 µs for the same
-``GETEX`` sent and parsed by a bare protocol (bench/README.md, "A lean Redis client"). The
-authorization endpoint sends two commands per request and the code exchange one, so the paths
-that run once per request use this client; everything else keeps redis-py
-(:mod:`services.common.redis_client`), whose pipelines and transactions this does not offer.
+redis-py spends 62–65 µs of CPU around every command under load here (its pool, retry and
+observability layers, ``asyncio.wait_for``, a stream reader), this client 13–16 µs
+(``python -m bench.redis_clients``; bench/README.md, "a lean Redis client on the hot paths").
+The authorization endpoint sends two commands per request, the code exchange and every token
+validation one, so the commands that run once per request use this client; everything else
+keeps redis-py (:mod:`services.common.redis_client`), whose pipelines and transactions this
+does not offer.
 
 What it does:
 

@@ -5,27 +5,13 @@ restart succeeds (nothing is sent twice: the command never left on the dead conn
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
-
-import pytest
 
 from services.common.redis_client import create_redis
 from services.common.settings import Env, Secret, StoreSettings
 from tests.faults.stores import PrivateRedis
 
 CONNECTIONS = 8
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 async def test_connections_pooled_before_a_restart_are_replaced_not_used(

@@ -63,16 +63,6 @@ async def prefix() -> AsyncIterator[str]:
                 break
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
 def private_url(server: PrivateRedis, *, auth: str = "", db: int = 0, scheme: str = "redis",
                 host: str = "127.0.0.1") -> str:
     return f"{scheme}://{auth + '@' if auth else ''}{host}:{server.port}/{db}"
