@@ -11,6 +11,11 @@ before forwarding, and charges it only when the token service says the client fa
 Keys are ``<prefix><service>:rate:<limit>:<sha256 of the subject>`` and always expire, once
 the bucket would be full again.
 
+Each check is one ``EVALSHA`` through the lean client (:mod:`services.common.redis_lean`): with
+the limits on, as in production, every token request is checked twice (its address at the
+gateway, its client in the token service), and redis-py's layers cost about 50 µs of CPU more
+per command than the script itself (bench/README.md, issue #13).
+
 Redis being slow or down must not take a service down: the check fails open (the request goes
 through), the outage is logged once when it starts and once when it ends, every request let
 through unchecked is counted, and after a failure Redis is not asked again for a second, so an
@@ -26,10 +31,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from prometheus_client import Counter
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
+from services.common.redis_lean import LeanRedis
 from services.common.settings import ConfigError
 
 # KEYS: bucket keys. ARGV: count, refill per second, "1" to take or "0" to only check, for each
@@ -118,9 +123,9 @@ ALLOWED = Decision(allowed=True)
 class RateLimiter:
     """Token buckets of one service (``service`` names its keys and its log)."""
 
-    def __init__(self, redis: aioredis.Redis, *, prefix: str, service: str, timeout: float,
+    def __init__(self, redis: LeanRedis, *, prefix: str, service: str, timeout: float,
                  limited: Counter, failed_open: Counter) -> None:
-        self._script = redis.register_script(_TOKEN_BUCKET)
+        self._script = redis.script(_TOKEN_BUCKET)
         self._prefix = f"{prefix}{service}:rate:"
         self._timeout = timeout
         self._limited = limited
@@ -153,11 +158,15 @@ class RateLimiter:
         if self._failing:
             self._failing = False
             self._log.info("rate limiting resumed: Redis answers again")
-        if int(result[0]) == 1:
-            return ALLOWED
-        limited = buckets[int(result[2]) - 1].name
-        self._limited.labels(limited).inc()
-        return Decision(allowed=False, retry_after=float(result[1]), limit=limited)
+        match result:
+            case [1]:
+                return ALLOWED
+            case [0, bytes() as wait, int() as empty] if 0 < empty <= len(buckets):
+                limited = buckets[empty - 1].name
+                self._limited.labels(limited).inc()
+                return Decision(allowed=False, retry_after=float(wait), limit=limited)
+        # Not the script's answer (another server on Redis' address?): as if Redis were down.
+        return self._fail_open(ResponseError("the rate-limit script's answer is malformed"))
 
     def _fail_open(self, exc: Exception) -> Decision:
         self._failed_open.inc()

@@ -4,9 +4,10 @@ redis-py spends 62–65 µs of CPU around every command under load here (its poo
 observability layers, ``asyncio.wait_for``, a stream reader), this client 13–16 µs
 (``python -m bench.redis_clients``; bench/README.md, "a lean Redis client on the hot paths").
 The authorization endpoint sends two commands per request, the code exchange and every token
-validation one, so the commands that run once per request use this client; everything else
-keeps redis-py (:mod:`services.common.redis_client`), whose pipelines and transactions this
-does not offer.
+validation one, and with the rate limits on every token request is checked at the gateway and
+in the token service, so the commands that run once per request (and the rate limits'
+script) use this client; everything else keeps redis-py (:mod:`services.common.redis_client`),
+whose pipelines and transactions this does not offer.
 
 What it does:
 
@@ -41,7 +42,7 @@ from urllib.parse import unquote, urlsplit
 
 import redis.exceptions
 
-Arg = bytes | str | int
+Arg = bytes | str | int | float
 Reply = bytes | int | None | list["Reply"]
 
 DEFAULT_PORT = 6379
@@ -98,6 +99,9 @@ def pack(args: Sequence[Arg]) -> bytes:
             arg = arg.encode("utf-8")
         elif isinstance(arg, int):
             arg = b"%d" % arg
+        elif isinstance(arg, float):
+            # As redis-py sends it: the shortest repr that reads back as the same float.
+            arg = repr(arg).encode("ascii")
         out.append(b"$%d\r\n" % len(arg))
         out.append(arg)
         out.append(_CRLF)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 
-import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,7 +35,8 @@ from services.common.connection_limits import ConnectionLimits
 from services.common.http import Readiness, RequestContextMiddleware, health_routes
 from services.common.log import request_id_var
 from services.common.ratelimit import Bucket, RateLimiter
-from services.common.redis_client import create_redis
+from services.common.redis_client import create_lean
+from services.common.redis_lean import LeanRedis
 from services.gateway import forwarded, hop_by_hop, routing
 from services.gateway.body import BodyBudget, ClientDisconnected, RequestBody
 from services.gateway.errors import (
@@ -77,7 +77,7 @@ class GatewayApp:
             UpstreamOptions(connect_timeout=settings.connect_timeout,
                             timeout=settings.upstream_timeout,
                             max_connections=settings.upstream_max_connections))
-        self._redis: aioredis.Redis | None = None
+        self._redis: LeanRedis | None = None
         self._limiter: RateLimiter | None = None
         self._in_flight = InFlight(settings.max_requests_per_ip)
         self._uploads = BodyBudget(settings.upload_buffer_bytes)
@@ -110,7 +110,7 @@ class GatewayApp:
 
     async def _startup(self) -> None:
         self._upstreams.open()
-        self._redis = create_redis(self._settings.stores)
+        self._redis = create_lean(self._settings.stores)
         self._limiter = RateLimiter(self._redis, prefix=self._settings.stores.redis_prefix,
                                     service="gateway", timeout=self._settings.rate_redis_timeout,
                                     limited=RATE_LIMITED, failed_open=RATE_LIMIT_FAIL_OPEN)

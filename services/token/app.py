@@ -117,7 +117,7 @@ def build_components(settings: TokenSettings, *, pool: asyncpg.Pool, redis: aior
                                         changes=client_changes)
     budget = None
     if settings.rate_per_client is not None:
-        limiter = RateLimiter(redis, prefix=settings.stores.redis_prefix, service="token",
+        limiter = RateLimiter(lean, prefix=settings.stores.redis_prefix, service="token",
                               timeout=settings.rate_redis_timeout, limited=RATE_LIMITED,
                               failed_open=RATE_LIMIT_FAIL_OPEN)
         budget = ClientBudget(limiter, settings.rate_per_client)

@@ -10,14 +10,19 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from prometheus_client import Counter
+from prometheus_client import REGISTRY, Counter
 
 from services.common.ratelimit import Bucket, RateLimit, RateLimiter
+from services.common.redis_lean import LeanRedis
 from services.common.settings import ConfigError
 from tests.conftest import REDIS_URL
 
 LIMITED = Counter("otesse_test_rate_limited_total", "Test.", ["limit"])
 FAILED_OPEN = Counter("otesse_test_rate_limit_fail_open_total", "Test.")
+
+
+def unchecked() -> float:
+    return REGISTRY.get_sample_value("otesse_test_rate_limit_fail_open_total") or 0.0
 
 
 @pytest_asyncio.fixture
@@ -27,7 +32,7 @@ async def client() -> AsyncIterator[aioredis.Redis]:
     await redis.aclose()
 
 
-def limiter(redis: aioredis.Redis, prefix: str, service: str = "test") -> RateLimiter:
+def limiter(redis: LeanRedis, prefix: str, service: str = "test") -> RateLimiter:
     return RateLimiter(redis, prefix=prefix, service=service, timeout=5.0, limited=LIMITED,
                        failed_open=FAILED_OPEN)
 
@@ -37,19 +42,18 @@ def prefix(redis_prefix: str) -> str:
     return f"{redis_prefix}rl{secrets.token_hex(4)}:"
 
 
-async def test_concurrent_requests_never_exceed_the_limit(client: aioredis.Redis,
+async def test_concurrent_requests_never_exceed_the_limit(lean_redis: LeanRedis,
                                                           prefix: str) -> None:
     """The check-and-take is atomic: 50 simultaneous requests on a 10-request bucket → 10."""
     buckets = [Bucket("token_ip", "198.51.100.9", RateLimit(10, 3600))]
-    decisions = await asyncio.gather(*(limiter(client, prefix).take(buckets)
+    decisions = await asyncio.gather(*(limiter(lean_redis, prefix).take(buckets)
                                        for _ in range(50)))
     assert sum(d.allowed for d in decisions) == 10
     assert {d.limit for d in decisions if not d.allowed} == {"token_ip"}
 
 
-async def test_a_denied_request_takes_from_no_bucket(client: aioredis.Redis,
-                                                     prefix: str) -> None:
-    limits = limiter(client, prefix)
+async def test_a_denied_request_takes_from_no_bucket(lean_redis: LeanRedis, prefix: str) -> None:
+    limits = limiter(lean_redis, prefix)
     per_ip = Bucket("token_ip", "198.51.100.10", RateLimit(2, 3600))
     per_client = Bucket("token_client", "otesse_ci_x", RateLimit(1, 3600))
     assert (await limits.take([per_ip, per_client])).allowed
@@ -60,8 +64,8 @@ async def test_a_denied_request_takes_from_no_bucket(client: aioredis.Redis,
 
 
 async def test_a_checked_bucket_refuses_when_empty_and_is_never_taken_from(
-        client: aioredis.Redis, prefix: str) -> None:
-    limits = limiter(client, prefix)
+        lean_redis: LeanRedis, client: aioredis.Redis, prefix: str) -> None:
+    limits = limiter(lean_redis, prefix)
     failures = RateLimit(2, 3600)
     checked = Bucket("client_auth_failures_ip", "198.51.100.11", failures, take=False)
     per_ip = Bucket("token_ip", "198.51.100.11", RateLimit(100, 3600))
@@ -79,12 +83,12 @@ async def test_a_checked_bucket_refuses_when_empty_and_is_never_taken_from(
     assert tokens is not None and float(tokens) == pytest.approx(95, abs=0.1)
 
 
-async def test_keys_are_per_service_hashed_and_always_expire(client: aioredis.Redis,
-                                                             prefix: str) -> None:
+async def test_keys_are_per_service_hashed_and_always_expire(
+        lean_redis: LeanRedis, client: aioredis.Redis, prefix: str) -> None:
     subject = "otesse_ci_" + "x" * 500
-    await limiter(client, prefix, "token").take([Bucket("token_client", subject,
+    await limiter(lean_redis, prefix, "token").take([Bucket("token_client", subject,
                                                         RateLimit(600, 60))])
-    await limiter(client, prefix, "gateway").take([Bucket("token_ip", "192.0.2.1",
+    await limiter(lean_redis, prefix, "gateway").take([Bucket("token_ip", "192.0.2.1",
                                                           RateLimit(30, 60))])
     keys = sorted([key.decode() async for key in client.scan_iter(match=f"{prefix}*")])
     assert [key.removeprefix(prefix).rsplit(":", 1)[0] for key in keys] == [
@@ -93,6 +97,33 @@ async def test_keys_are_per_service_hashed_and_always_expire(client: aioredis.Re
     assert all(len(key.rsplit(":", 1)[1]) == 32 for key in keys)
     for key in keys:
         assert 0 < await client.pttl(key) <= 61_000
+
+
+async def test_an_answer_that_is_not_the_scripts_fails_open_and_is_counted(
+        prefix: str) -> None:
+    """Whatever sits at Redis' address, a reply the script cannot give lets the request through,
+    counted as unchecked, and is not taken for a refusal."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        while await reader.read(65536):
+            writer.write(b"+OK\r\n")
+
+    server = await asyncio.start_server(answer_ok, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    odd = LeanRedis.from_url(f"redis://127.0.0.1:{port}/0")
+    before = unchecked()
+    try:
+        decision = await limiter(odd, prefix).take(
+            [Bucket("token_ip", "198.51.100.12", RateLimit(1, 3600))])
+    finally:
+        await odd.aclose()
+        server.close()
+        for writer in writers:
+            writer.transport.abort()
+    assert decision.allowed
+    assert unchecked() - before == 1
 
 
 @pytest.mark.parametrize(("raw", "expected"), [

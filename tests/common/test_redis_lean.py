@@ -166,6 +166,8 @@ async def test_a_one_mebibyte_value_arrives_whole(prefix: str) -> None:
 def test_pack_sends_every_argument_as_a_bulk_string_of_its_utf8_bytes() -> None:
     assert pack([b"SET", "k", 5]) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n5\r\n"
     assert pack(["é", b"", -1]) == b"*3\r\n$2\r\n\xc3\xa9\r\n$0\r\n\r\n$2\r\n-1\r\n"
+    # A float as redis-py sends it: its shortest repr, which Lua's tonumber reads back exactly.
+    assert pack([1 / 3, 2.0]) == b"*2\r\n$18\r\n0.3333333333333333\r\n$3\r\n2.0\r\n"
 
 
 # --- parse ----------------------------------------------------------------------------------

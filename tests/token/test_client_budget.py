@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from otesse.auth.v1 import registry_pb2_grpc
 from services.common.ratelimit import RateLimit, RateLimiter
+from services.common.redis_lean import LeanRedis
 from services.common.settings import StoreSettings
 from services.token.client_auth import AuthenticatedClient
 from services.token.client_budget import ClientBudget
@@ -158,7 +159,7 @@ async def test_redis_unanswering_fails_open_and_is_counted(redis_prefix: str) ->
 
     server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    hung = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0")
+    hung = LeanRedis.from_url(f"redis://127.0.0.1:{port}/0")
     budget = ClientBudget(RateLimiter(hung, prefix=redis_prefix, service="token", timeout=0.1,
                                       limited=RATE_LIMITED, failed_open=RATE_LIMIT_FAIL_OPEN),
                           RateLimit(1, 60))
