@@ -35,6 +35,13 @@ def add_load_arguments(parser: argparse.ArgumentParser, *, requests: int, concur
                         help="requests before each measurement (default N/10, at least C)")
 
 
+def add_limits_argument(parser: argparse.ArgumentParser) -> None:
+    """``--limits``: the stack's rate limits on (:data:`bench.stack.RATE_LIMIT_VARIABLES`)."""
+    parser.add_argument("--limits", action="store_true",
+                        help="run Otesse with its rate limits on, as in production (every "
+                             "check made, with bounds no run reaches); default off")
+
+
 def warmup(args: argparse.Namespace) -> int:
     """The warm-up requests: ``--warmup``, else a tenth of the requests but at least one per
     worker, so every connection is open before anything is measured."""

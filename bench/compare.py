@@ -453,6 +453,14 @@ def _on(venv: Path) -> str:
     return "" if venv.resolve() == (ROOT / ".venv").resolve() else f" on {venv.name}"
 
 
+def contender_name(ref: str | None, venv: Path, *, taken: str | None = None) -> str:
+    """How the report names Otesse as of ``ref`` (None: the working tree) on ``venv``; a name
+    already ``taken`` (an A/A run: the same code on the same interpreter, to see the noise) is
+    told apart, so the rounds of one are never counted as the other's."""
+    name = (f"Otesse @ {baseline.describe(ref)}" if ref else "Otesse") + _on(venv)
+    return f"{name} (baseline)" if name == taken else name
+
+
 def interpreter(venv: Path = ROOT / ".venv") -> str:
     """The Python the services run on (the stack's ``.venv``) and its configure flags: an
     optimized build (PGO, LTO; the official image's) runs the same code measurably faster. A
@@ -476,10 +484,12 @@ def interpreter(venv: Path = ROOT / ".venv") -> str:
 
 @contextlib.asynccontextmanager
 async def _otesse(name: str, root: Path, database_url: str, redis_url: str,
-                  redis_prefix: str, log_path: Path) -> AsyncIterator[Contender]:
+                  redis_prefix: str, log_path: Path, *,
+                  limits: bool) -> AsyncIterator[Contender]:
     """Otesse's stack from the source tree ``root``, signed in and consented, as a contender."""
     async with running_stack(database_url=database_url, redis_url=redis_url,
-                             log_path=log_path, root=root, redis_prefix=redis_prefix) as stack:
+                             log_path=log_path, root=root, redis_prefix=redis_prefix,
+                             limits=limits) as stack:
         async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30.0) as browser:
             await flow.sign_in_and_consent(browser, person=stack.person, app=stack.app)
             session = flow.session_cookie(browser)
@@ -511,6 +521,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                              ".venv; make bench-venv makes .venv-bench on Debian's python3)")
     parser.add_argument("--baseline-venv", type=Path, default=ROOT / ".venv", metavar="PATH",
                         help="the virtualenv the baseline's services run on (default .venv)")
+    command.add_limits_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     command.add_store_arguments(parser, database="Otesse's database")
     args = parser.parse_args(argv)
@@ -547,9 +558,10 @@ async def main(argv: list[str]) -> int:
             candidate = (exits.enter_context(baseline.checkout(args.candidate, args.venv))
                          if args.candidate else ROOT)
             contenders = [await exits.enter_async_context(_otesse(
-                (f"Otesse @ {baseline.describe(args.candidate)}" if args.candidate else "Otesse")
-                + _on(args.venv), candidate, f"{args.database_url}_{run}", args.redis_url,
-                f"{REDIS_PREFIX[:-1]}-{run}:", RESULTS / "stack.log"))]
+                contender_name(args.candidate, args.venv), candidate,
+                f"{args.database_url}_{run}", args.redis_url,
+                f"{REDIS_PREFIX[:-1]}-{run}:", RESULTS / "stack.log",
+                limits=args.limits))]
             synchronous_commit = await durable_commits(f"{args.database_url}_{run}")
             command.say(f"bench-peer: Postgres synchronous_commit = {synchronous_commit}: every "
                 "refresh token Otesse answers is on disk first", quiet=quiet)
@@ -557,10 +569,11 @@ async def main(argv: list[str]) -> int:
                 root = exits.enter_context(baseline.checkout(args.baseline,
                                                              args.baseline_venv))
                 contenders.append(await exits.enter_async_context(_otesse(
-                    f"Otesse @ {baseline.describe(args.baseline)}" + _on(args.baseline_venv),
-                    root,
+                    contender_name(args.baseline, args.baseline_venv,
+                                   taken=contenders[0].name), root,
                     f"{args.database_url}_{BASELINE}_{run}", args.redis_url,
-                    f"{REDIS_PREFIX[:-1]}-{BASELINE}-{run}:", RESULTS / "stack-baseline.log")))
+                    f"{REDIS_PREFIX[:-1]}-{BASELINE}-{run}:", RESULTS / "stack-baseline.log",
+                    limits=args.limits)))
             for storage in storages:
                 peer = await exits.enter_async_context(running_reference(
                     storage, redis_url=args.redis_url, prefix=f"{PEER_PREFIX[:-1]}-{run}:",
@@ -604,7 +617,8 @@ async def main(argv: list[str]) -> int:
                "interpreter": interpreter(args.venv),
                "baseline_interpreter": (interpreter(args.baseline_venv) if args.baseline
                                         else None),
-               "postgres_synchronous_commit": synchronous_commit}
+               "postgres_synchronous_commit": synchronous_commit,
+               "rate_limits": "on" if args.limits else "off"}
     document = as_json(by_name, options, context)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "peer.json").write_text(json.dumps(document, indent=2) + "\n")
@@ -615,6 +629,7 @@ async def main(argv: list[str]) -> int:
         f"Otesse's services ran on {interpreter(args.venv)}"
         + (f"; the baseline's on {interpreter(args.baseline_venv)}." if args.baseline
            else "."),
+        f"Otesse's rate limits {'on (--limits), never reached' if args.limits else 'off'}; "
         f"Postgres synchronous_commit = {synchronous_commit}. The load generator shares the "
         f"machine's {before['cores']} cores with every server (load average before: "
         f"{' '.join(map(str, before['load_average']))}).",

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from bench import command
-from bench.stack import DATABASE_URL, REDIS_URL
+from bench.stack import DATABASE_URL, REDIS_URL, stack_env
+from services.common.ratelimit import RateLimit
+from services.common.settings import Env
+from services.gateway.settings import GatewaySettings
+from services.token.settings import TokenSettings
 
 
 @pytest.mark.parametrize("module", ["bench", "bench.compare", "bench.soak"])
@@ -38,3 +43,22 @@ def test_a_failed_or_interrupted_run_says_so_in_one_line(
     assert command.interrupted("soak", "the stack is stopped") == 130
     assert capsys.readouterr().err.splitlines() == [
         "bench: the stack would not start", "soak: interrupted; the stack is stopped"]
+
+
+@pytest.mark.parametrize("limits", [False, True], ids=["off", "on"])
+def test_limits_turn_every_rate_limit_on_with_bounds_no_run_reaches(
+        limits: bool, tmp_path: Path) -> None:
+    """``--limits``: the services read every limit the stack sets (a misspelt variable would
+    leave its limit at the production default, and a run would meet it)."""
+    env = Env(stack_env(DATABASE_URL, REDIS_URL, str(tmp_path), limits=limits))
+    gateway, token = GatewaySettings.from_env(env), TokenSettings.from_env(env)
+    unreached = RateLimit(1_000_000_000, 60.0) if limits else None
+    assert [gateway.rate_login_per_ip, gateway.rate_token_per_ip,
+            gateway.rate_client_auth_failures_per_ip, token.rate_per_client] == [unreached] * 4
+
+
+@pytest.mark.parametrize("module", ["bench", "bench.compare"])
+def test_the_load_commands_take_limits(module: str) -> None:
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "--limits" in result.stdout, result.stderr

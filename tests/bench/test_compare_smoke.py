@@ -155,3 +155,13 @@ def test_ratios_are_the_median_of_each_rounds_ratio() -> None:
 
 async def test_postgres_commits_are_durable_before_the_comparison(database_url: str) -> None:
     assert await durable_commits(database_url) == "on"
+
+
+def test_an_a_a_run_keeps_its_two_contenders_apart() -> None:
+    """``--candidate X --baseline X``: the same code on the same interpreter (to see the noise)
+    is two contenders, each with its own rounds."""
+    venv = compare.ROOT / ".venv"
+    candidate = compare.contender_name("HEAD", venv)
+    assert candidate.startswith("Otesse @ ") and compare.contender_name(None, venv) == "Otesse"
+    assert compare.contender_name("HEAD", venv, taken=candidate) == f"{candidate} (baseline)"
+    assert compare.contender_name("HEAD", venv, taken="Otesse") == candidate
