@@ -41,7 +41,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="after the measurements, run whole flows back to back for S "
                              "seconds and check that resident memory does not grow (120: "
                              "issue #13's two-minute check; default 0, off)")
-    command.add_limits_argument(parser)
+    command.add_production_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     command.add_store_arguments(parser, database="the benchmark's own database")
     args = parser.parse_args(argv)
@@ -62,7 +62,8 @@ async def main(argv: list[str]) -> int:
         quiet=args.json)
     try:
         async with running_stack(database_url=args.database_url, redis_url=args.redis_url,
-                                 log_path=RESULTS / "stack.log", limits=args.limits) as stack:
+                                 log_path=RESULTS / "stack.log",
+                                 production=command.as_in_production(args)) as stack:
             meter = CpuMeter(services=stack.pids, database_name=stack.database_name,
                              database_url=args.database_url, redis_url=args.redis_url)
             await meter.open()

@@ -9,7 +9,7 @@ import asyncio
 import signal
 import sys
 
-from bench.stack import DATABASE_URL, REDIS_URL
+from bench.stack import DATABASE_URL, REDIS_URL, AsInProduction
 
 # What a run returns when it was interrupted (128 + SIGINT, as a shell reports Ctrl-C).
 INTERRUPTED = 130
@@ -35,11 +35,18 @@ def add_load_arguments(parser: argparse.ArgumentParser, *, requests: int, concur
                         help="requests before each measurement (default N/10, at least C)")
 
 
-def add_limits_argument(parser: argparse.ArgumentParser) -> None:
-    """``--limits``: the stack's rate limits on (:data:`bench.stack.RATE_LIMIT_VARIABLES`)."""
+def add_production_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--limits`` and ``--access-logs`` (:class:`bench.stack.AsInProduction`)."""
     parser.add_argument("--limits", action="store_true",
                         help="run Otesse with its rate limits on, as in production (every "
                              "check made, with bounds no run reaches); default off")
+    parser.add_argument("--access-logs", action="store_true",
+                        help="run Otesse's services at log level INFO, as in production (an "
+                             "access line per request); default WARNING")
+
+
+def as_in_production(args: argparse.Namespace) -> AsInProduction:
+    return AsInProduction(limits=bool(args.limits), access_logs=bool(args.access_logs))
 
 
 def warmup(args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ import statistics
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -54,6 +54,7 @@ from bench.reference import VERSION, Storage, node_version, running_reference
 from bench.stack import (
     REDIS_PREFIX,
     ROOT,
+    AsInProduction,
     StackFailed,
     running_stack,
 )
@@ -485,11 +486,11 @@ def interpreter(venv: Path = ROOT / ".venv") -> str:
 @contextlib.asynccontextmanager
 async def _otesse(name: str, root: Path, database_url: str, redis_url: str,
                   redis_prefix: str, log_path: Path, *,
-                  limits: bool) -> AsyncIterator[Contender]:
+                  production: AsInProduction) -> AsyncIterator[Contender]:
     """Otesse's stack from the source tree ``root``, signed in and consented, as a contender."""
     async with running_stack(database_url=database_url, redis_url=redis_url,
                              log_path=log_path, root=root, redis_prefix=redis_prefix,
-                             limits=limits) as stack:
+                             production=production) as stack:
         async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30.0) as browser:
             await flow.sign_in_and_consent(browser, person=stack.person, app=stack.app)
             session = flow.session_cookie(browser)
@@ -521,7 +522,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                              ".venv; make bench-venv makes .venv-bench on Debian's python3)")
     parser.add_argument("--baseline-venv", type=Path, default=ROOT / ".venv", metavar="PATH",
                         help="the virtualenv the baseline's services run on (default .venv)")
-    command.add_limits_argument(parser)
+    command.add_production_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     command.add_store_arguments(parser, database="Otesse's database")
     args = parser.parse_args(argv)
@@ -543,6 +544,7 @@ async def main(argv: list[str]) -> int:
     every: dict[str, tuple[Storage, ...]] = {"both": ("redis", "memory"), "redis": ("redis",),
                                              "memory": ("memory",), "none": ()}
     storages = every[args.peer]
+    production = command.as_in_production(args)
     before = report.machine()
     quiet = args.json
     command.say("bench-peer: starting Otesse"
@@ -561,7 +563,7 @@ async def main(argv: list[str]) -> int:
                 contender_name(args.candidate, args.venv), candidate,
                 f"{args.database_url}_{run}", args.redis_url,
                 f"{REDIS_PREFIX[:-1]}-{run}:", RESULTS / "stack.log",
-                limits=args.limits))]
+                production=production))]
             synchronous_commit = await durable_commits(f"{args.database_url}_{run}")
             command.say(f"bench-peer: Postgres synchronous_commit = {synchronous_commit}: every "
                 "refresh token Otesse answers is on disk first", quiet=quiet)
@@ -573,7 +575,7 @@ async def main(argv: list[str]) -> int:
                                    taken=contenders[0].name), root,
                     f"{args.database_url}_{BASELINE}_{run}", args.redis_url,
                     f"{REDIS_PREFIX[:-1]}-{BASELINE}-{run}:", RESULTS / "stack-baseline.log",
-                    limits=args.limits)))
+                    production=production)))
             for storage in storages:
                 peer = await exits.enter_async_context(running_reference(
                     storage, redis_url=args.redis_url, prefix=f"{PEER_PREFIX[:-1]}-{run}:",
@@ -618,7 +620,7 @@ async def main(argv: list[str]) -> int:
                "baseline_interpreter": (interpreter(args.baseline_venv) if args.baseline
                                         else None),
                "postgres_synchronous_commit": synchronous_commit,
-               "rate_limits": "on" if args.limits else "off"}
+               "as_in_production": asdict(production)}
     document = as_json(by_name, options, context)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "peer.json").write_text(json.dumps(document, indent=2) + "\n")
@@ -629,7 +631,7 @@ async def main(argv: list[str]) -> int:
         f"Otesse's services ran on {interpreter(args.venv)}"
         + (f"; the baseline's on {interpreter(args.baseline_venv)}." if args.baseline
            else "."),
-        f"Otesse's rate limits {'on (--limits), never reached' if args.limits else 'off'}; "
+        f"Otesse ran with {production.describe()}; "
         f"Postgres synchronous_commit = {synchronous_commit}. The load generator shares the "
         f"machine's {before['cores']} cores with every server (load average before: "
         f"{' '.join(map(str, before['load_average']))}).",

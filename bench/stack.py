@@ -3,7 +3,7 @@
 It is ``make run`` itself (``scripts/run-local``), steered by the services' own variables: its
 own database (``otesse_bench``, dropped before and after, so every run starts alike), its own
 Redis key space (``otesse-bench:``), free ports for every listener (so it runs beside ``make
-run``), rate limits off (``--limits``: on, never reached), logs at WARNING (kept in
+run``), rate limits off and logs at WARNING unless asked (:class:`AsInProduction`; kept in
 ``bench/results/stack.log``), and a state folder of its own (the developer's ``.run/demo.json``
 is left alone). A benchmark user and app are then created with the ``otesse-auth`` CLI, as a
 script would.
@@ -112,7 +112,7 @@ async def clear_redis(redis_url: str, prefix: str) -> None:
         await client.aclose()
 
 
-# The rate limits a stack runs with: off, or (``limits=True``) on as in production, every check
+# The rate limits a stack runs with: off, or (``limits``) on as in production, every check
 # made, but with bounds one load generator never reaches, so their cost is measured and no
 # request is refused.
 RATE_LIMIT_VARIABLES = ("OTESSE_GATEWAY_RATE_LOGIN_PER_IP", "OTESSE_GATEWAY_RATE_TOKEN_PER_IP",
@@ -121,17 +121,35 @@ RATE_LIMIT_VARIABLES = ("OTESSE_GATEWAY_RATE_LOGIN_PER_IP", "OTESSE_GATEWAY_RATE
 UNREACHED_LIMIT = "1000000000/60"
 
 
+@dataclass(frozen=True)
+class AsInProduction:
+    """What a stack may do as production does, at a cost every request pays there (off by
+    default: the peer does neither)."""
+
+    # The rate limits on (:data:`RATE_LIMIT_VARIABLES`), with bounds no run reaches.
+    limits: bool = False
+    # Logs at INFO, production's level: an access line per request in the gateway and in the
+    # service behind it (else WARNING).
+    access_logs: bool = False
+
+    def describe(self) -> str:
+        return (f"rate limits {'on, never reached' if self.limits else 'off'}, "
+                f"logs at {'INFO (access lines)' if self.access_logs else 'WARNING'}")
+
+
 def stack_env(database_url: str, redis_url: str, run_dir: str,
-              redis_prefix: str = REDIS_PREFIX, *, limits: bool = False) -> dict[str, str]:
+              redis_prefix: str = REDIS_PREFIX, *,
+              production: AsInProduction = AsInProduction()) -> dict[str, str]:
     """The environment of ``run-local`` and the CLI: none of the caller's ``OTESSE_…``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTESSE_")}
     env.update({name: str(free_port()) for name in PORT_VARIABLES})
-    env.update({name: UNREACHED_LIMIT if limits else "off" for name in RATE_LIMIT_VARIABLES})
+    env.update({name: UNREACHED_LIMIT if production.limits else "off"
+                for name in RATE_LIMIT_VARIABLES})
     env.update({
         "OTESSE_DATABASE_URL": database_url,
         "OTESSE_REDIS_URL": redis_url,
         "OTESSE_REDIS_PREFIX": redis_prefix,
-        "OTESSE_LOG_LEVEL": "WARNING",
+        "OTESSE_LOG_LEVEL": "INFO" if production.access_logs else "WARNING",
         # One load generator is one client address: the edge's per-address bounds are not
         # what is measured.
         "OTESSE_GATEWAY_MAX_REQUESTS_PER_IP": "100000",
@@ -190,19 +208,20 @@ async def _wait_ready(log_path: Path, process: asyncio.subprocess.Process) -> bo
 async def running_stack(*, database_url: str = DATABASE_URL, redis_url: str = REDIS_URL,
                         log_path: Path, clients: int = 1, root: Path = ROOT,
                         redis_prefix: str = REDIS_PREFIX,
-                        limits: bool = False) -> AsyncIterator[Stack]:
+                        production: AsInProduction = AsInProduction(),
+                        ) -> AsyncIterator[Stack]:
     """The stack, with ``clients`` users each with an app of their own.
 
     ``root`` is the source tree whose code runs: another one (a checkout of an older commit, as
     ``bench.compare --baseline`` makes) runs on this tree's ``.venv``, its own code first on
     ``PYTHONPATH``; two stacks at once need two databases and two ``redis_prefix``es.
-    ``limits``: the rate limits on (see :data:`RATE_LIMIT_VARIABLES`), else off.
+    ``production``: what it does as production does beyond that (:class:`AsInProduction`).
     """
     await drop_database(database_url)
     await clear_redis(redis_url, redis_prefix)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="otesse-bench-") as run_dir:
-        env = stack_env(database_url, redis_url, run_dir, redis_prefix, limits=limits)
+        env = stack_env(database_url, redis_url, run_dir, redis_prefix, production=production)
         if root != ROOT:
             env["PYTHONPATH"] = str(root)
         # Its output goes to a file, not a pipe: a pipe whose reader died (a benchmark killed

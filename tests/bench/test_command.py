@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import command
-from bench.stack import DATABASE_URL, REDIS_URL, stack_env
+from bench.stack import DATABASE_URL, REDIS_URL, AsInProduction, stack_env
 from services.common.ratelimit import RateLimit
 from services.common.settings import Env
 from services.gateway.settings import GatewaySettings
@@ -50,15 +50,25 @@ def test_limits_turn_every_rate_limit_on_with_bounds_no_run_reaches(
         limits: bool, tmp_path: Path) -> None:
     """``--limits``: the services read every limit the stack sets (a misspelt variable would
     leave its limit at the production default, and a run would meet it)."""
-    env = Env(stack_env(DATABASE_URL, REDIS_URL, str(tmp_path), limits=limits))
+    env = Env(stack_env(DATABASE_URL, REDIS_URL, str(tmp_path),
+                        production=AsInProduction(limits=limits)))
     gateway, token = GatewaySettings.from_env(env), TokenSettings.from_env(env)
     unreached = RateLimit(1_000_000_000, 60.0) if limits else None
     assert [gateway.rate_login_per_ip, gateway.rate_token_per_ip,
             gateway.rate_client_auth_failures_per_ip, token.rate_per_client] == [unreached] * 4
 
 
+@pytest.mark.parametrize(("access_logs", "level"), [(False, "WARNING"), (True, "INFO")])
+def test_access_logs_run_the_services_at_info(access_logs: bool, level: str,
+                                              tmp_path: Path) -> None:
+    env = Env(stack_env(DATABASE_URL, REDIS_URL, str(tmp_path),
+                        production=AsInProduction(access_logs=access_logs)))
+    assert GatewaySettings.from_env(env).log_level == TokenSettings.from_env(env).log_level == level
+
+
 @pytest.mark.parametrize("module", ["bench", "bench.compare"])
-def test_the_load_commands_take_limits(module: str) -> None:
+def test_the_load_commands_can_run_as_production_does(module: str) -> None:
     result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
                             text=True, timeout=60)
-    assert result.returncode == 0 and "--limits" in result.stdout, result.stderr
+    assert result.returncode == 0, result.stderr
+    assert "--limits" in result.stdout and "--access-logs" in result.stdout
