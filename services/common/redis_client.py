@@ -40,6 +40,13 @@ def create_lean(settings: StoreSettings, *, max_connections: int = 64) -> LeanRe
                               connect_timeout=1.0, timeout=2.0)
 
 
+def create_rate_limit_redis(settings: StoreSettings, *, max_connections: int = 64) -> LeanRedis:
+    """The rate limits' client: on ``OTESSE_RATE_LIMIT_REDIS_URL`` when it is set, else on the
+    same Redis as everything else."""
+    return LeanRedis.from_url(settings.rate_limit_redis.value, max_connections=max_connections,
+                              connect_timeout=1.0, timeout=2.0)
+
+
 async def ping(client: aioredis.Redis, *others: LeanRedis) -> None:
     """Raises when Redis does not answer, on any of the service's clients."""
     await client.ping()

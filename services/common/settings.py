@@ -153,23 +153,39 @@ class StoreSettings:
     redis_prefix: str
     db_pool_min: int
     db_pool_max: int
+    # The rate limits' counters (services.common.ratelimit) on a Redis of their own
+    # (OTESSE_RATE_LIMIT_REDIS_URL); None: on redis_url. Redis runs commands on one core, and
+    # with the limits on their scripts are most of what it does per token request.
+    rate_limit_redis_url: Secret | None = None
+
+    @property
+    def rate_limit_redis(self) -> Secret:
+        """The Redis URL of the rate limits' counters."""
+        return self.rate_limit_redis_url or self.redis_url
 
     @classmethod
     def from_env(cls, env: Env) -> StoreSettings:
         prefix = env.text("OTESSE_REDIS_PREFIX", "otesse:")
-        redis_url = env.secret("OTESSE_REDIS_URL", DEFAULT_REDIS_URL)
-        try:
-            Endpoint.from_url(redis_url.value)
-        except ValueError as exc:
-            # The message names what is wrong, never the URL (it may hold the password).
-            raise ConfigError(f"OTESSE_REDIS_URL: {exc}") from None
+        redis_url = _redis_url(env, "OTESSE_REDIS_URL", DEFAULT_REDIS_URL)
+        rate_limit_url = _redis_url(env, "OTESSE_RATE_LIMIT_REDIS_URL", redis_url.value)
         return cls(
             database_url=env.secret("OTESSE_DATABASE_URL", DEFAULT_DATABASE_URL),
             redis_url=redis_url,
             redis_prefix=prefix,
             db_pool_min=env.integer("OTESSE_DB_POOL_MIN", 2, minimum=0),
             db_pool_max=env.integer("OTESSE_DB_POOL_MAX", 10, minimum=1),
+            rate_limit_redis_url=None if rate_limit_url == redis_url else rate_limit_url,
         )
+
+
+def _redis_url(env: Env, name: str, default: str) -> Secret:
+    url = env.secret(name, default)
+    try:
+        Endpoint.from_url(url.value)
+    except ValueError as exc:
+        # The message names what is wrong, never the URL (it may hold the password).
+        raise ConfigError(f"{name}: {exc}") from None
+    return url
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from services.common.connection_limits import ConnectionLimits
 from services.common.http import Readiness, RequestContextMiddleware, health_routes
 from services.common.log import request_id_var
 from services.common.ratelimit import Bucket, RateLimiter
-from services.common.redis_client import create_lean
+from services.common.redis_client import create_rate_limit_redis
 from services.common.redis_lean import LeanRedis
 from services.gateway import forwarded, hop_by_hop, routing
 from services.gateway.body import BodyBudget, ClientDisconnected, RequestBody
@@ -110,7 +110,7 @@ class GatewayApp:
 
     async def _startup(self) -> None:
         self._upstreams.open()
-        self._redis = create_lean(self._settings.stores)
+        self._redis = create_rate_limit_redis(self._settings.stores)
         self._limiter = RateLimiter(self._redis, prefix=self._settings.stores.redis_prefix,
                                     service="gateway", timeout=self._settings.rate_redis_timeout,
                                     limited=RATE_LIMITED, failed_open=RATE_LIMIT_FAIL_OPEN)

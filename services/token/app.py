@@ -100,7 +100,8 @@ class TokenComponents:
 
 
 def build_components(settings: TokenSettings, *, pool: asyncpg.Pool, redis: aioredis.Redis,
-                     lean: LeanRedis, registry: registry_pb2_grpc.ClientRegistryAsyncStub,
+                     lean: LeanRedis, limits: LeanRedis | None = None,
+                     registry: registry_pb2_grpc.ClientRegistryAsyncStub,
                      client_changes: ClientChanges) -> TokenComponents:
     ring = KeyRing(PgKeyStore(pool), kek=settings.kek_bytes)
     store = PgGrantStore(pool, access_token_ttl=settings.access_token_ttl)
@@ -117,7 +118,9 @@ def build_components(settings: TokenSettings, *, pool: asyncpg.Pool, redis: aior
                                         changes=client_changes)
     budget = None
     if settings.rate_per_client is not None:
-        limiter = RateLimiter(lean, prefix=settings.stores.redis_prefix, service="token",
+        # ``limits``: the rate limits' own Redis (OTESSE_RATE_LIMIT_REDIS_URL), else ``lean``'s.
+        limiter = RateLimiter(limits or lean, prefix=settings.stores.redis_prefix,
+                              service="token",
                               timeout=settings.rate_redis_timeout, limited=RATE_LIMITED,
                               failed_open=RATE_LIMIT_FAIL_OPEN)
         budget = ClientBudget(limiter, settings.rate_per_client)
@@ -202,13 +205,15 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
                                              str(settings.access_token_ttl)})
         redis = redis_client.create_redis(settings.stores)
         lean = redis_client.create_lean(settings.stores)
+        limits = (redis_client.create_rate_limit_redis(settings.stores)
+                  if settings.stores.rate_limit_redis_url is not None else None)
         channel = create_channel(settings.registry_addr, services=(REGISTRY_SERVICE,),
                                  tls=settings.tls)
         client_changes = ClientChangeFeed(settings.stores.database_url.value,
                                           application_name="otesse-token-client-changes")
         listener = asyncio.create_task(client_changes.run())
         components = build_components(
-            settings, pool=pool, redis=redis, lean=lean,
+            settings, pool=pool, redis=redis, lean=lean, limits=limits,
             registry=registry_pb2_grpc.ClientRegistryStub(channel),
             client_changes=client_changes)
         ring = components.ring
@@ -258,6 +263,8 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
             await channel.close()
             await redis.aclose()
             await lean.aclose()
+            if limits is not None:
+                await limits.aclose()
             await pool.close()
 
     def components(request: Request) -> TokenComponents:

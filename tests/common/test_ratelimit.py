@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY, Counter
 
 from services.common.ratelimit import Bucket, RateLimit, RateLimiter
 from services.common.redis_lean import LeanRedis
-from services.common.settings import ConfigError
+from services.common.settings import ConfigError, Env, StoreSettings
 from tests.conftest import REDIS_URL
 
 LIMITED = Counter("otesse_test_rate_limited_total", "Test.", ["limit"])
@@ -144,3 +144,24 @@ def test_limit_syntax(raw: str, expected: RateLimit | None) -> None:
 def test_malformed_limits_name_the_variable(raw: str) -> None:
     with pytest.raises(ConfigError, match="OTESSE_X must be COUNT/SECONDS"):
         RateLimit.parse("OTESSE_X", raw)
+
+
+def test_the_rate_limits_use_the_shared_redis_unless_given_their_own() -> None:
+    shared = StoreSettings.from_env(Env({"OTESSE_REDIS_URL": "redis://a:6379/0"}))
+    assert shared.rate_limit_redis_url is None
+    assert shared.rate_limit_redis == shared.redis_url
+    same = StoreSettings.from_env(Env({"OTESSE_REDIS_URL": "redis://a:6379/0",
+                                       "OTESSE_RATE_LIMIT_REDIS_URL": "redis://a:6379/0"}))
+    assert same.rate_limit_redis_url is None
+    own = StoreSettings.from_env(Env({"OTESSE_REDIS_URL": "redis://a:6379/0",
+                                      "OTESSE_RATE_LIMIT_REDIS_URL": "redis://:pw7@b:6380/1"}))
+    assert own.rate_limit_redis.value == "redis://:pw7@b:6380/1"
+    assert own.redis_url.value == "redis://a:6379/0"
+    assert "pw7" not in repr(own)
+
+
+def test_a_bad_rate_limit_redis_url_names_its_variable_never_the_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        StoreSettings.from_env(Env({"OTESSE_RATE_LIMIT_REDIS_URL": "redis://:s3cret@h/x"}))
+    assert "OTESSE_RATE_LIMIT_REDIS_URL" in str(caught.value)
+    assert "s3cret" not in str(caught.value)

@@ -15,9 +15,11 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import pytest_asyncio
+import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
 from tests.conftest import REDIS_URL
+from tests.faults.stores import PrivateRedis
 from tests.gateway.conftest import GatewayFactory
 from tests.proxy import FaultProxy
 
@@ -201,3 +203,22 @@ async def test_hung_redis_fails_open_quickly(gateway_factory: GatewayFactory) ->
             writer.transport.abort()
     assert response.status_code == 200
     assert elapsed < 1.0
+
+
+async def test_the_limits_count_on_their_own_redis_when_given_one(
+        gateway_factory: GatewayFactory, private_redis: PrivateRedis) -> None:
+    """``OTESSE_RATE_LIMIT_REDIS_URL``: the buckets live there, none on the shared Redis."""
+    env = {**NO_LIMITS, "OTESSE_GATEWAY_RATE_TOKEN_PER_IP": "2/60",
+           "OTESSE_RATE_LIMIT_REDIS_URL": private_redis.url}
+    async with gateway_factory(**env) as gw:
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            statuses = [(await client.post("/oauth/token")).status_code for _ in range(3)]
+        prefix = gw.settings.stores.redis_prefix
+    assert statuses == [200, 200, 429]
+    own, shared = aioredis.Redis.from_url(private_redis.url), aioredis.Redis.from_url(REDIS_URL)
+    try:
+        assert [key async for key in own.scan_iter(match=f"{prefix}gateway:rate:token_ip:*")]
+        assert not [key async for key in shared.scan_iter(match=f"{prefix}*")]
+    finally:
+        await own.aclose()
+        await shared.aclose()

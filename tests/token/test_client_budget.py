@@ -8,6 +8,7 @@ import asyncio
 import base64
 import hashlib
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -18,10 +19,11 @@ from prometheus_client import REGISTRY
 from otesse.auth.v1 import registry_pb2_grpc
 from services.common.ratelimit import RateLimit, RateLimiter
 from services.common.redis_lean import LeanRedis
-from services.common.settings import StoreSettings
+from services.common.settings import Secret, StoreSettings
 from services.token.client_auth import AuthenticatedClient
 from services.token.client_budget import ClientBudget
 from services.token.metrics import RATE_LIMIT_FAIL_OPEN, RATE_LIMITED
+from tests.faults.stores import PrivateRedis
 from tests.token.conftest import (
     VERIFIER,
     Client,
@@ -175,3 +177,27 @@ async def test_redis_unanswering_fails_open_and_is_counted(redis_prefix: str) ->
             writer.transport.abort()
     after = REGISTRY.get_sample_value("otesse_token_rate_limit_fail_open_total") or 0.0
     assert after - before == 3
+
+
+async def test_the_budget_counts_on_its_own_redis_when_given_one(
+        store_settings: StoreSettings, registry_address: str,
+        registry: registry_pb2_grpc.ClientRegistryAsyncStub, redis: aioredis.Redis,
+        private_redis: PrivateRedis) -> None:
+    """``OTESSE_RATE_LIMIT_REDIS_URL``: the budget is kept there, while the codes stay on the
+    shared Redis."""
+    stores = replace(store_settings, rate_limit_redis_url=Secret(private_redis.url))
+    settings = make_settings(stores, registry_address, rate_per_client=RateLimit(BUDGET, 60))
+    client = await register_client(registry)
+    digest = hashlib.sha256(client.client_id.encode()).hexdigest()[:32]
+    key = f"{stores.redis_prefix}token:rate:token_client:{digest}"
+    own = aioredis.Redis.from_url(private_redis.url)
+    try:
+        async with running(settings) as service:
+            code = await issue_code(redis, stores.redis_prefix, client)
+            answers = [await exchange(service.http, client, code)]
+            answers += [await refresh(service.http, client, "otesse_rt_made-up")
+                        for _ in range(BUDGET)]
+        assert [a.status_code for a in answers] == [200, 400, 400, 429]
+        assert await own.exists(key) and not await redis.exists(key)
+    finally:
+        await own.aclose()
