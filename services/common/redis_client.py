@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from redis.maint_notifications import MaintNotificationsConfig
 
 from services.common.redis_lean import LeanRedis
-from services.common.settings import StoreSettings
+from services.common.settings import Secret, StoreSettings
 
 
 def create_redis(settings: StoreSettings, *, max_connections: int = 64) -> aioredis.Redis:
@@ -36,15 +36,18 @@ def create_redis(settings: StoreSettings, *, max_connections: int = 64) -> aiore
 
 def create_lean(settings: StoreSettings, *, max_connections: int = 64) -> LeanRedis:
     """The hot paths' client (:mod:`services.common.redis_lean`), with the same timeouts."""
-    return LeanRedis.from_url(settings.redis_url.value, max_connections=max_connections,
-                              connect_timeout=1.0, timeout=2.0)
+    return _lean(settings.redis_url, max_connections)
 
 
 def create_rate_limit_redis(settings: StoreSettings, *, max_connections: int = 64) -> LeanRedis:
     """The rate limits' client: on ``OTESSE_RATE_LIMIT_REDIS_URL`` when it is set, else on the
     same Redis as everything else."""
-    return LeanRedis.from_url(settings.rate_limit_redis.value, max_connections=max_connections,
-                              connect_timeout=1.0, timeout=2.0)
+    return _lean(settings.rate_limit_redis, max_connections)
+
+
+def _lean(url: Secret, max_connections: int) -> LeanRedis:
+    return LeanRedis.from_url(url.value, max_connections=max_connections, connect_timeout=1.0,
+                              timeout=2.0)
 
 
 async def ping(client: aioredis.Redis, *others: LeanRedis) -> None:
