@@ -24,7 +24,7 @@ from bench.cpu import CpuMeter
 from bench.http1 import Client
 from bench.load import Result
 from bench.reference import Storage, running_reference
-from bench.stack import REDIRECT_URI, SCOPE, service_pids
+from bench.stack import REDIRECT_URI, ROOT, SCOPE, service_pids
 from tests.conftest import REDIS_URL
 from tests.integration.people import new_person, register_app
 from tests.integration.stack import Stack
@@ -160,7 +160,7 @@ async def test_postgres_commits_are_durable_before_the_comparison(database_url: 
 def test_an_a_a_run_keeps_its_two_contenders_apart() -> None:
     """``--candidate X --baseline X``: the same code on the same interpreter (to see the noise)
     is two contenders, each with its own rounds."""
-    venv = compare.ROOT / ".venv"
+    venv = ROOT / ".venv"
     candidate = compare.contender_name("HEAD", venv)
     assert candidate.startswith("Otesse @ ") and compare.contender_name(None, venv) == "Otesse"
     assert compare.contender_name("HEAD", venv, taken=candidate) == f"{candidate} (baseline)"
