@@ -28,12 +28,12 @@ import httpx
 
 from bench import flow
 from bench.load import StepFailed
+from bench.ports import free_port
 from bench.stack import (
     REDIRECT_URI,
     SCOPE,
     StackFailed,
     clear_redis,
-    free_port,
 )
 
 PEER = Path(__file__).resolve().parent / "peer"

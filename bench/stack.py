@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from bench.flow import App, Person
+from bench.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/otesse_bench"
@@ -74,13 +74,6 @@ class Stack:
     pids: dict[str, int]
     # Every signed-up user with their own app (``person`` and ``app`` are the first).
     clients: tuple[tuple[Person, App], ...] = field(default_factory=tuple)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _admin_url(database_url: str) -> tuple[str, str]:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
 import secrets
-import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +21,8 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
+# The tests import free_port from here; bench/ports.py is its one implementation.
+from bench.ports import free_port as free_port
 from otesse.auth.v1 import registry_pb2_grpc
 from services.cli.migrate import migrate_all
 from services.common.client_changes import ClientChangeFeed
@@ -39,39 +39,6 @@ if TYPE_CHECKING:
 ADMIN_URL = os.environ.get("OTESSE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("OTESSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RUN_ID = secrets.token_hex(5)
-
-
-def _ephemeral_low() -> int:
-    """The first port the kernel may give an outgoing connection."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-# Ports for servers the tests start are handed out below the kernel's ephemeral range, in turn
-# from a random start. A port taken by binding port 0 is an ephemeral one: between the test
-# picking it and the service binding it, any connection this machine opens (to Postgres, to
-# Redis, between services) may be given it, and the service then fails to start with
-# "Address already in use". A port below that range is never given to a connection, and taking
-# them in turn never hands the same one out twice in a row.
-_PORTS_LOW = 20000
-_PORTS_HIGH = max(_PORTS_LOW + 1000, _ephemeral_low() - 1)
-_next_port = itertools.count(secrets.randbelow(_PORTS_HIGH - _PORTS_LOW + 1))
-
-
-def free_port() -> int:
-    """A loopback port no one listens on, for a server a test starts."""
-    span = _PORTS_HIGH - _PORTS_LOW + 1
-    for _ in range(span):
-        port = _PORTS_LOW + next(_next_port) % span
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue  # in use (a server, or a connection in TIME_WAIT): the next one
-            return port
-    raise RuntimeError(f"no free port between {_PORTS_LOW} and {_PORTS_HIGH}")
 
 
 def _database_url(name: str) -> str:

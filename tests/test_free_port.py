@@ -1,4 +1,4 @@
-"""The ports the tests give the servers they start (tests/conftest.free_port)."""
+"""The ports the tests and benchmarks give the servers they start (bench/ports.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import contextlib
 import socket
 from pathlib import Path
 
-from tests.conftest import _PORTS_HIGH, _PORTS_LOW, free_port
+from bench.ports import _PORTS_HIGH, _PORTS_LOW, free_port
 
 
 def test_ports_come_from_below_the_range_connections_are_given() -> None:
