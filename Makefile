@@ -32,10 +32,11 @@ $(STAMP): requirements.lock pyproject.toml
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed-$(shell sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-12)
 
-bench-venv: $(BENCH_STAMP) ## .venv-bench: the same pins on Debian's /usr/bin/python3 (bench/README.md)
+bench-venv: $(BENCH_STAMP) ## .venv-bench: the same pins on Debian's /usr/bin/python3, where the benchmarks run (bench/README.md)
 
 $(BENCH_STAMP): requirements.lock pyproject.toml
-	@test -x /usr/bin/python3 || { echo "/usr/bin/python3 is missing (Debian's python3 and python3-venv)"; exit 1; }
+	@test -x /usr/bin/python3 || { echo "/usr/bin/python3 is missing: install Debian's python3 and python3-venv (the benchmarks run on it)"; exit 1; }
+	@/usr/bin/python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { echo "/usr/bin/python3 is not Python 3.11: the benchmarks need Debian 12's python3"; exit 1; }
 	@test -x $(BENCH_VENV)/bin/python || /usr/bin/python3 -m venv $(BENCH_VENV)
 	@$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
 	@$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
@@ -61,18 +62,22 @@ proto: venv ## regenerate otesse/auth/v1 from proto/
 lock: venv ## re-pin every dependency (with hashes) from pyproject.toml
 	@$(BIN)/pip-compile -q --extra dev --generate-hashes --strip-extras --allow-unsafe -o requirements.lock pyproject.toml
 
-bench: venv stores ## throughput and latency of the whole flow, then local validation (bench/README.md)
-	@$(BIN)/python -m bench $(ARGS)
-	@$(BIN)/python -m bench.local_validation
+# The benchmarks run in .venv-bench: its interpreter (Debian's python3, an optimized build like
+# the official image's) runs the services they measure, not .venv's (bench/README.md).
+BENCH_PY := $(BENCH_VENV)/bin/python
 
-bench-local: venv stores ## local token checks and revocation latency over the feed (bench/README.md)
-	@$(BIN)/python -m bench.local_validation $(ARGS)
+bench: bench-venv stores ## throughput and latency of the whole flow, then local validation (bench/README.md)
+	@$(BENCH_PY) -m bench $(ARGS)
+	@$(BENCH_PY) -m bench.local_validation
 
-bench-peer: venv stores peer ## Otesse against node-oidc-provider, alternating rounds (bench/README.md)
-	@$(BIN)/python -m bench.compare $(ARGS)
+bench-local: bench-venv stores ## local token checks and revocation latency over the feed (bench/README.md)
+	@$(BENCH_PY) -m bench.local_validation $(ARGS)
 
-soak: venv stores ## ten minutes of the mixed flow: memory, files and connections stay flat (bench/README.md)
-	@$(BIN)/python -m bench.soak $(ARGS)
+bench-peer: bench-venv stores peer ## Otesse against node-oidc-provider, alternating rounds (bench/README.md)
+	@$(BENCH_PY) -m bench.compare $(ARGS)
+
+soak: bench-venv stores ## ten minutes of the mixed flow: memory, files and connections stay flat (bench/README.md)
+	@$(BENCH_PY) -m bench.soak $(ARGS)
 
 peer: $(PEER_STAMP) ## the reference server of bench-peer, exactly as bench/peer/package-lock.json pins it
 

@@ -22,7 +22,7 @@ from bench import command, report
 from bench.cpu import CpuMeter
 from bench.load import StepFailed
 from bench.measure import Measurements, Options, measure_all
-from bench.stack import REDIS_PREFIX, Stack, StackFailed, running_stack
+from bench.stack import REDIS_PREFIX, Stack, StackFailed, interpreter, running_stack
 from bench.steady import RSS_GROWTH_LIMIT, Check, Plan, Run, Target, drive, judge
 from bench.stores import store_touches
 
@@ -42,6 +42,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                              "seconds and check that resident memory does not grow (120: "
                              "issue #13's two-minute check; default 0, off)")
     command.add_production_arguments(parser)
+    command.add_venv_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     command.add_store_arguments(parser, database="the benchmark's own database")
     args = parser.parse_args(argv)
@@ -63,7 +64,8 @@ async def main(argv: list[str]) -> int:
     try:
         async with running_stack(database_url=args.database_url, redis_url=args.redis_url,
                                  log_path=RESULTS / "stack.log",
-                                 production=command.as_in_production(args)) as stack:
+                                 production=command.as_in_production(args),
+                                 venv=args.venv) as stack:
             meter = CpuMeter(services=stack.pids, database_name=stack.database_name,
                              database_url=args.database_url, redis_url=args.redis_url)
             await meter.open()
@@ -81,7 +83,8 @@ async def main(argv: list[str]) -> int:
     except asyncio.CancelledError:
         return command.interrupted("bench", "the stack is stopped and its database dropped")
     after = report.machine()
-    document = report.as_json(measured, options, before, after, touches)
+    ran_on = interpreter(args.venv)
+    document = report.as_json(measured, options, before, after, touches, interpreter=ran_on)
     checks = judge(steady, rss_only=True) if steady else []
     if steady:
         document["steady"] = {"seconds": steady.plan.seconds,
@@ -96,7 +99,7 @@ async def main(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(document, indent=2))
     else:
-        print(report.text(measured, options, before, touches))
+        print(report.text(measured, options, before, touches, interpreter=ran_on))
         if steady:
             print("\n" + _steady_text(steady, checks))
         print(f"Load average after: {' '.join(map(str, after['load_average']))}; "

@@ -8,8 +8,9 @@ import argparse
 import asyncio
 import signal
 import sys
+from pathlib import Path
 
-from bench.stack import DATABASE_URL, REDIS_URL, AsInProduction
+from bench.stack import DATABASE_URL, REDIS_URL, THIS_VENV, AsInProduction
 
 # What a run returns when it was interrupted (128 + SIGINT, as a shell reports Ctrl-C).
 INTERRUPTED = 130
@@ -43,6 +44,15 @@ def add_production_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--access-logs", action="store_true",
                         help="run Otesse's services at log level INFO, as in production (an "
                              "access line per request); default WARNING")
+
+
+def add_venv_argument(parser: argparse.ArgumentParser) -> None:
+    """``--venv``: the virtualenv whose interpreter runs Otesse's services."""
+    parser.add_argument("--venv", type=Path, default=THIS_VENV, metavar="PATH",
+                        help="the virtualenv whose interpreter runs Otesse's services (default: "
+                             f"the one this command runs in, {THIS_VENV.name}; the make targets "
+                             "run in .venv-bench, Debian's optimized python3, as production's "
+                             "image runs an optimized build)")
 
 
 def as_in_production(args: argparse.Namespace) -> AsInProduction:

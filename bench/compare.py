@@ -32,7 +32,6 @@ import json
 import math
 import secrets
 import statistics
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -56,6 +55,7 @@ from bench.stack import (
     ROOT,
     AsInProduction,
     StackFailed,
+    interpreter,
     running_stack,
 )
 from otesse.auth.v1 import token_pb2_grpc
@@ -449,48 +449,26 @@ async def durable_commits(database_url: str) -> str:
     return str(synchronous_commit)
 
 
-def _on(venv: Path) -> str:
-    """How a contender's name says it ran on another virtualenv than ``.venv``."""
-    return "" if venv.resolve() == (ROOT / ".venv").resolve() else f" on {venv.name}"
-
-
-def contender_name(ref: str | None, venv: Path, *, taken: str | None = None) -> str:
-    """How the report names Otesse as of ``ref`` (None: the working tree) on ``venv``; a name
-    already ``taken`` (an A/A run: the same code on the same interpreter, to see the noise) is
-    told apart, so the rounds of one are never counted as the other's."""
-    name = (f"Otesse @ {baseline.describe(ref)}" if ref else "Otesse") + _on(venv)
+def contender_name(ref: str | None, venv: Path, *, other_venv: Path | None = None,
+                   taken: str | None = None) -> str:
+    """How the report names Otesse as of ``ref`` (None: the working tree) on ``venv``: with
+    the virtualenv's name when the other Otesse of the run (``other_venv``) runs on another
+    one. A name already ``taken`` (an A/A run: the same code on the same interpreter, to see
+    the noise) is told apart, so the rounds of one are never counted as the other's."""
+    name = f"Otesse @ {baseline.describe(ref)}" if ref else "Otesse"
+    if other_venv is not None and venv.resolve() != other_venv.resolve():
+        name += f" on {venv.name}"
     return f"{name} (baseline)" if name == taken else name
-
-
-def interpreter(venv: Path = ROOT / ".venv") -> str:
-    """The Python the services run on (the stack's ``.venv``) and its configure flags: an
-    optimized build (PGO, LTO; the official image's) runs the same code measurably faster. A
-    distribution may optimize without these flags (Debian runs PGO from its own rules), so
-    this states the flags, not the build."""
-    probe = ("import platform, sys, sysconfig; c = sysconfig.get_config_var('CONFIG_ARGS') "
-             "or ''; print(platform.python_version(), sys.base_prefix, "
-             "*('' if f in c else 'no' for f in ('--enable-optimizations', '--with-lto')))")
-    try:
-        done = subprocess.run([str(venv / "bin" / "python"), "-c", probe],
-                              capture_output=True, text=True, check=False)
-    except OSError:
-        return f"{venv} (its Python did not answer)"
-    if done.returncode != 0:
-        return f"{venv} (its Python did not answer)"
-    version, prefix, *marks = done.stdout.split(" ")
-    flags = [f"{mark.strip() + ' ' if mark.strip() else ''}{flag}"
-             for mark, flag in zip(marks, ("--enable-optimizations", "--with-lto"), strict=True)]
-    return f"Python {version} ({prefix}; configure: {', '.join(flags)})"
 
 
 @contextlib.asynccontextmanager
 async def _otesse(name: str, root: Path, database_url: str, redis_url: str,
-                  redis_prefix: str, log_path: Path, *,
-                  production: AsInProduction) -> AsyncIterator[Contender]:
+                  redis_prefix: str, log_path: Path, *, production: AsInProduction,
+                  venv: Path) -> AsyncIterator[Contender]:
     """Otesse's stack from the source tree ``root``, signed in and consented, as a contender."""
     async with running_stack(database_url=database_url, redis_url=redis_url,
                              log_path=log_path, root=root, redis_prefix=redis_prefix,
-                             production=production) as stack:
+                             production=production, venv=venv) as stack:
         async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30.0) as browser:
             await flow.sign_in_and_consent(browser, person=stack.person, app=stack.app)
             session = flow.session_cookie(browser)
@@ -517,17 +495,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
                              "Redis prefix), in the same alternating rounds: a before/after")
     parser.add_argument("--candidate", metavar="REF", default=None,
                         help="run Otesse as of this git commit instead of the working tree")
-    parser.add_argument("--venv", type=Path, default=ROOT / ".venv", metavar="PATH",
-                        help="with --candidate: the virtualenv its services run on (default "
-                             ".venv; make bench-venv makes .venv-bench on Debian's python3)")
-    parser.add_argument("--baseline-venv", type=Path, default=ROOT / ".venv", metavar="PATH",
-                        help="the virtualenv the baseline's services run on (default .venv)")
+    command.add_venv_argument(parser)
+    parser.add_argument("--baseline-venv", type=Path, default=None, metavar="PATH",
+                        help="the virtualenv the baseline's services run on (default: "
+                             "--venv's)")
     command.add_production_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     command.add_store_arguments(parser, database="Otesse's database")
     args = parser.parse_args(argv)
-    if args.venv != ROOT / ".venv" and args.candidate is None:
-        parser.error("--venv needs --candidate (the working tree runs on .venv)")
+    if args.baseline_venv is None:
+        args.baseline_venv = args.venv
     if args.peer == "none" and args.baseline is None:
         parser.error("--peer none compares nothing without --baseline")
     if min(args.rounds, args.requests, args.concurrency) < 1 or (args.warmup or 0) < 0:
@@ -560,10 +537,11 @@ async def main(argv: list[str]) -> int:
             candidate = (exits.enter_context(baseline.checkout(args.candidate, args.venv))
                          if args.candidate else ROOT)
             contenders = [await exits.enter_async_context(_otesse(
-                contender_name(args.candidate, args.venv), candidate,
+                contender_name(args.candidate, args.venv, other_venv=(
+                    args.baseline_venv if args.baseline else None)), candidate,
                 f"{args.database_url}_{run}", args.redis_url,
                 f"{REDIS_PREFIX[:-1]}-{run}:", RESULTS / "stack.log",
-                production=production))]
+                production=production, venv=args.venv))]
             synchronous_commit = await durable_commits(f"{args.database_url}_{run}")
             command.say(f"bench-peer: Postgres synchronous_commit = {synchronous_commit}: every "
                 "refresh token Otesse answers is on disk first", quiet=quiet)
@@ -571,11 +549,11 @@ async def main(argv: list[str]) -> int:
                 root = exits.enter_context(baseline.checkout(args.baseline,
                                                              args.baseline_venv))
                 contenders.append(await exits.enter_async_context(_otesse(
-                    contender_name(args.baseline, args.baseline_venv,
+                    contender_name(args.baseline, args.baseline_venv, other_venv=args.venv,
                                    taken=contenders[0].name), root,
                     f"{args.database_url}_{BASELINE}_{run}", args.redis_url,
                     f"{REDIS_PREFIX[:-1]}-{BASELINE}-{run}:", RESULTS / "stack-baseline.log",
-                    production=production)))
+                    production=production, venv=args.baseline_venv)))
             for storage in storages:
                 peer = await exits.enter_async_context(running_reference(
                     storage, redis_url=args.redis_url, prefix=f"{PEER_PREFIX[:-1]}-{run}:",

@@ -39,11 +39,18 @@ from typing import Any
 import httpx
 import uvloop
 
-from bench import flow
+from bench import command, flow
 from bench.cpu import process_seconds
 from bench.http1 import Client
 from bench.load import StepFailed, percentile, run
-from bench.stack import DATABASE_URL, REDIS_URL, Stack, StackFailed, running_stack
+from bench.stack import (
+    DATABASE_URL,
+    REDIS_URL,
+    Stack,
+    StackFailed,
+    interpreter,
+    running_stack,
+)
 from otesse.auth.v1 import token_pb2, token_pb2_grpc
 from services.common.grpc_client import create_channel
 from services.common.service_auth import caller_interceptors
@@ -68,6 +75,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=20, help="revocations per path")
     parser.add_argument("--rest-seconds", type=float, default=10.0,
                         help="how long the token service's CPU at rest is read")
+    command.add_venv_argument(parser)
     parser.add_argument("--database-url", default=DATABASE_URL)
     parser.add_argument("--redis-url", default=REDIS_URL)
     args = parser.parse_args(argv)
@@ -312,7 +320,8 @@ class Bench:
         async with httpx.AsyncClient(base_url=self.stack.token_url) as http:
             metadata = await http.get("/.well-known/oauth-authorization-server")
             self.issuer = metadata.json()["issuer"]
-        print(f"minting {self.args.tokens} access tokens…", file=sys.stderr)
+        print(f"minting {self.args.tokens} access tokens; the services run on "
+              f"{interpreter(self.args.venv)}", file=sys.stderr)
         person, app = self.stack.clients[1]
         tokens = await self.grants(person, app, self.args.tokens)
         self.out["validate_token_no_subscriber"] = await self.validate_token(
@@ -387,7 +396,8 @@ async def main(args: argparse.Namespace) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     try:
         async with running_stack(database_url=args.database_url, redis_url=args.redis_url,
-                                 log_path=RESULTS / "stack-local.log", clients=2) as stack:
+                                 log_path=RESULTS / "stack-local.log", clients=2,
+                                 venv=args.venv) as stack:
             bench = Bench(stack, args)
             await bench.run()
     except (StackFailed, StepFailed) as exc:

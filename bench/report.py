@@ -20,11 +20,12 @@ def machine() -> dict[str, Any]:
 
 
 def text(measured: Measurements, options: Options, before: dict[str, Any],
-         store_touches: dict[str, dict[str, float]]) -> str:
+         store_touches: dict[str, dict[str, float]], *, interpreter: str | None = None) -> str:
     lines = [
         f"Otesse Auth benchmark: {options.requests} requests per measurement "
         f"({options.requests // 2} for the direct ones), concurrency {options.concurrency}, "
         f"warm-up {options.warmup}",
+        *([f"The services ran on {interpreter}."] if interpreter else []),
         f"The load generator shares the machine's {before['cores']} cores with every server "
         f"(load average before: {' '.join(map(str, before['load_average']))}).",
         "",
@@ -76,8 +77,10 @@ def text(measured: Measurements, options: Options, before: dict[str, Any],
 
 
 def as_json(measured: Measurements, options: Options, before: dict[str, Any],
-            after: dict[str, Any], store_touches: dict[str, dict[str, float]]) -> dict[str, Any]:
+            after: dict[str, Any], store_touches: dict[str, dict[str, float]], *,
+            interpreter: str | None = None) -> dict[str, Any]:
     return {
+        "interpreter": interpreter,
         "options": {"requests": options.requests, "concurrency": options.concurrency,
                     "warmup": options.warmup, "direct_requests": options.direct_requests},
         "machine": {**before, "load_average_after": after["load_average"],

@@ -27,6 +27,7 @@ from bench.stack import (
     REDIS_PREFIX,
     SERVICES,
     StackFailed,
+    interpreter,
     running_stack,
 )
 from bench.steady import (
@@ -71,6 +72,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                              f"(default {DEFAULT_REFRESHES})")
     parser.add_argument("--every", type=float, default=DEFAULT_EVERY, metavar="S",
                         help=f"seconds between rows (default {DEFAULT_EVERY:g})")
+    command.add_venv_argument(parser)
     command.add_store_arguments(parser, database="its own database")
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.rate <= 0 or args.every <= 0:
@@ -158,11 +160,12 @@ async def main(argv: list[str]) -> int:
     plan = Plan(seconds=args.minutes * 60, every=args.every, rate=args.rate,
                 workers=args.workers, refreshes=args.refreshes, rest=REST_SECONDS)
     before = report.machine()
-    print(f"soak: starting the stack (load average {before['load_average'][0]})", flush=True)
+    print(f"soak: starting the stack on {interpreter(args.venv)} (load average "
+          f"{before['load_average'][0]})", flush=True)
     try:
         async with running_stack(database_url=args.database_url, redis_url=args.redis_url,
                                  log_path=RESULTS / "soak-stack.log",
-                                 clients=args.clients) as stack:
+                                 clients=args.clients, venv=args.venv) as stack:
             pids = {name: stack.pids[name] for name in SERVICES}
             target = Target(gateway_url=stack.gateway_url, token_grpc=stack.token_grpc,
                             bookings_url=stack.bookings_url, clients=stack.clients, pids=pids,

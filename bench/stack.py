@@ -7,6 +7,13 @@ run``), rate limits off and logs at WARNING unless asked (:class:`AsInProduction
 ``bench/results/stack.log``), and a state folder of its own (the developer's ``.run/demo.json``
 is left alone). A benchmark user and app are then created with the ``otesse-auth`` CLI, as a
 script would.
+
+The services run on the interpreter of a virtualenv (``venv``): by default the one the
+benchmark itself runs in. ``make bench`` and its siblings run in ``.venv-bench``, Debian's
+``python3`` (built with profile-guided and link-time optimization, as the official
+``python:3.11-slim`` image's interpreter is), not ``.venv``, whose interpreter is whatever
+``python3`` the developer has (pyenv's default build here, which is not optimized): issue #13
+asks for figures on the interpreter production runs. :func:`interpreter` says which it was.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import json
 import os
 import secrets
 import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -31,6 +40,8 @@ from bench.flow import App, Person
 from bench.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+# The virtualenv this process runs in (``.venv``, or ``.venv-bench`` under ``make bench``).
+THIS_VENV = Path(sys.prefix) if sys.prefix != sys.base_prefix else ROOT / ".venv"
 DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/otesse_bench"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 REDIS_PREFIX = "otesse-bench:"
@@ -154,9 +165,36 @@ def stack_env(database_url: str, redis_url: str, run_dir: str,
     return env
 
 
-async def _cli(env: dict[str, str], *args: str, root: Path = ROOT) -> str:
+def interpreter(venv: Path = THIS_VENV) -> str:
+    """The Python ``venv`` runs, as a report names it: its version and prefix, whether the
+    executable links ``libpython`` as a shared library (a build that calls its own functions
+    through the dynamic linker, pyenv's default) or holds it, and its configure flags. The
+    official image's build says ``--enable-optimizations`` and ``--with-lto``; Debian optimizes
+    by its own rules (a static executable, built with both), which the flags do not show."""
+    probe = ("import platform, sys, sysconfig; c = sysconfig.get_config_var('CONFIG_ARGS') "
+             "or ''; maps = open('/proc/self/maps').read(); "
+             "print(platform.python_version(), sys.base_prefix, "
+             "'shared' if 'libpython' in maps else 'static', "
+             "*('' if f in c else 'no' for f in ('--enable-optimizations', '--with-lto')))")
+    try:
+        done = subprocess.run([str(venv / "bin" / "python"), "-c", probe],
+                              capture_output=True, text=True, check=False)
+    except OSError:
+        return f"{venv} (its Python did not answer)"
+    if done.returncode != 0:
+        return f"{venv} (its Python did not answer)"
+    version, prefix, linked, *marks = done.stdout.split(" ")
+    flags = [f"{mark.strip() + ' ' if mark.strip() else ''}{flag}"
+             for mark, flag in zip(marks, ("--enable-optimizations", "--with-lto"), strict=True)]
+    libpython = ("libpython shared" if linked == "shared"
+                 else "libpython in the executable")
+    return f"Python {version} ({prefix}; {libpython}; configure: {', '.join(flags)})"
+
+
+async def _cli(env: dict[str, str], *args: str, root: Path = ROOT,
+               venv: Path = THIS_VENV) -> str:
     process = await asyncio.create_subprocess_exec(
-        str(root / ".venv" / "bin" / "otesse-auth"), *args, env=env, cwd=root,
+        str(venv / "bin" / "otesse-auth"), *args, env=env, cwd=root,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await process.communicate()
     if process.returncode != 0:
@@ -202,14 +240,18 @@ async def running_stack(*, database_url: str = DATABASE_URL, redis_url: str = RE
                         log_path: Path, clients: int = 1, root: Path = ROOT,
                         redis_prefix: str = REDIS_PREFIX,
                         production: AsInProduction = AsInProduction(),
-                        ) -> AsyncIterator[Stack]:
+                        venv: Path = THIS_VENV) -> AsyncIterator[Stack]:
     """The stack, with ``clients`` users each with an app of their own.
 
     ``root`` is the source tree whose code runs: another one (a checkout of an older commit, as
-    ``bench.compare --baseline`` makes) runs on this tree's ``.venv``, its own code first on
-    ``PYTHONPATH``; two stacks at once need two databases and two ``redis_prefix``es.
-    ``production``: what it does as production does beyond that (:class:`AsInProduction`).
+    ``bench.compare --baseline`` makes) runs with its own code first on ``PYTHONPATH``; two
+    stacks at once need two databases and two ``redis_prefix``es. ``venv``: the virtualenv
+    whose interpreter runs ``run-local`` and so every service and CLI call (its packages must
+    be this tree's pins). ``production``: what it does as production does beyond that
+    (:class:`AsInProduction`).
     """
+    if not (venv / "bin" / "python").exists():
+        raise StackFailed(f"{venv} has no Python (make venv, or make bench-venv)")
     await drop_database(database_url)
     await clear_redis(redis_url, redis_prefix)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,15 +262,17 @@ async def running_stack(*, database_url: str = DATABASE_URL, redis_url: str = RE
         # Its output goes to a file, not a pipe: a pipe whose reader died (a benchmark killed
         # outright) would break run-local's own shutdown.
         with log_path.open("wb") as log:
+            # run-local starts the services on the interpreter it runs on.
             process = await asyncio.create_subprocess_exec(
-                str(root / "scripts" / "run-local"), env=env, cwd=root, stdout=log,
+                str(venv / "bin" / "python"), str(root / "scripts" / "run-local"), env=env,
+                cwd=root, stdout=log,
                 stderr=asyncio.subprocess.STDOUT, preexec_fn=die_with_parent)
         try:
             if not await _wait_ready(log_path, process):
                 lines = log_path.read_text(errors="replace").rstrip().splitlines()[-8:]
                 tail = "\n  ".join(lines)
                 raise StackFailed(f"the stack did not start (see {log_path}):\n  {tail}")
-            yield await _prepare(env, process.pid, database_url, clients, root)
+            yield await _prepare(env, process.pid, database_url, clients, root, venv)
         finally:
             if process.returncode is None:
                 process.send_signal(signal.SIGINT)
@@ -241,25 +285,27 @@ async def running_stack(*, database_url: str = DATABASE_URL, redis_url: str = RE
             await clear_redis(redis_url, redis_prefix)
 
 
-async def _client(env: dict[str, str], number: int, root: Path) -> tuple[Person, App]:
+async def _client(env: dict[str, str], number: int, root: Path,
+                  venv: Path) -> tuple[Person, App]:
     person = Person(email=f"bench-{secrets.token_hex(4)}@otesse.test",
                     password=secrets.token_urlsafe(16))
     # "--password=…": a random password may start with "-", which argparse would take for an
     # option (one run in 64).
     await _cli(env, "users", "create", "--email", person.email,
-               f"--password={person.password}", root=root)
+               f"--password={person.password}", root=root, venv=venv)
     name = "Otesse Bench" if number == 0 else f"Otesse Bench {number + 1}"
     created = json.loads(await _cli(
         env, "clients", "create", "--name", name, "--description",
         "The app `make bench` drives.", "--redirect-uri", REDIRECT_URI, "--scope", SCOPE,
-        "--json", root=root))
+        "--json", root=root, venv=venv))
     return person, App(client_id=created["client_id"], client_secret=created["client_secret"],
                        redirect_uri=REDIRECT_URI, scope=SCOPE)
 
 
 async def _prepare(env: dict[str, str], run_local_pid: int, database_url: str,
-                   clients: int, root: Path) -> Stack:
-    made = tuple([await _client(env, number, root) for number in range(max(1, clients))])
+                   clients: int, root: Path, venv: Path) -> Stack:
+    made = tuple([await _client(env, number, root, venv)
+                  for number in range(max(1, clients))])
     person, app = made[0]
     pids = service_pids(run_local_pid)
     missing = [name for name in SERVICES if name not in pids]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import baseline, compare
+from bench import baseline, stack
 from bench.stack import ROOT, StackFailed
 
 
@@ -53,8 +53,12 @@ def test_a_virtualenv_without_python_is_refused(tmp_path: Path) -> None:
         pass
 
 
-def test_the_interpreter_is_named_with_its_configure_flags() -> None:
-    named = compare.interpreter(ROOT / ".venv")
+def test_the_interpreter_is_named_with_its_build() -> None:
+    named = stack.interpreter(ROOT / ".venv")
     assert named.startswith(f"Python {platform.python_version()} (")
     assert "--enable-optimizations" in named and "--with-lto" in named
-    assert compare.interpreter(ROOT / "no-such-venv").endswith("(its Python did not answer)")
+    # This test runs on .venv's interpreter too: its own memory map says how it links.
+    shared = "libpython" in Path("/proc/self/maps").read_text()
+    assert ("libpython shared" in named) == shared
+    assert ("libpython in the executable" in named) == (not shared)
+    assert stack.interpreter(ROOT / "no-such-venv").endswith("(its Python did not answer)")

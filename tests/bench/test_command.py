@@ -26,6 +26,20 @@ def test_every_command_takes_the_store_arguments(module: str) -> None:
     assert DATABASE_URL in result.stdout and REDIS_URL in result.stdout
 
 
+@pytest.mark.parametrize("module", ["bench", "bench.compare", "bench.soak",
+                                    "bench.local_validation"])
+def test_every_command_runs_the_services_on_its_own_virtualenv_unless_told(
+        module: str) -> None:
+    """``--venv``: the make targets run in .venv-bench, whose interpreter then runs the
+    services too (tests/bench/test_stack_venv.py shows the stack obeys it)."""
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "--venv PATH" in result.stdout
+    assert f"the one this command runs in, {Path(sys.prefix).name}" in " ".join(
+        result.stdout.split())
+
+
 @pytest.mark.parametrize(("argv", "expected"), [
     ([], 500), (["--requests", "50"], 16), (["--warmup", "0"], 0),
     (["--requests", "50", "--concurrency", "40"], 40),
