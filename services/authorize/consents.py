@@ -20,7 +20,7 @@ from typing import Protocol
 
 import asyncpg
 
-from services.common import audit
+from services.common import audit, db
 from services.common.audit import Actor, Origin
 
 
@@ -54,7 +54,7 @@ class ConsentStore(Protocol):
 
 
 class PgConsentStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: db.Queries) -> None:
         self._pool = pool
 
     async def standing(self, *, user_id: str, client_id: str) -> Standing | None:

@@ -9,6 +9,8 @@ from typing import Protocol
 
 import asyncpg
 
+from services.common import db
+
 
 @dataclass(frozen=True)
 class User:
@@ -44,7 +46,7 @@ def _user(row: asyncpg.Record) -> User:
 
 
 class PgUserStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: db.Queries) -> None:
         self._pool = pool
 
     async def create(self, *, email: str, password_hash: str) -> User:

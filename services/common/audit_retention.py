@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
+from services.common import db
 
 
 class AuditPurger:
-    def __init__(self, pool: asyncpg.Pool, *, retention_days: int, batch_size: int = 1000,
+    def __init__(self, pool: db.Queries, *, retention_days: int, batch_size: int = 1000,
                  ) -> None:
         if retention_days < 1:
             raise ValueError("audit events are kept at least a day")

@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 
+from services.common import db
 from services.common.audit import EVENT_TYPES, EventType
 
 MAX_LIMIT = 10_000
@@ -70,7 +71,7 @@ def _event(row: asyncpg.Record) -> StoredEvent:
 
 
 class AuditSearch:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: db.Queries) -> None:
         self._pool = pool
 
     async def search(self, filters: Filters) -> list[StoredEvent]:

@@ -11,7 +11,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import asyncpg
 from grpc import aio
 from starlette.applications import Starlette
 
@@ -29,7 +28,7 @@ log = logging.getLogger("otesse.registry")
 SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["ClientRegistry"].full_name
 
 
-def create_server(settings: RegistrySettings, pool: asyncpg.Pool, *, port: int | None = None,
+def create_server(settings: RegistrySettings, pool: db.Queries, *, port: int | None = None,
                   ) -> GrpcServer:
     """The ``ClientRegistry`` gRPC server (``port=0`` binds a free port, for tests)."""
     servicer = ClientRegistryServicer(

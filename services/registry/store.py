@@ -20,7 +20,7 @@ from typing import Literal, Protocol
 
 import asyncpg
 
-from services.common import audit
+from services.common import audit, db
 from services.common.audit import Actor, Origin
 from services.common.client_changes import CHANNEL
 
@@ -124,7 +124,7 @@ def _record(row: asyncpg.Record, *, logo: bytes | None = None) -> ClientRecord:
 
 
 class PgClientStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: db.Queries) -> None:
         self._pool = pool
 
     async def create(self, *, client: NewClient, actor: Actor, origin: Origin,

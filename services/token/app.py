@@ -22,7 +22,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import redis.asyncio as aioredis
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -99,7 +98,7 @@ class TokenComponents:
     feed: RevocationFeed
 
 
-def build_components(settings: TokenSettings, *, pool: asyncpg.Pool, redis: aioredis.Redis,
+def build_components(settings: TokenSettings, *, pool: db.Queries, redis: aioredis.Redis,
                      lean: LeanRedis, limits: LeanRedis | None = None,
                      registry: registry_pb2_grpc.ClientRegistryAsyncStub,
                      client_changes: ClientChanges) -> TokenComponents:

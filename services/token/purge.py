@@ -22,8 +22,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-import asyncpg
-
+from services.common import db
 from services.token.settings import CLOCK_SKEW_SECONDS
 
 
@@ -43,7 +42,7 @@ def _count(status: str) -> int:
 
 
 class Purger:
-    def __init__(self, pool: asyncpg.Pool, *, access_token_ttl: int, retry_window: int,
+    def __init__(self, pool: db.Queries, *, access_token_ttl: int, retry_window: int,
                  batch_size: int = 1000) -> None:
         self._pool = pool
         self._dead_after = access_token_ttl + CLOCK_SKEW_SECONDS

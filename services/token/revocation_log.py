@@ -18,6 +18,7 @@ from typing import Literal, cast
 
 import asyncpg
 
+from services.common import db
 from services.token.revocations import LoggedRevocation, RevocationKind
 
 # Rows per read of the tail: a subscriber far behind catches up in several reads.
@@ -42,7 +43,7 @@ def _entry(row: asyncpg.Record) -> LoggedRevocation:
 
 
 class RevocationLog:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: db.Queries) -> None:
         self._pool = pool
 
     async def head(self) -> int:

@@ -36,7 +36,7 @@ from typing import Literal, Protocol
 
 import asyncpg
 
-from services.common import audit
+from services.common import audit, db
 from services.common.audit import Actor, Origin
 from services.token.revocations import GrantRevocation, Revocations, TokenRevocation
 from services.token.settings import CLOCK_SKEW_SECONDS
@@ -172,7 +172,7 @@ def _revocations(rows: Sequence[asyncpg.Record]) -> Revocations:
 
 
 class PgGrantStore:
-    def __init__(self, pool: asyncpg.Pool, *, access_token_ttl: int) -> None:
+    def __init__(self, pool: db.Queries, *, access_token_ttl: int) -> None:
         self._pool = pool
         # Revoked grants younger than this may still have live access tokens.
         self._deny_window = access_token_ttl + CLOCK_SKEW_SECONDS

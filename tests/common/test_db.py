@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import replace
 
-import asyncpg
 import pytest
 import pytest_asyncio
 
@@ -30,7 +29,7 @@ def server() -> Iterator[PrivatePostgres]:
 
 
 @pytest_asyncio.fixture
-async def pool(server: PrivatePostgres) -> AsyncIterator[asyncpg.Pool]:
+async def pool(server: PrivatePostgres) -> AsyncIterator[db.Pool]:
     settings = replace(StoreSettings.from_env(Env({})), database_url=Secret(server.admin_url),
                        db_pool_max=4)
     created = await db.create_pool(settings, application_name="otesse-test")
@@ -54,7 +53,7 @@ async def timed(call: Awaitable[object]) -> tuple[str, float]:
 
 
 async def test_a_stopped_server_fails_every_use_within_the_bound(
-        server: PrivatePostgres, pool: asyncpg.Pool) -> None:
+        server: PrivatePostgres, pool: db.Pool) -> None:
     # Four pooled connections, then many more callers than connections.
     await asyncio.gather(*(pool.fetchval("SELECT pg_sleep(0.05)") for _ in range(4)))
     server.pause()
@@ -71,7 +70,7 @@ async def test_a_stopped_server_fails_every_use_within_the_bound(
 
 
 async def test_connections_pooled_before_a_restart_are_replaced(
-        server: PrivatePostgres, pool: asyncpg.Pool) -> None:
+        server: PrivatePostgres, pool: db.Pool) -> None:
     await asyncio.gather(*(pool.fetchval("SELECT pg_sleep(0.05)") for _ in range(4)))
     server.stop()
     server.start()

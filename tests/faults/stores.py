@@ -31,8 +31,6 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import asyncpg
-
 from services.common import db
 from services.common.settings import Env, Secret, StoreSettings
 from tests.conftest import free_port
@@ -224,7 +222,7 @@ def private_postgres(name: str) -> Iterator[PrivatePostgres]:
 
 
 @contextlib.asynccontextmanager
-async def ended_session(server: PrivatePostgres) -> AsyncIterator[asyncpg.Pool]:
+async def ended_session(server: PrivatePostgres) -> AsyncIterator[db.Pool]:
     """A service pool (one connection) whose session ``server`` has ended in a fast restart,
     with the connection's close held back: what a statement sent between a shutdown's
     "terminating connection" message and its close meets. The server is up again."""

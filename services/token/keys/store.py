@@ -12,7 +12,7 @@ from typing import Literal, Protocol
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from services.common import audit
+from services.common import audit, db
 from services.common.audit import NOWHERE, Actor, Origin
 from services.token.keys.jwk import public_jwk
 from services.token.keys.sealing import seal_private_key
@@ -69,7 +69,7 @@ def _stored(row: asyncpg.Record) -> StoredKey:
 
 
 class PgKeyStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: db.Queries) -> None:
         self._pool = pool
 
     async def published(self) -> list[StoredKey]:
@@ -85,8 +85,8 @@ class PgKeyStore:
         return [_stored(row) for row in rows]
 
     @staticmethod
-    async def _insert(connection: asyncpg.pool.PoolConnectionProxy, *, state: KeyState,
-                      kek: bytes) -> str:
+    async def _insert(connection: db.Connection | asyncpg.pool.PoolConnectionProxy, *,
+                      state: KeyState, kek: bytes) -> str:
         private_key = ec.generate_private_key(ec.SECP256R1())
         jwk = public_jwk(private_key.public_key())
         await connection.execute(
