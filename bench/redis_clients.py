@@ -57,7 +57,8 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _round(name: str, command: Command, *, total: int, concurrency: int) -> Round:
+async def run_round(name: str, command: Command, *, total: int, concurrency: int) -> Round:
+    """``total`` calls of ``command``, ``concurrency`` at once; what they cost this process."""
     latencies: list[float] = []
     per_worker = total // concurrency
 
@@ -114,12 +115,12 @@ async def main(options: argparse.Namespace) -> None:
             await heavy.set(f"{PREFIX}{index}", VALUE, ex=600)
         commands = _commands(options.command, heavy, lean, keys)
         for name, command in commands.items():  # warm-up: connections, script cache
-            await _round(name, command, total=options.concurrency * 50,
+            await run_round(name, command, total=options.concurrency * 50,
                          concurrency=options.concurrency)
         rounds: list[Round] = []
         for _ in range(options.rounds):
             for name, command in commands.items():
-                rounds.append(await _round(name, command, total=options.commands,
+                rounds.append(await run_round(name, command, total=options.commands,
                                            concurrency=options.concurrency))
     finally:
         async for found in heavy.scan_iter(match=f"{PREFIX}*", count=1000):
