@@ -338,27 +338,32 @@ class Pool:
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(PoolClosed("the database pool is closed"))
+        self._refuse_waiters()
         while self._idle:
             self._retire(self._idle.pop())
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
     def terminate(self) -> None:
-        """Closes every free connection at once, without a word to the server."""
+        """Closes every free connection at once, without a word to the server; callers
+        waiting get :class:`PoolClosed`, lent connections are closed as they come back."""
         self._closed = True
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
+        self._refuse_waiters()
         while self._idle:
             slot = self._idle.pop()
             slot.connection.terminate()
             self._open -= 1
         for task in self._closing:
             task.cancel()
+
+    def _refuse_waiters(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(PoolClosed("the database pool is closed"))
 
     def get_size(self) -> int:
         """Connections open, lent or being opened."""

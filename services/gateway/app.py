@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common import internal_headers
 from services.common.connection_limits import ConnectionLimits
+from services.common.deadlines import Deadlines
 from services.common.http import Readiness, RequestContextMiddleware, health_routes
 from services.common.log import request_id_var
 from services.common.ratelimit import Bucket, RateLimiter
@@ -72,11 +73,14 @@ class GatewayApp:
         self._settings = settings
         self._readiness = readiness
         self._hosts = HostAllowList.of(settings.allowed_hosts)
+        # The timeouts every request's path keeps: its body's and its upstream's.
+        self._deadlines = Deadlines()
         self._upstreams = Upstreams(
             {"authorize": settings.authorize_url, "token": settings.token_url},
             UpstreamOptions(connect_timeout=settings.connect_timeout,
                             timeout=settings.upstream_timeout,
-                            max_connections=settings.upstream_max_connections))
+                            max_connections=settings.upstream_max_connections),
+            self._deadlines)
         self._redis: LeanRedis | None = None
         self._limiter: RateLimiter | None = None
         self._in_flight = InFlight(settings.max_requests_per_ip)
@@ -220,7 +224,8 @@ class GatewayApp:
             reader = RequestBody(receive, max_bytes=cap,
                                  budget=self._uploads if route.body == "upload" else None)
             try:
-                body = (await reader.read(timeout=self._settings.body_timeout)
+                body = (await reader.read(timeout=self._settings.body_timeout,
+                                          deadlines=self._deadlines)
                         if declared or chunked else None)
                 answer = await self._upstreams.forward(
                     route.upstream, method=scope["method"], target=self._target(scope),

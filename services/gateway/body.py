@@ -17,6 +17,7 @@ import asyncio
 
 from starlette.types import Receive
 
+from services.common.deadlines import Deadlines
 from services.gateway.errors import BodyBufferFull, PayloadTooLarge, RequestTimeout
 
 # How long the rest of an oversized body may keep arriving before the 413 is sent anyway.
@@ -60,11 +61,12 @@ class RequestBody:
         self.received = 0
         self.complete = False
 
-    async def read(self, *, timeout: float) -> bytes:
-        """The whole body; raises 413, 408 (too slow) or 503 (the budget is spent)."""
+    async def read(self, *, timeout: float, deadlines: Deadlines) -> bytes:
+        """The whole body; raises 413, 408 (too slow: ``timeout`` seconds, kept by
+        ``deadlines``) or 503 (the budget is spent)."""
         chunks: list[bytes] = []
         try:
-            async with asyncio.timeout(timeout):
+            async with deadlines.within(timeout):
                 while not self.complete:
                     chunk = await self._next()
                     if chunk:

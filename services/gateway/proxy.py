@@ -28,13 +28,13 @@ What can go wrong, and what the client gets:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
 from starlette.types import Message, Send
 
 from services.common import internal_headers
+from services.common.deadlines import Deadlines
 from services.gateway import hop_by_hop
 from services.gateway.errors import (
     BadGateway,
@@ -87,9 +87,12 @@ class Upstreams:
     """The connection pools, one per upstream service. They keep no cookies: nothing is
     shared between the users whose requests pass through them but the connections."""
 
-    def __init__(self, urls: dict[Upstream, str], options: UpstreamOptions) -> None:
+    def __init__(self, urls: dict[Upstream, str], options: UpstreamOptions,
+                 deadlines: Deadlines) -> None:
         self._urls = urls
         self._options = options
+        # Keeps the bound on each request until the upstream's answer begins.
+        self._deadlines = deadlines
         self._pools: dict[Upstream, UpstreamPool] = {}
 
     @property
@@ -118,7 +121,7 @@ class Upstreams:
         """
         pool = self._pools[name]
         try:
-            async with asyncio.timeout(self._options.timeout):
+            async with self._deadlines.within(self._options.timeout):
                 response = await pool.request(method, target, headers, body)
         except TimeoutError:
             raise self._failed(name, "timeout", GatewayTimeout()) from None

@@ -201,13 +201,17 @@ async def test_a_connection_is_replaced_after_its_uses(make_pool: Factory) -> No
     assert pool.get_size() == 1
 
 
+@pytest.mark.parametrize("how", ["close", "terminate"])
 async def test_a_closed_pool_refuses_as_an_outage_and_closes_what_comes_back(
-        make_pool: Factory) -> None:
+        make_pool: Factory, how: str) -> None:
     pool = await make_pool(max_size=1, acquire_timeout=2.0)
     async with pool.acquire() as connection:
         waiting = asyncio.create_task(pool.fetchval("SELECT 1"))
         await asyncio.sleep(0.05)
-        await pool.close()
+        if how == "close":
+            await pool.close()
+        else:
+            pool.terminate()
         with pytest.raises(db.PoolClosed) as refused:
             await waiting
         assert is_unavailable(refused.value)
