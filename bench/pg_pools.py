@@ -12,13 +12,12 @@ see, in alternating rounds. Postgres's own CPU is not counted: it is the same fo
 from __future__ import annotations
 
 import argparse
-import statistics
 from dataclasses import replace
 
 import asyncpg
 import uvloop
 
-from bench.redis_clients import Command, Round, run_round
+from bench.redis_clients import Command, Round, print_medians, run_round
 from bench.stack import DATABASE_URL
 from services.common import db
 from services.common.settings import Env, Secret, StoreSettings
@@ -65,14 +64,7 @@ async def main(options: argparse.Namespace) -> list[Round]:
         await theirs.close()
     print(f"{STATEMENT!r}, {options.statements} statements per round, {options.concurrency} "
           f"at once, medians of {options.rounds} alternating rounds:")
-    print(f"  {'pool':<10} {'statements/s':>13} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'CPU µs/statement':>17}")
-    for name in pools:
-        mine = [r for r in rounds if r.client == name]
-        print(f"  {name:<10} {statistics.median(r.commands / r.seconds for r in mine):>13.0f} "
-              f"{statistics.median(r.p50_ms for r in mine):>8.3f} "
-              f"{statistics.median(r.p99_ms for r in mine):>8.3f} "
-              f"{statistics.median(r.cpu_us for r in mine):>17.1f}")
+    print_medians(rounds, list(pools), who="pool", what="statement")
     return rounds
 
 

@@ -129,14 +129,20 @@ async def main(options: argparse.Namespace) -> None:
         await lean.aclose()
     print(f"{options.command.upper()}, {options.commands} commands per round, "
           f"{options.concurrency} at once, medians of {options.rounds} alternating rounds:")
-    print(f"  {'client':<10} {'commands/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'CPU µs/command':>15}")
-    for name in commands:
+    print_medians(rounds, list(commands), who="client", what="command")
+
+
+def print_medians(rounds: list[Round], names: list[str], *, who: str, what: str) -> None:
+    """One line per contender: the medians of its rounds (``what`` is counted per second and
+    its CPU per one)."""
+    print(f"  {who:<10} {what + 's/s':>13} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'CPU µs/' + what:>17}")
+    for name in names:
         mine = [r for r in rounds if r.client == name]
-        print(f"  {name:<10} {statistics.median(r.commands / r.seconds for r in mine):>11.0f} "
+        print(f"  {name:<10} {statistics.median(r.commands / r.seconds for r in mine):>13.0f} "
               f"{statistics.median(r.p50_ms for r in mine):>8.3f} "
               f"{statistics.median(r.p99_ms for r in mine):>8.3f} "
-              f"{statistics.median(r.cpu_us for r in mine):>15.1f}")
+              f"{statistics.median(r.cpu_us for r in mine):>17.1f}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

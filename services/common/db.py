@@ -130,40 +130,29 @@ class Pool:
 
     async def fetch(self, query: str, *args: Any,
                     timeout: float | None = None) -> list[asyncpg.Record]:
-        slot = self._take_idle() or await self._wait_for_slot()
-        try:
-            result = await slot.connection.fetch(query, *args, timeout=timeout)
-        except BaseException as failure:
-            await self._give_back(slot, failure)
-            raise
-        await self._done_with(slot)
+        result: list[asyncpg.Record] = await self._one(asyncpg.Connection.fetch, query, args,
+                                                       timeout)
         return result
 
     async def fetchrow(self, query: str, *args: Any,
                        timeout: float | None = None) -> asyncpg.Record | None:
-        slot = self._take_idle() or await self._wait_for_slot()
-        try:
-            result = await slot.connection.fetchrow(query, *args, timeout=timeout)
-        except BaseException as failure:
-            await self._give_back(slot, failure)
-            raise
-        await self._done_with(slot)
+        result: asyncpg.Record | None = await self._one(asyncpg.Connection.fetchrow, query,
+                                                        args, timeout)
         return result
 
     async def fetchval(self, query: str, *args: Any, timeout: float | None = None) -> Any:
-        slot = self._take_idle() or await self._wait_for_slot()
-        try:
-            result = await slot.connection.fetchval(query, *args, timeout=timeout)
-        except BaseException as failure:
-            await self._give_back(slot, failure)
-            raise
-        await self._done_with(slot)
-        return result
+        return await self._one(asyncpg.Connection.fetchval, query, args, timeout)
 
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        result: str = await self._one(asyncpg.Connection.execute, query, args, timeout)
+        return result
+
+    async def _one(self, statement: Callable[..., Awaitable[Any]], query: str,
+                   args: tuple[Any, ...], timeout: float | None) -> Any:
+        """``statement`` (a method of asyncpg's connection) on a pooled connection."""
         slot = self._take_idle() or await self._wait_for_slot()
         try:
-            result = await slot.connection.execute(query, *args, timeout=timeout)
+            result = await statement(slot.connection, query, *args, timeout=timeout)
         except BaseException as failure:
             await self._give_back(slot, failure)
             raise
