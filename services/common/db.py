@@ -323,11 +323,7 @@ class Pool:
     async def close(self) -> None:
         """Closes every free connection and every lent one as it comes back; callers waiting
         get :class:`PoolClosed`."""
-        self._closed = True
-        if self._reaper is not None:
-            self._reaper.cancel()
-            self._reaper = None
-        self._refuse_waiters()
+        self._shut()
         while self._idle:
             self._retire(self._idle.pop())
         if self._closing:
@@ -336,11 +332,7 @@ class Pool:
     def terminate(self) -> None:
         """Closes every free connection at once, without a word to the server; callers
         waiting get :class:`PoolClosed`, lent connections are closed as they come back."""
-        self._closed = True
-        if self._reaper is not None:
-            self._reaper.cancel()
-            self._reaper = None
-        self._refuse_waiters()
+        self._shut()
         while self._idle:
             slot = self._idle.pop()
             slot.connection.terminate()
@@ -348,7 +340,12 @@ class Pool:
         for task in self._closing:
             task.cancel()
 
-    def _refuse_waiters(self) -> None:
+    def _shut(self) -> None:
+        """No more lending: the idle timer stops, callers waiting get :class:`PoolClosed`."""
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
