@@ -589,14 +589,16 @@ async def main(argv: list[str]) -> int:
         return command.interrupted("bench-peer", "every server is stopped and Otesse's "
                                                  "database dropped")
     after = report.machine()
+    # Each asks the interpreter itself (a process): once, for the file and the text alike.
+    ran_on = interpreter(args.venv)
+    baseline_ran_on = interpreter(args.baseline_venv) if args.baseline else None
     context = {"machine": {**before, "load_average_after": after["load_average"],
                            "note": "the load generator shares these cores with every server"},
                "peer": {"package": "oidc-provider", "version": VERSION, "node": node,
                         "storages": list(storages)},
                "baseline": args.baseline,
-               "interpreter": interpreter(args.venv),
-               "baseline_interpreter": (interpreter(args.baseline_venv) if args.baseline
-                                        else None),
+               "interpreter": ran_on,
+               "baseline_interpreter": baseline_ran_on,
                "postgres_synchronous_commit": synchronous_commit,
                "as_in_production": asdict(production)}
     document = as_json(by_name, options, context)
@@ -606,9 +608,8 @@ async def main(argv: list[str]) -> int:
         f"Otesse vs node-oidc-provider {VERSION} (Node {node}): {options.rounds} alternating "
         f"rounds, {options.requests} requests per measurement, concurrency "
         f"{options.concurrency}, warm-up {options.warmup}",
-        f"Otesse's services ran on {interpreter(args.venv)}"
-        + (f"; the baseline's on {interpreter(args.baseline_venv)}." if args.baseline
-           else "."),
+        f"Otesse's services ran on {ran_on}"
+        + (f"; the baseline's on {baseline_ran_on}." if baseline_ran_on else "."),
         f"Otesse ran with {production.describe()}; "
         f"Postgres synchronous_commit = {synchronous_commit}. The load generator shares the "
         f"machine's {before['cores']} cores with every server (load average before: "

@@ -37,9 +37,10 @@ from typing import Any, cast
 
 import uvloop
 
+from bench import command
 from bench.cpu import process_seconds
 from bench.ports import free_port
-from bench.stack import THIS_VENV, StackFailed, die_with_parent
+from bench.stack import StackFailed, die_with_parent
 
 ANSWER = json.dumps({"access_token": "otesse_at_" + "x" * 600, "token_type": "Bearer",
                      "expires_in": 3600, "refresh_token": "otesse_rt_" + "y" * 43,
@@ -246,9 +247,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=40000, metavar="N")
     parser.add_argument("--connections", type=int, default=16, metavar="C")
     parser.add_argument("--rounds", type=int, default=3, metavar="R")
-    parser.add_argument("--venv", type=Path, default=THIS_VENV, metavar="PATH",
-                        help="the virtualenv whose interpreter runs the servers (default: the "
-                             f"one this command runs in, {THIS_VENV.name})")
+    command.add_venv_argument(parser)
     parser.add_argument("--serve", nargs=2, metavar=("KIND", "PORT"), help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if min(options.requests, options.connections, options.rounds) < 1:
