@@ -40,7 +40,7 @@ import uvloop
 from bench import command
 from bench.cpu import process_seconds
 from bench.ports import free_port
-from bench.stack import StackFailed, die_with_parent
+from bench.stack import StackFailed, dying_with_parent
 
 ANSWER = json.dumps({"access_token": "otesse_at_" + "x" * 600, "token_type": "Bearer",
                      "expires_in": 3600, "refresh_token": "otesse_rt_" + "y" * 43,
@@ -117,8 +117,8 @@ def _process(argv: list[str], env: dict[str, str] | None = None) -> Iterator[int
     """A server, its output appended to :data:`LOG`."""
     LOG.parent.mkdir(parents=True, exist_ok=True)
     with LOG.open("ab") as log:
-        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   preexec_fn=die_with_parent)
+        process = subprocess.Popen(dying_with_parent(argv), env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
     try:
         yield process.pid
     finally:

@@ -34,6 +34,7 @@ from bench.stack import (
     SCOPE,
     StackFailed,
     clear_redis,
+    dying_with_parent,
 )
 
 PEER = Path(__file__).resolve().parent / "peer"
@@ -151,16 +152,11 @@ async def running_reference(storage: Storage, *, redis_url: str, log_path: Path,
     if storage == "redis":
         await clear_redis(redis_url, prefix)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [node, str(PEER / "server.mjs")]
-    # A benchmark killed outright must not leave node running: setpriv (util-linux) asks the
-    # kernel to send SIGTERM when this process dies (a preexec_fn could deadlock in a process
-    # with threads, and gRPC's are there when the tests start it).
-    setpriv = shutil.which("setpriv")
-    if setpriv:
-        command = [setpriv, "--pdeathsig", "TERM", "--", *command]
     with log_path.open("wb") as log:
+        # A benchmark killed outright must not leave node running.
         process = await asyncio.create_subprocess_exec(
-            *command, cwd=PEER, env=_environment(storage, port, app, redis_url, prefix),
+            *dying_with_parent([node, str(PEER / "server.mjs")]), cwd=PEER,
+            env=_environment(storage, port, app, redis_url, prefix),
             stdout=log, stderr=asyncio.subprocess.STDOUT)
     try:
         if not await _wait_listening(log_path, process):

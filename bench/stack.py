@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import secrets
@@ -58,13 +57,27 @@ PORT_VARIABLES = ("OTESSE_GATEWAY_PORT", "OTESSE_GATEWAY_ADMIN_PORT", "OTESSE_AU
                   "OTESSE_BOOKINGS_PORT")
 
 
-_PR_SET_PDEATHSIG = 1
+# Run by a new interpreter before it becomes the server: asks the kernel for SIGTERM
+# when its parent (the benchmark) dies, checks the parent did not die first, then executes the
+# command in its place (the request outlives execve). Self-contained: a checkout of an older
+# commit (``bench.compare --baseline``) runs it beside its own code.
+_GUARD = ("import ctypes, os, signal, sys\n"
+          "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+          "if os.getppid() != int(sys.argv[1]):\n"
+          "    sys.exit('the benchmark that started this process has gone')\n"
+          "os.execv(sys.argv[2], sys.argv[2:])\n")
 
 
-def die_with_parent() -> None:
-    # A benchmark killed outright (SIGKILL) must not leave the stack running: run-local gets
-    # SIGTERM and stops its services.
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def dying_with_parent(argv: list[str]) -> list[str]:
+    """``argv``, run so that the process stops (SIGTERM) when this one dies, even killed
+    outright: a benchmark killed with SIGKILL must not leave servers running (run-local stops
+    its services on SIGTERM). ``argv[0]`` is the program's path.
+
+    The guard runs in a new interpreter (this one's), not as a ``preexec_fn``: that would make
+    ``subprocess`` fork this process (no ``vfork``) and run Python between the fork and the exec,
+    and a process with gRPC's threads (a test run, the benchmark's own channel) forked so can
+    hang in the child before it ever executes the server."""
+    return [sys.executable, "-c", _GUARD, str(os.getpid()), *argv]
 
 
 class StackFailed(Exception):
@@ -264,9 +277,9 @@ async def running_stack(*, database_url: str = DATABASE_URL, redis_url: str = RE
         with log_path.open("wb") as log:
             # run-local starts the services on the interpreter it runs on.
             process = await asyncio.create_subprocess_exec(
-                str(venv / "bin" / "python"), str(root / "scripts" / "run-local"), env=env,
-                cwd=root, stdout=log,
-                stderr=asyncio.subprocess.STDOUT, preexec_fn=die_with_parent)
+                *dying_with_parent([str(venv / "bin" / "python"),
+                                    str(root / "scripts" / "run-local")]),
+                env=env, cwd=root, stdout=log, stderr=asyncio.subprocess.STDOUT)
         try:
             if not await _wait_ready(log_path, process):
                 lines = log_path.read_text(errors="replace").rstrip().splitlines()[-8:]
