@@ -23,7 +23,7 @@ async def seed(pool: asyncpg.Pool, *, client_id: str, user_id: str | None, event
     event_id: int = await pool.fetchval(
         "INSERT INTO audit.events (occurred_at, event_type, actor_kind, actor_id,"
         " subject_user_id, client_id, client_ip, request_id, details)"
-        " VALUES (now() - $1::float8 * interval '1 day', $2, 'client', $3, $4, $3,"
+        " VALUES (now() - $1::float8 * interval '1 day', $2, 'client', $3::text, $4, $3::text,"
         " '203.0.113.5', $5, '{\"grant_type\": \"refresh_token\"}') RETURNING event_id",
         days_ago, event_type, client_id, user_id, request_id)
     return event_id

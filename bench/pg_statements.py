@@ -1,0 +1,171 @@
+"""``python -m bench.pg_statements``: what Postgres itself spends on the code exchange's statement,
+on this tree's schema and on an older one.
+
+The exchange is one statement (``PgGrantStore.create_grant``: the grant, its first refresh
+token and its ``token.issued`` audit row). This runs it on two databases of its own — one
+migrated as this tree is, one whose audit schema stops before ``--audit-before`` (by default
+0002, the table's CHECK constraints before they moved into domains) — ``C`` at once through
+the services' pool (opened as the token service opens it, ``C`` connections), in alternating
+rounds, and reads the CPU those ``C`` backends spent from ``/proc`` (Postgres must run on this
+machine). ``synchronous_commit`` is the server's (on).
+
+    .venv-bench/bin/python -m bench.pg_statements          # 8000 statements, 16 at once, 6 rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import asyncpg
+import uvloop
+
+from bench.cpu import process_seconds
+from bench.stack import DATABASE_URL, drop_database
+from services.cli.migrate import SCHEMAS, migration_dir
+from services.common import db
+from services.common.audit import Origin
+from services.common.migrations import migrate
+from services.common.settings import Env, Secret, StoreSettings
+from services.token.store import PgGrantStore
+
+APPLICATION = "otesse-bench-statements"
+
+
+@dataclass(frozen=True)
+class Round:
+    schema: str
+    statements: int
+    seconds: float
+    backend_us: float
+
+
+async def _create(url: str, *, audit_before: str | None) -> None:
+    """A new database at ``url``, every schema migrated, the audit schema only below
+    ``audit_before`` when given."""
+    await drop_database(url)
+    base, _, name = url.rpartition("/")
+    admin = await asyncpg.connect(f"{base}/postgres")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    connection = await asyncpg.connect(url)
+    try:
+        with tempfile.TemporaryDirectory(prefix="otesse-bench-migrations-") as older:
+            for schema in SCHEMAS:
+                directory = migration_dir(schema)
+                if schema == "audit" and audit_before is not None:
+                    for path in sorted(directory.glob("*.sql")):
+                        if path.name < audit_before:
+                            shutil.copy(path, older)
+                    directory = Path(older)
+                await migrate(connection, schema=schema, directory=directory)
+    finally:
+        await connection.close()
+
+
+async def _exchange(store: PgGrantStore) -> None:
+    await store.create_grant(
+        grant_id=str(uuid.uuid4()), user_id="user-" + secrets.token_hex(8), client_id="bench-app",
+        scopes=("bookings:read", "customers:read"), code_hash=secrets.token_bytes(32),
+        refresh_hash=secrets.token_bytes(32), refresh_ttl=30 * 86400,
+        code_issued_at=time.time() - 1, origin=Origin("203.0.113.7", "req-" + secrets.token_hex(8)))
+
+
+class _Database:
+    """One database, written through the services' own pool as the token service opens it."""
+
+    def __init__(self, schema: str, url: str, pool: db.Pool) -> None:
+        self.schema = schema
+        self.url = url
+        self._pool = pool
+        self._store = PgGrantStore(pool, access_token_ttl=3600)
+        self._pids: list[int] = []
+
+    async def open(self, concurrency: int) -> None:
+        await self.run(concurrency * 20, concurrency)  # warm-up: connections, prepared statements
+        self._pids = [row["pid"] for row in await self._pool.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = $1", APPLICATION)]
+
+    async def run(self, statements: int, concurrency: int) -> Round:
+        each = statements // concurrency
+
+        async def worker() -> None:
+            for _ in range(each):
+                await _exchange(self._store)
+
+        cpu, wall = sum(map(process_seconds, self._pids)), time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.perf_counter() - wall
+        spent = sum(map(process_seconds, self._pids)) - cpu
+        done = each * concurrency
+        return Round(self.schema, done, seconds, spent / done * 1e6)
+
+
+async def main(options: argparse.Namespace) -> list[Round]:
+    base = options.database_url.rpartition("/")[0]
+    urls = {"this tree": f"{base}/otesse_bench_statements",
+            f"audit < {options.audit_before}": f"{base}/otesse_bench_statements_before"}
+    databases: list[_Database] = []
+    pools: list[db.Pool] = []
+    rounds: list[Round] = []
+    try:
+        for (schema, url), before in zip(urls.items(), (None, options.audit_before),
+                                            strict=True):
+            await _create(url, audit_before=before)
+            settings = replace(StoreSettings.from_env(Env({})), database_url=Secret(url),
+                               db_pool_max=options.concurrency)
+            pool = await db.create_pool(settings, application_name=APPLICATION,
+                                        session={"otesse.access_token_ttl": "3600"})
+            pools.append(pool)
+            database = _Database(schema, url, pool)
+            databases.append(database)
+            await database.open(options.concurrency)
+        for _ in range(options.rounds):
+            for database in databases:
+                rounds.append(await database.run(options.statements, options.concurrency))
+    finally:
+        for pool in pools:
+            await pool.close()
+        for url in urls.values():
+            await drop_database(url)
+    print(f"The code exchange's statement, {options.statements} per round, {options.concurrency} "
+          f"at once, medians of {options.rounds} alternating rounds; CPU of the backends:")
+    print(f"  {'schema':<14} {'statements/s':>13} {'backend CPU µs/statement':>25}")
+    for schema in urls:
+        mine = [r for r in rounds if r.schema == schema]
+        print(f"  {schema:<14} {statistics.median(r.statements / r.seconds for r in mine):>13.0f}"
+              f" {statistics.median(r.backend_us for r in mine):>25.1f}")
+    return rounds
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.pg_statements",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--statements", type=int, default=8000, metavar="N")
+    parser.add_argument("--concurrency", type=int, default=16, metavar="C")
+    parser.add_argument("--rounds", type=int, default=6, metavar="R")
+    parser.add_argument("--audit-before", default="0002", metavar="VERSION",
+                        help="the older schema's audit migrations stop before this one "
+                             "(default 0002)")
+    parser.add_argument("--database-url", default=DATABASE_URL,
+                        help="where to create the two databases: this URL's server "
+                             f"(default {DATABASE_URL.rpartition('/')[0]})")
+    options = parser.parse_args(argv)
+    if min(options.statements, options.concurrency, options.rounds) < 1:
+        parser.error("--statements, --concurrency and --rounds must be at least 1")
+    return options
+
+
+if __name__ == "__main__":
+    uvloop.run(main(parse_args()))

@@ -1,0 +1,27 @@
+"""``python -m bench.pg_statements`` runs: both schemas answer every statement, each round reads
+its backends' CPU, and both databases are gone afterwards. No speed is asserted (DESIGN §8:
+never a timed test)."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from bench import pg_statements
+from tests.conftest import ADMIN_URL
+
+
+async def test_both_schemas_run_every_round(capsys: pytest.CaptureFixture[str]) -> None:
+    options = pg_statements.parse_args(["--statements", "400", "--concurrency", "4",
+                                        "--rounds", "2", "--database-url", ADMIN_URL])
+    rounds = await pg_statements.main(options)
+    assert [r.schema for r in rounds] == ["this tree", "audit < 0002"] * 2
+    assert all(r.statements == 400 and r.backend_us > 0 for r in rounds)
+    assert "backend CPU µs/statement" in capsys.readouterr().out
+    admin = await asyncpg.connect(ADMIN_URL)
+    try:
+        left = await admin.fetchval("SELECT count(*) FROM pg_database"
+                                    " WHERE datname LIKE 'otesse_bench_statements%'")
+    finally:
+        await admin.close()
+    assert left == 0
