@@ -68,7 +68,10 @@ DEFAULT_CONCURRENCY = 16
 STEPS = ("authorize", "exchange", "refresh")
 # Otesse only (no peer answers it): compared with a baseline, never with the peer.
 VALIDATE = "validate"
-EVERY_STEP = (*STEPS, VALIDATE)
+# The same call on a few tokens over and over, as a client's API calls present its one token.
+REVALIDATE = "revalidate"
+GRPC_STEPS = (VALIDATE, REVALIDATE)
+EVERY_STEP = (*STEPS, *GRPC_STEPS)
 # Above this, the load generator takes enough of the cores to bend the comparison.
 CLIENT_CPU_LIMIT_MS = 0.15
 # Not server work: the load generator, and everything else the machine did meanwhile.
@@ -98,8 +101,9 @@ class Contender:
     # What its access and refresh tokens start with.
     prefixes: tuple[str, str] = ("", "")
     database_url: str | None = None
-    # Otesse's token service's gRPC address: a ``validate`` step (``ValidateToken``, as
-    # internal services call it) is measured too. The peer has no such call.
+    # Otesse's token service's gRPC address: ``validate`` and ``revalidate`` steps
+    # (``ValidateToken`` on first sightings, then on a few tokens again and again, as
+    # internal services call it) are measured too. The peer has no such call.
     token_grpc: str | None = None
 
 
@@ -282,6 +286,14 @@ async def measure(contender: Contender, options: Options, meter: CpuMeter, numbe
 
             await run(VALIDATE, validate, w, warm=True)
             await run(VALIDATE, validate, n, warm=False)
+
+            again = itertools.cycle([pair.access_token for pair in pairs[:4 * c]])
+
+            async def revalidate(_: int) -> None:
+                await flow.validate(stub, next(again), scopes)
+
+            await run(REVALIDATE, revalidate, w, warm=True)
+            await run(REVALIDATE, revalidate, n, warm=False)
         finally:
             await channel.close()
     return out
@@ -345,7 +357,7 @@ def text(by_name: dict[str, list[Round]], options: Options, header: list[str]) -
                 continue
             # The gRPC client costs the load generator more than HTTP/1.1 (validate): judged
             # against a baseline only, where both pay it alike.
-            heavy_client |= step != VALIDATE and m["client_cpu_ms"] > CLIENT_CPU_LIMIT_MS
+            heavy_client |= step not in GRPC_STEPS and m["client_cpu_ms"] > CLIENT_CPU_LIMIT_MS
             lines.append(f"  {step if index == 0 else '':<10} {name:<30} {m['rps']:>7.0f} "
                          f"{m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['server_cpu_ms']:>11.3f} "
                          f"{m['client_cpu_ms']:>8.3f} {m['other_cpu_ms']:>7.3f} "

@@ -6,8 +6,13 @@
    codes; each answer's pair is kept.
 3. ``refresh``: ``POST /oauth/token`` (refresh_token) on C independent chains (C = the
    concurrency), so each chain rotates strictly one refresh after another, as a real client does.
-4. ``validate (gRPC)``: ``TokenService.ValidateToken`` straight to the token service's gRPC port.
-5. ``GET /v1/bookings``: the bookings API, which validates the token over gRPC (the kit).
+4. ``validate (gRPC)``: ``TokenService.ValidateToken`` straight to the token service's gRPC port,
+   cycling over every pair: mostly each token's first validation (the warm-up's tokens come
+   round again at the end).
+5. ``revalidate (gRPC)``: the same call on a few tokens (4 × C) over and over, as a client's
+   API calls present its one token all hour: the token service verifies each signature once
+   (``OTESSE_TOKEN_VERIFIED_CACHE_SIZE``).
+6. ``GET /v1/bookings``: the bookings API, which validates the token over gRPC (the kit).
 
 For context, the same authorize, exchange and refresh straight to the authorize and token
 services (no gateway), so the gateway's share of a request is visible.
@@ -118,7 +123,8 @@ async def measure_all(stack: Stack, options: Options, meter: CpuMeter | None = N
         await runner.measure("refresh", _refresh_step(api, app, chains), n)
         await runner.measure("refresh (direct)", _refresh_step(token_direct, app, chains), d)
 
-        # 4. Validation over gRPC, as internal services do; 5. the bookings API.
+        # 4. Validation over gRPC, as internal services do, first sightings then the same few
+        # tokens again; 6. the bookings API.
         access = itertools.cycle([p.access_token for p in pairs])
         scopes = app.scope.split()
         channel = create_channel(stack.token_grpc, services=("otesse.auth.v1.TokenService",))
@@ -130,6 +136,14 @@ async def measure_all(stack: Stack, options: Options, meter: CpuMeter | None = N
 
             await runner.warm("validate (gRPC)", validate, w)
             await runner.measure("validate (gRPC)", validate, n)
+
+            again = itertools.cycle([p.access_token for p in pairs[:4 * c]])
+
+            async def revalidate(_: int) -> None:
+                await flow.validate(stub, next(again), scopes)
+
+            await runner.warm("revalidate (gRPC)", revalidate, w)
+            await runner.measure("revalidate (gRPC)", revalidate, n)
         finally:
             await channel.close()
 

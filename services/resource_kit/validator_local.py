@@ -26,10 +26,8 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hashlib
 import logging
 import time
-from collections import OrderedDict
 from typing import Any
 
 import httpx
@@ -37,10 +35,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from grpc import aio
 
 from otesse.auth.v1 import token_pb2, token_pb2_grpc
-from services.common import jwt_profile
+from services.common import jwt_profile, verified_tokens
 from services.common.grpc_client import create_channel
 from services.common.jwt_profile import TokenRejected
 from services.common.settings import GrpcTlsSettings
+from services.common.verified_tokens import VerifiedTokens
 from services.resource_kit.validation import (
     TokenServiceUnavailable,
     ValidatedToken,
@@ -76,7 +75,6 @@ class LocalTokenValidator:
         self._issuer = issuer
         self._audience = audience
         self._stale_after = stale_after
-        self._cache_entries = cache_entries
         self._jwks_url = jwks_url
         self._jwks_refresh = jwks_refresh_seconds
         self._subscriber = subscriber[:64]
@@ -87,7 +85,7 @@ class LocalTokenValidator:
         self._keys: dict[str, ec.EllipticCurvePublicKey] = {}
         self._keys_fetched_at = float("-inf")
         self._keys_lock = asyncio.Lock()
-        self._verified: OrderedDict[bytes, ValidatedToken] = OrderedDict()
+        self._verified: VerifiedTokens[ValidatedToken] = VerifiedTokens(cache_entries)
         self._denied_grants: dict[str, float] = {}
         self._denied_tokens: dict[str, float] = {}
         self._pruned_at = time.monotonic()
@@ -110,11 +108,9 @@ class LocalTokenValidator:
                        ) -> Validation:
         if not self.current:
             raise TokenServiceUnavailable("the revocation feed is not current")
-        key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        key = verified_tokens.digest(token)
         validated = self._verified.get(key)
-        if validated is not None:
-            self._verified.move_to_end(key)
-        else:
+        if validated is None:
             try:
                 signed = jwt_profile.parse(token)
             except TokenRejected as exc:
@@ -135,18 +131,13 @@ class LocalTokenValidator:
             if problem == "wrong_issuer_or_audience":
                 return Validation(False, problem, validated)
             # Issuer and audience never change; the expiry is checked at every use below.
-            self._remember(key, validated)
+            self._verified.put(key, validated)
         if jwt_profile.expired(validated.expires_at, now=time.time()):
             return Validation(False, "expired", validated)
         if validated.grant_id in self._denied_grants or \
                 validated.token_id in self._denied_tokens:
             return Validation(False, "revoked", validated)
         return check_scopes(validated, required_scopes)
-
-    def _remember(self, key: bytes, validated: ValidatedToken) -> None:
-        self._verified[key] = validated
-        if len(self._verified) > self._cache_entries:
-            self._verified.popitem(last=False)
 
     async def _key_after_refresh(self, kid: str) -> ec.EllipticCurvePublicKey | None:
         async with self._keys_lock:

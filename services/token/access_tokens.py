@@ -29,7 +29,7 @@ from services.token.keys import KeyRing, SigningKey
 PREFIX = jwt_profile.PREFIX
 MAX_TOKEN_LENGTH = jwt_profile.MAX_TOKEN_LENGTH
 __all__ = ["MAX_TOKEN_LENGTH", "PREFIX", "AccessClaims", "AccessTokenIssuer", "TokenRejected",
-           "new_jti", "sign", "verify"]
+           "new_jti", "sign", "verify", "verify_with_key"]
 # RFC 6979: the nonce is derived from the key and the message, not drawn at random.
 _DETERMINISTIC_ES256 = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
 
@@ -89,6 +89,13 @@ def verify(token: str, ring: KeyRing) -> AccessClaims:
     """Checks shape and signature (:mod:`services.common.jwt_profile`); returns the claims
     (expiry, issuer, audience and revocation are the caller's to check). Raises
     :class:`TokenRejected`."""
+    return verify_with_key(token, ring)[0]
+
+
+def verify_with_key(token: str, ring: KeyRing) -> tuple[AccessClaims, SigningKey]:
+    """:func:`verify`, and the key that verified the signature."""
     signed = jwt_profile.parse(token)
     key = ring.get(signed.kid)
-    return jwt_profile.verify(signed, key.public_key if key is not None else None)
+    if key is None:
+        raise TokenRejected("bad_signature")
+    return jwt_profile.verify(signed, key.public_key), key

@@ -111,7 +111,8 @@ def build_components(settings: TokenSettings, *, pool: db.Queries, redis: aiored
     issuer = AccessTokenIssuer(ring, issuer=settings.issuer, audience=settings.audience,
                                ttl=settings.access_token_ttl)
     validator = AccessTokenValidator(ring, denylist, issuer=settings.issuer,
-                                     audience=settings.audience)
+                                     audience=settings.audience,
+                                     remembered=settings.verified_cache_size)
     authenticator = ClientAuthenticator(registry,
                                         cache_seconds=settings.client_auth_cache_seconds,
                                         changes=client_changes)

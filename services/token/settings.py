@@ -65,6 +65,8 @@ class TokenSettings(ServiceSettings):
     denylist_sync_seconds: float
     # How long a successful client authentication is remembered in-process.
     client_auth_cache_seconds: float
+    # Access tokens whose verified signature each replica remembers (0: verify every time).
+    verified_cache_size: int
     max_body_bytes: int
     # Token requests per authenticated confidential client (None: no limit).
     rate_per_client: RateLimit | None
@@ -112,6 +114,8 @@ class TokenSettings(ServiceSettings):
             denylist_sync_seconds=env.number("OTESSE_TOKEN_DENYLIST_SYNC_SECONDS", 10.0,
                                              minimum=0.05),
             client_auth_cache_seconds=env.number("OTESSE_TOKEN_CLIENT_AUTH_CACHE_SECONDS", 5.0),
+            verified_cache_size=env.integer("OTESSE_TOKEN_VERIFIED_CACHE_SIZE", 10_000,
+                                            maximum=1_000_000),
             max_body_bytes=env.integer("OTESSE_TOKEN_MAX_BODY_BYTES", 16 * 1024, minimum=1024,
                                        maximum=1024 * 1024),
             rate_per_client=RateLimit.parse("OTESSE_TOKEN_RATE_PER_CLIENT",

@@ -4,6 +4,11 @@ Signature (one ES256 verification against the in-memory key ring), ``iss``, ``au
 revocation (one Redis round trip, :mod:`services.token.denylist`) and the required scopes.
 Postgres is asked only when Redis cannot answer; when neither can, the check raises (callers
 answer UNAVAILABLE / 503): an unverifiable revocation status never counts as active.
+
+A token seen again skips the signature's verification, the costliest step
+(:mod:`services.common.verified_tokens`): its claims are remembered with the key that verified
+them, and used only while the ring still publishes that very key (a key retired or withdrawn
+takes its tokens' entries with it). Everything else is checked at every call.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from services.common import jwt_profile
+from services.common import jwt_profile, verified_tokens
 from services.common.token_reasons import Reason
-from services.token.access_tokens import AccessClaims, TokenRejected, verify
+from services.common.verified_tokens import VerifiedTokens
+from services.token.access_tokens import AccessClaims, TokenRejected, verify_with_key
 from services.token.denylist import DenyList
 from services.token.keys import KeyRing
 from services.token.metrics import VALIDATIONS
@@ -31,12 +37,28 @@ class Validation:
         return self.reason == "valid"
 
 
+@dataclass(frozen=True)
+class _Verified:
+    """What a verified signature vouched for, and the key (its JWK) that verified it."""
+
+    claims: AccessClaims
+    kid: str
+    jwk: dict[str, str]
+
+
 class AccessTokenValidator:
-    def __init__(self, ring: KeyRing, denylist: DenyList, *, issuer: str, audience: str) -> None:
+    def __init__(self, ring: KeyRing, denylist: DenyList, *, issuer: str, audience: str,
+                 remembered: int = 10_000) -> None:
         self._ring = ring
         self._denylist = denylist
         self._issuer = issuer
         self._audience = audience
+        self._verified: VerifiedTokens[_Verified] = VerifiedTokens(remembered)
+
+    @property
+    def remembered(self) -> int:
+        """How many verified tokens are remembered now."""
+        return len(self._verified)
 
     async def validate(self, token: str, required_scopes: Iterable[str] = ()) -> Validation:
         validation = await self._validate(token, required_scopes)
@@ -45,7 +67,7 @@ class AccessTokenValidator:
 
     async def _validate(self, token: str, required_scopes: Iterable[str]) -> Validation:
         try:
-            claims = verify(token, self._ring)
+            claims = self._verify(token)
         except TokenRejected as exc:
             return Validation(exc.problem, None)
         problem = jwt_profile.check(claims, issuer=self._issuer, audience=self._audience,
@@ -57,3 +79,17 @@ class AccessTokenValidator:
         if any(scope not in claims.scopes for scope in required_scopes):
             return Validation("insufficient_scope", claims)
         return Validation("valid", claims)
+
+    def _verify(self, token: str) -> AccessClaims:
+        """The token's claims once its signature is known good; raises :class:`TokenRejected`."""
+        digest = verified_tokens.digest(token)
+        known = self._verified.get(digest)
+        if known is not None:
+            key = self._ring.get(known.kid)
+            if key is not None and key.jwk == known.jwk:
+                return known.claims
+            # The key is gone from the ring, or another key took its kid: verify again.
+            self._verified.forget(digest)
+        claims, key = verify_with_key(token, self._ring)
+        self._verified.put(digest, _Verified(claims, key.kid, key.jwk))
+        return claims

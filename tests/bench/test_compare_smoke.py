@@ -111,7 +111,7 @@ async def test_both_servers_answer_the_same_steps_without_errors(
                                       [r.error_samples for r in measured.results.values()])
         assert all(r.requests == OPTIONS.requests for r in measured.results.values())
     # ValidateToken is Otesse's own (measured against a baseline, never the peer).
-    assert list(ours.results) == [*compare.STEPS, compare.VALIDATE]
+    assert list(ours.results) == [*compare.STEPS, *compare.GRPC_STEPS]
     assert list(theirs.results) == list(compare.STEPS)
     assert all(r.rss_kib["node"] > 0 and "node" in r.cpu_ms for r in theirs.results.values())
     assert all("postgres" not in r.cpu_ms for r in theirs.results.values())

@@ -25,6 +25,9 @@ def test_defaults() -> None:
     assert settings.rate_per_client == RateLimit(600, 60.0)
     assert settings.rate_redis_timeout == 0.25
     assert settings.feed_max_subscribers == 256
+    assert settings.verified_cache_size == 10_000
+    assert TokenSettings.from_env(Env({"OTESSE_TOKEN_VERIFIED_CACHE_SIZE": "0"})
+                                  ).verified_cache_size == 0
     assert TokenSettings.from_env(Env({"OTESSE_TOKEN_RATE_PER_CLIENT": "off"})
                                   ).rate_per_client is None
     assert settings.kek_is_default and settings.kek.value == DEV_KEK
@@ -53,10 +56,11 @@ def test_a_set_kek_is_used_and_masked() -> None:
     ({"OTESSE_TOKEN_RATE_REDIS_TIMEOUT_SECONDS": "0"},
      "OTESSE_TOKEN_RATE_REDIS_TIMEOUT_SECONDS"),
     ({"OTESSE_TOKEN_FEED_MAX_SUBSCRIBERS": "0"}, "OTESSE_TOKEN_FEED_MAX_SUBSCRIBERS"),
+    ({"OTESSE_TOKEN_VERIFIED_CACHE_SIZE": "-1"}, "OTESSE_TOKEN_VERIFIED_CACHE_SIZE"),
 ], ids=["KEK not 32 bytes", "KEK not base64", "negative retry window", "TTL not a number",
         "rotation shorter than two token lives", "issuer not absolute", "port out of range",
         "per-client rate not COUNT/SECONDS", "rate-limit timeout of zero",
-        "no feed subscriber allowed"])
+        "no feed subscriber allowed", "negative verified-token cache"])
 def test_malformed_settings_name_the_variable(environ: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError) as caught:
         TokenSettings.from_env(Env(environ))

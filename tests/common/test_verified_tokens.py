@@ -1,0 +1,48 @@
+"""The bounded LRU of verified tokens: keyed by digest, least recently used out first, off at 0."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from services.common.verified_tokens import VerifiedTokens, digest
+
+
+def test_the_key_is_the_tokens_sha256_not_the_token() -> None:
+    token = "otesse_at_header.payload.signature"
+    assert digest(token) == hashlib.sha256(token.encode()).digest()
+    assert digest(token) != digest(token + "x")
+    # A lone surrogate (garbage a caller may send) still has a key, never an exception.
+    assert len(digest("otesse_at_\udcff")) == 32
+
+
+def test_the_least_recently_used_goes_first_when_full() -> None:
+    tokens: VerifiedTokens[str] = VerifiedTokens(3)
+    for name in "abc":
+        tokens.put(digest(name), name)
+    assert tokens.get(digest("a")) == "a"  # a is now the most recently used
+    tokens.put(digest("d"), "d")
+    assert len(tokens) == 3
+    assert tokens.get(digest("b")) is None
+    assert [tokens.get(digest(name)) for name in "acd"] == ["a", "c", "d"]
+
+
+def test_put_again_refreshes_and_forget_removes() -> None:
+    tokens: VerifiedTokens[int] = VerifiedTokens(2)
+    tokens.put(digest("a"), 1)
+    tokens.put(digest("b"), 2)
+    tokens.put(digest("a"), 3)
+    tokens.put(digest("c"), 4)
+    assert (tokens.get(digest("a")), tokens.get(digest("b"))) == (3, None)
+    tokens.forget(digest("a"))
+    tokens.forget(digest("never there"))
+    assert tokens.get(digest("a")) is None and len(tokens) == 1
+
+
+def test_zero_entries_remembers_nothing() -> None:
+    tokens: VerifiedTokens[str] = VerifiedTokens(0)
+    tokens.put(digest("a"), "a")
+    assert len(tokens) == 0 and tokens.get(digest("a")) is None
+    with pytest.raises(ValueError):
+        VerifiedTokens(-1)
