@@ -8,7 +8,8 @@ answer UNAVAILABLE / 503): an unverifiable revocation status never counts as act
 A token seen again skips the signature's verification, the costliest step
 (:mod:`services.common.verified_tokens`): its claims are remembered with the key that verified
 them, and used only while the ring still publishes that very key (a key retired or withdrawn
-takes its tokens' entries with it). Everything else is checked at every call.
+takes its tokens' entries with it) and while the token keeps being presented (30 s at most
+between two calls). Everything else is checked at every call.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class Validation:
         return self.reason == "valid"
 
 
+# A remembered token not presented again within this is forgotten: a client's burst of API
+# calls shares one verification, and the cache holds about (new tokens per second) × this.
+REMEMBERED_IDLE_SECONDS = 30.0
+
+
 @dataclass(frozen=True)
 class _Verified:
     """What a verified signature vouched for, and the key (its JWK) that verified it."""
@@ -53,7 +59,8 @@ class AccessTokenValidator:
         self._denylist = denylist
         self._issuer = issuer
         self._audience = audience
-        self._verified: VerifiedTokens[_Verified] = VerifiedTokens(remembered)
+        self._verified: VerifiedTokens[_Verified] = VerifiedTokens(
+            remembered, idle_seconds=REMEMBERED_IDLE_SECONDS)
 
     @property
     def remembered(self) -> int:
@@ -67,7 +74,7 @@ class AccessTokenValidator:
 
     async def _validate(self, token: str, required_scopes: Iterable[str]) -> Validation:
         try:
-            claims = self._verify(token)
+            claims = self.verified_claims(token)
         except TokenRejected as exc:
             return Validation(exc.problem, None)
         problem = jwt_profile.check(claims, issuer=self._issuer, audience=self._audience,
@@ -80,7 +87,7 @@ class AccessTokenValidator:
             return Validation("insufficient_scope", claims)
         return Validation("valid", claims)
 
-    def _verify(self, token: str) -> AccessClaims:
+    def verified_claims(self, token: str) -> AccessClaims:
         """The token's claims once its signature is known good; raises :class:`TokenRejected`."""
         digest = verified_tokens.digest(token)
         known = self._verified.get(digest)

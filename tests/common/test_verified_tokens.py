@@ -46,3 +46,28 @@ def test_zero_entries_remembers_nothing() -> None:
     assert len(tokens) == 0 and tokens.get(digest("a")) is None
     with pytest.raises(ValueError):
         VerifiedTokens(-1)
+
+
+def test_an_entry_idle_too_long_is_forgotten() -> None:
+    now = [100.0]
+    tokens: VerifiedTokens[str] = VerifiedTokens(10, idle_seconds=30, clock=lambda: now[0])
+    tokens.put(digest("a"), "a")
+    tokens.put(digest("b"), "b")
+    now[0] += 20
+    assert tokens.get(digest("a")) == "a"  # used again: a's idle time starts over
+    now[0] += 20
+    # b, idle 40 s, is gone when asked for; a, idle 20 s, is still there.
+    assert tokens.get(digest("b")) is None
+    assert tokens.get(digest("a")) == "a"
+    assert len(tokens) == 1
+
+
+def test_a_put_sweeps_the_idle_entries_it_finds_first() -> None:
+    now = [0.0]
+    tokens: VerifiedTokens[int] = VerifiedTokens(1000, idle_seconds=30, clock=lambda: now[0])
+    for n in range(300):
+        tokens.put(digest(str(n)), n)
+        now[0] += 1
+    # Steady traffic of new tokens: the cache holds the last 30 s of them, not all 300.
+    assert len(tokens) == 31
+    assert tokens.get(digest("299")) == 299 and tokens.get(digest("200")) is None
