@@ -46,18 +46,20 @@ class VerifiedTokens(Generic[T]):
         self._max = max_entries
         self._idle = idle_seconds
         self._clock = clock
-        # Least recently used first; each value with the time it was last used.
+        # Least recently used first; each value with the time it was last used (kept up to
+        # date only when there is an idle limit to apply).
         self._entries: OrderedDict[bytes, tuple[float, T]] = OrderedDict()
 
     def get(self, key: bytes) -> T | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        now = self._clock()
-        if self._idle is not None and now - entry[0] > self._idle:
-            del self._entries[key]
-            return None
-        self._entries[key] = (now, entry[1])
+        if self._idle is not None:
+            now = self._clock()
+            if now - entry[0] > self._idle:
+                del self._entries[key]
+                return None
+            self._entries[key] = (now, entry[1])
         self._entries.move_to_end(key)
         return entry[1]
 
