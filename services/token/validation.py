@@ -54,7 +54,7 @@ class _Verified:
 
 class AccessTokenValidator:
     def __init__(self, ring: KeyRing, denylist: DenyList, *, issuer: str, audience: str,
-                 remembered: int = 10_000) -> None:
+                 remembered: int) -> None:
         self._ring = ring
         self._denylist = denylist
         self._issuer = issuer
