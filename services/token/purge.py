@@ -10,8 +10,8 @@ statement each), so purging runs beside live traffic without long locks:
   refresh token expired (a grant's own ``expires_at`` is its first token's: a rotation writes
   only refresh tokens, so a newer live one keeps the grant). Their code hashes (the only
   trace of authorization codes in Postgres; the codes themselves expire in Redis) and
-  remaining refresh tokens go with them. Revoked grants are kept exactly as long as the
-  deny-list rebuild needs them;
+  remaining refresh tokens go with them, in the statement that deletes the grant. Revoked
+  grants are kept exactly as long as the deny-list rebuild needs them;
 * individually revoked access tokens past their ``exp``;
 * signing keys retired longer than the last token they signed can live;
 * rows of the revocation log past their ``relevant_until`` (no token they cover can validate).
@@ -58,6 +58,16 @@ class Purger:
                 return total
             await asyncio.sleep(0)
 
+    async def _counted_batches(self, statement: str, *args: object) -> int:
+        """As :meth:`_batches`, for a statement that returns its own count."""
+        total = 0
+        while True:
+            done: int = await self._pool.fetchval(statement, self._batch, *args)
+            total += done
+            if done < self._batch:
+                return total
+            await asyncio.sleep(0)
+
     async def run(self) -> PurgeReport:
         # A copy lives on the successor (found by its creation, the rotation's time, through
         # a partial index); copies an older version left on the rotated token are cleared too
@@ -76,14 +86,20 @@ class Purger:
             self._retry_window)
         # A grant's own expires_at is its first refresh token's (rotations do not write the
         # grant): past it, the grant is dead only if no newer refresh token is alive either.
-        grants = await self._batches(
-            "DELETE FROM token.grants WHERE grant_id IN ("
-            " SELECT grant_id FROM token.grants g"
-            " WHERE revoked_at < now() - $2::int * interval '1 second'"
-            " OR (expires_at < now() - $2::int * interval '1 second'"
-            "  AND NOT EXISTS (SELECT 1 FROM token.refresh_tokens r WHERE r.grant_id = g.grant_id"
-            "   AND r.expires_at >= now() - $2::int * interval '1 second'))"
-            " LIMIT $1 FOR UPDATE SKIP LOCKED)",
+        # Its refresh tokens go in the same statement (no foreign key does it: migration 0005).
+        grants = await self._counted_batches(
+            "WITH gone AS ("
+            " DELETE FROM token.grants WHERE grant_id IN ("
+            "  SELECT grant_id FROM token.grants g"
+            "  WHERE revoked_at < now() - $2::int * interval '1 second'"
+            "  OR (expires_at < now() - $2::int * interval '1 second'"
+            "   AND NOT EXISTS (SELECT 1 FROM token.refresh_tokens r"
+            "    WHERE r.grant_id = g.grant_id"
+            "    AND r.expires_at >= now() - $2::int * interval '1 second'))"
+            "  LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING grant_id),"
+            " tokens AS ("
+            " DELETE FROM token.refresh_tokens r USING gone WHERE r.grant_id = gone.grant_id)"
+            " SELECT count(*) FROM gone",
             self._dead_after)
         refresh_tokens = await self._batches(
             "DELETE FROM token.refresh_tokens WHERE token_hash IN ("

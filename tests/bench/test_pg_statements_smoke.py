@@ -1,8 +1,10 @@
-"""``python -m bench.pg_statements`` runs: both schemas answer every statement, each round reads
-its backends' CPU, and both databases are gone afterwards. No speed is asserted (DESIGN §8:
-never a timed test)."""
+"""``python -m bench.pg_statements`` runs: both schemas answer every statement, exchanges and
+refreshes, each round reads its backends' CPU, and both databases are gone afterwards. No speed
+is asserted (DESIGN §8: never a timed test)."""
 
 from __future__ import annotations
+
+import argparse
 
 import asyncpg
 import pytest
@@ -11,11 +13,17 @@ from bench import pg_statements
 from tests.conftest import ADMIN_URL
 
 
-async def test_both_schemas_run_every_round(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("extra", "older"), [
+    ([], "token < 0005"),
+    (["--statement", "refresh"], "token < 0005"),
+    (["--before", "audit:0002"], "audit < 0002"),
+])
+async def test_both_schemas_run_every_round(capsys: pytest.CaptureFixture[str],
+                                            extra: list[str], older: str) -> None:
     options = pg_statements.parse_args(["--statements", "400", "--concurrency", "4",
-                                        "--rounds", "2", "--database-url", ADMIN_URL])
+                                        "--rounds", "2", "--database-url", ADMIN_URL, *extra])
     rounds = await pg_statements.main(options)
-    assert [r.schema for r in rounds] == ["this tree", "audit < 0002"] * 2
+    assert [r.schema for r in rounds] == ["this tree", older] * 2
     assert all(r.statements == 400 and r.backend_us > 0 for r in rounds)
     assert "backend CPU µs/statement" in capsys.readouterr().out
     admin = await asyncpg.connect(ADMIN_URL)
@@ -25,3 +33,9 @@ async def test_both_schemas_run_every_round(capsys: pytest.CaptureFixture[str]) 
     finally:
         await admin.close()
     assert left == 0
+
+
+@pytest.mark.parametrize("value", ["token", "token:5", "tokens:0005", "token:0099"])
+def test_an_older_schema_must_exist(value: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        pg_statements._before(value)

@@ -86,8 +86,12 @@ async def test_purge_removes_the_dead_and_keeps_the_living(
         present = await pool.fetchval(
             "SELECT EXISTS (SELECT 1 FROM token.grants WHERE grant_id = $1::uuid)", ids[name])
         assert present is kept, name
+    # A purged grant's refresh tokens go with it, live or not (no foreign key cascades:
+    # migration 0005).
     assert not await exists(pool, "refresh_tokens", "token_hash",
                             credentials.sha256(long_revoked["refresh_token"]))
+    for name in ("long_revoked", "expired"):
+        assert not await exists(pool, "refresh_tokens", "grant_id", ids[name]), name
     assert not await exists(pool, "refresh_tokens", "token_hash",
                             credentials.sha256(live["refresh_token"]))
     assert await pool.fetchval("SELECT predecessor_sealed FROM token.refresh_tokens"

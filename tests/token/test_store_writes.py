@@ -151,3 +151,63 @@ async def test_a_revocation_committed_while_a_rotation_waits_mints_nothing(
     assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
     assert await pool.fetchval("SELECT count(*) FROM token.refresh_tokens"
                                " WHERE grant_id = $1::uuid", grant_id) == 1
+
+
+# Refresh tokens carry no foreign key to their grant (migration 0005: the check cost a query
+# per token inserted). What the key promised is kept by the statements themselves.
+
+async def test_refresh_tokens_carry_no_foreign_key_check(pool: asyncpg.Pool) -> None:
+    assert await pool.fetchval(
+        "SELECT count(*) FROM pg_constraint"
+        " WHERE conrelid = 'token.refresh_tokens'::regclass AND contype = 'f'") == 0
+
+
+async def test_a_grant_deleted_while_a_rotation_waits_leaves_no_token_behind(
+        token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client,
+        pool: asyncpg.Pool, database_url: str) -> None:
+    pair = await tokens_for(token, redis, redis_prefix, client)
+    grant_id = await grant_of(token, pair["access_token"])
+    deleter = await asyncpg.connect(database_url)
+    try:
+        # A purge (or an operator) holds the grant's deletion when the refresh arrives ...
+        transaction = deleter.transaction()
+        await transaction.start()
+        await deleter.execute(
+            "WITH gone AS (DELETE FROM token.grants WHERE grant_id = $1::uuid"
+            " RETURNING grant_id)"
+            " DELETE FROM token.refresh_tokens r USING gone WHERE r.grant_id = gone.grant_id",
+            grant_id)
+        refreshing = asyncio.ensure_future(refresh(token.http, client, pair["refresh_token"]))
+        await asyncio.sleep(0.5)
+        # ... so the rotation waits for it (it reads the grant FOR SHARE) ...
+        assert not refreshing.done()
+        await transaction.commit()
+        answer = await refreshing
+    finally:
+        await deleter.close()
+
+    # ... and then finds no grant: nothing minted, no successor left without its grant.
+    assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
+    assert await pool.fetchval("SELECT count(*) FROM token.refresh_tokens"
+                               " WHERE grant_id = $1::uuid", grant_id) == 0
+
+
+async def test_a_refresh_token_whose_grant_is_gone_is_dead(
+        token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client,
+        pool: asyncpg.Pool) -> None:
+    # However a token came to outlive its grant (a row restored by hand, an older purge), it
+    # can be neither refreshed nor introspected: every read of a refresh token joins its grant.
+    pair = await tokens_for(token, redis, redis_prefix, client)
+    grant_id = await grant_of(token, pair["access_token"])
+    await pool.execute("DELETE FROM token.grants WHERE grant_id = $1::uuid", grant_id)
+    assert await pool.fetchval("SELECT count(*) FROM token.refresh_tokens"
+                               " WHERE grant_id = $1::uuid", grant_id) == 1
+
+    answer = await refresh(token.http, client, pair["refresh_token"])
+    assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
+    looked_up = await token.http.post("/oauth/introspect", data={
+        "token": pair["refresh_token"], "client_id": client.client_id,
+        "client_secret": client.secret})
+    assert looked_up.status_code == 200 and looked_up.json() == {"active": False}
+    assert await pool.fetchval("SELECT count(*) FROM token.refresh_tokens"
+                               " WHERE grant_id = $1::uuid", grant_id) == 1
