@@ -1,7 +1,7 @@
 """``python -m bench.gateway_alone``: what the gateway's hop costs, apart from everything else.
 
 In the whole stack the gateway's CPU per request mixes its own work with the machine's other
-processes waking each other. This puts three HTTP/1.1 servers on loopback, each answering
+processes waking each other. This puts four HTTP/1.1 servers on loopback, each answering
 ``POST /oauth/token`` with the same token-sized JSON body, and drives each in turn with the same
 keep-alive load (alternating rounds), reading each server's CPU from ``/proc``:
 
@@ -10,7 +10,13 @@ keep-alive load (alternating rounds), reading each server's CPU from ``/proc``:
 * ``uvicorn``: uvicorn (httptools, uvloop) with a bare ASGI app (what the framing costs every
   service);
 * ``gateway``: Otesse's gateway, as ``otesse-auth serve gateway`` runs it (rate limits off), in
-  front of a ``protocol`` server standing in for the token service (what the hop costs).
+  front of a ``protocol`` server standing in for the token service (what the hop costs);
+* ``edge``: a sketch of the gateway on its own protocol, in front of the same stand-in: the
+  gateway's per-request work done with its own functions (the host, the route, the client
+  address through the trusted proxies, a request id, hop-by-hop and internal fields stripped
+  both ways, the forwarded fields, ``nosniff``) on ``httptools`` both ways and one pooled
+  keep-alive connection per request, without uvicorn, ASGI or the edge's limits and deadlines
+  (what a rewrite of the edge could reach, not a server to run).
 
 The load generator is deliberately small (pre-encoded requests, no parsing beyond the length),
 so that the servers, not it, take the core they share with it.
@@ -52,7 +58,7 @@ REQUEST = (b"POST /oauth/token HTTP/1.1\r\nhost: 127.0.0.1\r\n"
            b"content-type: application/x-www-form-urlencoded\r\n"
            b"authorization: Basic " + b"Y" * 80 + b"\r\n"
            b"content-length: " + str(len(FORM)).encode() + b"\r\n\r\n" + FORM)
-SERVERS = ("protocol", "uvicorn", "gateway")
+SERVERS = ("protocol", "uvicorn", "gateway", "edge")
 # The servers' output (git-ignored, as every result).
 LOG = Path(__file__).resolve().parent / "results" / "gateway-alone.log"
 START_SECONDS = 30.0
@@ -89,7 +95,130 @@ async def _bare_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": ANSWER})
 
 
+class _Upstream(asyncio.Protocol):
+    """One keep-alive connection of the edge sketch to its upstream."""
+
+    def __init__(self) -> None:
+        import httptools
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self.answer: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._parser.feed_data(data)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        assert self.answer is not None
+        self.answer.set_result((self._parser.get_status_code(), self._headers,
+                                b"".join(self._body)))
+        self._headers, self._body = [], []
+
+
+class _Edge(asyncio.Protocol):
+    """The edge sketch: one client connection, its requests forwarded one at a time."""
+
+    def __init__(self, upstream_port: int, idle: list[_Upstream]) -> None:
+        import httptools
+
+        from services.gateway import hosts
+        self._parser = httptools.HttpRequestParser(self)
+        self._upstream_port = upstream_port
+        self._idle = idle
+        self._hosts = hosts.HostAllowList.of(("127.0.0.1", "localhost"))
+        self._transport: asyncio.Transport | None = None
+        self._peer = "0.0.0.0"
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._peer = transport.get_extra_info("peername")[0]
+
+    def data_received(self, data: bytes) -> None:
+        self._parser.feed_data(data)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        assert self._transport is not None
+        self._transport.pause_reading()  # one request at a time, as the gateway
+        method = self._parser.get_method().decode()
+        headers, body = self._headers, b"".join(self._body)
+        self._url, self._headers, self._body = b"", [], []
+        asyncio.get_running_loop().create_task(self._forward(method, headers, body))
+
+    async def _forward(self, method: str, headers: list[tuple[bytes, bytes]],
+                       body: bytes) -> None:
+        from services.common import internal_headers, request_id
+        from services.gateway import forwarded, hop_by_hop, routing
+        assert self._transport is not None
+        target = self._url if self._url else b"/"
+        host = next((value for name, value in headers if name == b"host"), None)
+        self._hosts.check(host)
+        path = target.partition(b"?")[0].decode("latin-1")
+        routing.resolve(method, path)
+        client = forwarded.resolve(self._peer, headers, scheme="http", trusted=())
+        rid = request_id.new_request_id().encode()
+        sent = [(name, value) for name, value in hop_by_hop.strip(
+                    headers, also=forwarded.REPLACED | {b"x-request-id"})
+                if not internal_headers.is_internal(name)]
+        sent += [(b"x-forwarded-for", client.forwarded_for()),
+                 (b"x-forwarded-proto", client.proto.encode()), (b"x-request-id", rid),
+                 (b"x-forwarded-host", host or b"")]
+        head = b"".join([method.encode(), b" ", target, b" HTTP/1.1\r\n",
+                         *(name + b": " + value + b"\r\n" for name, value in sent), b"\r\n"])
+        loop = asyncio.get_running_loop()
+        if self._idle:
+            upstream = self._idle.pop()
+        else:
+            _, upstream = await loop.create_connection(_Upstream, "127.0.0.1",
+                                                       self._upstream_port)
+        upstream.answer = loop.create_future()
+        assert upstream.transport is not None
+        upstream.transport.write(head + body)
+        status, answer_headers, answer = await upstream.answer
+        self._idle.append(upstream)
+        kept = [(name, value) for name, value in hop_by_hop.strip(answer_headers, also=frozenset(
+                    {b"x-request-id", b"date", b"server", b"x-content-type-options"}))
+                if not internal_headers.is_internal(name)]
+        kept += [(b"x-request-id", rid), (b"x-content-type-options", b"nosniff")]
+        self._transport.write(b"".join([
+            b"HTTP/1.1 %d OK\r\n" % status,
+            *(name + b": " + value + b"\r\n" for name, value in kept), b"\r\n", answer]))
+        self._transport.resume_reading()
+
+
 def _serve(kind: str, port: int) -> None:
+    if kind.startswith("edge:"):
+        upstream_port = int(kind.partition(":")[2])
+        idle: list[_Upstream] = []
+
+        async def edge() -> None:
+            server = await asyncio.get_running_loop().create_server(
+                lambda: _Edge(upstream_port, idle), "127.0.0.1", port)
+            await server.serve_forever()
+
+        uvloop.run(edge())
+        return
     if kind == "uvicorn":
         import uvicorn
         uvicorn.run(_bare_asgi, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
@@ -213,10 +342,12 @@ async def main(options: argparse.Namespace) -> list[Round]:
             _process([*me, "uvicorn", str(ports["uvicorn"])]) as uvicorn_pid, \
             _process([*me, "protocol", str(ports["upstream"])]), \
             _process([python, str(options.venv / "bin" / "otesse-auth"), "serve", "gateway"],
-                     env=gateway_env) as gateway:
+                     env=gateway_env) as gateway, \
+            _process([*me, f"edge:{ports['upstream']}", str(ports["edge"])]) as edge:
         servers = [Server("protocol", protocol, ports["protocol"]),
                    Server("uvicorn", uvicorn_pid, ports["uvicorn"]),
-                   Server("gateway", gateway, ports["gateway"])]
+                   Server("gateway", gateway, ports["gateway"]),
+                   Server("edge", edge, ports["edge"])]
         for server in servers:
             await _ready(server.port)
             await _load(server.port, requests=options.connections * 50,
