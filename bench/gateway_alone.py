@@ -95,19 +95,18 @@ async def _bare_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": ANSWER})
 
 
-class _Upstream(asyncio.Protocol):
-    """One keep-alive connection of the edge sketch to its upstream."""
+class _Parsing(asyncio.Protocol):
+    """A connection of the edge sketch: its bytes go through an ``httptools`` parser, which
+    calls back with each message's header fields (kept with lowercase names) and body."""
 
-    def __init__(self) -> None:
-        import httptools
-        self._parser = httptools.HttpResponseParser(self)
-        self.transport: asyncio.Transport | None = None
+    def __init__(self, parser: type[Any]) -> None:
+        self._parser = parser(self)
+        self._transport: asyncio.Transport | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
-        self.answer: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         self._parser.feed_data(data)
@@ -118,60 +117,64 @@ class _Upstream(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
 
+    def _message(self) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """The message just parsed: its header fields and body (and a fresh start)."""
+        headers, body = self._headers, b"".join(self._body)
+        self._headers, self._body = [], []
+        return headers, body
+
+
+class _Upstream(_Parsing):
+    """One keep-alive connection of the edge sketch to its upstream."""
+
+    def __init__(self) -> None:
+        import httptools
+        super().__init__(httptools.HttpResponseParser)
+        self.answer: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] | None = None
+
+    def send(self, request: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(request)
+
     def on_message_complete(self) -> None:
         assert self.answer is not None
-        self.answer.set_result((self._parser.get_status_code(), self._headers,
-                                b"".join(self._body)))
-        self._headers, self._body = [], []
+        self.answer.set_result((self._parser.get_status_code(), *self._message()))
 
 
-class _Edge(asyncio.Protocol):
+class _Edge(_Parsing):
     """The edge sketch: one client connection, its requests forwarded one at a time."""
 
     def __init__(self, upstream_port: int, idle: list[_Upstream]) -> None:
         import httptools
 
         from services.gateway import hosts
-        self._parser = httptools.HttpRequestParser(self)
+        super().__init__(httptools.HttpRequestParser)
         self._upstream_port = upstream_port
         self._idle = idle
         self._hosts = hosts.HostAllowList.of(("127.0.0.1", "localhost"))
-        self._transport: asyncio.Transport | None = None
         self._peer = "0.0.0.0"
         self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._body: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
+        super().connection_made(transport)
         self._peer = transport.get_extra_info("peername")[0]
-
-    def data_received(self, data: bytes) -> None:
-        self._parser.feed_data(data)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
-
-    def on_body(self, body: bytes) -> None:
-        self._body.append(body)
 
     def on_message_complete(self) -> None:
         assert self._transport is not None
         self._transport.pause_reading()  # one request at a time, as the gateway
         method = self._parser.get_method().decode()
-        headers, body = self._headers, b"".join(self._body)
-        self._url, self._headers, self._body = b"", [], []
-        asyncio.get_running_loop().create_task(self._forward(method, headers, body))
+        target, self._url = self._url or b"/", b""
+        headers, body = self._message()
+        asyncio.get_running_loop().create_task(self._forward(method, target, headers, body))
 
-    async def _forward(self, method: str, headers: list[tuple[bytes, bytes]],
+    async def _forward(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
                        body: bytes) -> None:
         from services.common import internal_headers, request_id
         from services.gateway import forwarded, hop_by_hop, routing
         assert self._transport is not None
-        target = self._url if self._url else b"/"
         host = next((value for name, value in headers if name == b"host"), None)
         self._hosts.check(host)
         path = target.partition(b"?")[0].decode("latin-1")
@@ -193,8 +196,7 @@ class _Edge(asyncio.Protocol):
             _, upstream = await loop.create_connection(_Upstream, "127.0.0.1",
                                                        self._upstream_port)
         upstream.answer = loop.create_future()
-        assert upstream.transport is not None
-        upstream.transport.write(head + body)
+        upstream.send(head + body)
         status, answer_headers, answer = await upstream.answer
         self._idle.append(upstream)
         kept = [(name, value) for name, value in hop_by_hop.strip(answer_headers, also=frozenset(

@@ -8,7 +8,6 @@ rewrites no relation, rebuilds no index and scans no row."""
 from __future__ import annotations
 
 import secrets
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 import pytest_asyncio
 
 from services.common.migrations import migrate
-from tests.conftest import ADMIN_URL, _database_url
+from tests.migration_checks import check_gives_up_behind_a_reader, database_before, files_and_scans
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "common" / "audit_migrations"
 INSERT = ("INSERT INTO audit.events (event_type, actor_kind, actor_id, subject_user_id,"
@@ -74,40 +73,10 @@ async def test_the_tables_own_checks_stay_small(pool: asyncpg.Pool) -> None:
 
 
 @pytest_asyncio.fixture
-async def older_database(tmp_path: Path) -> AsyncIterator[str]:
+async def older_database() -> AsyncIterator[str]:
     """A database of its own, its audit schema at migration 0001."""
-    name = f"otesse_test_audit_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(ADMIN_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = _database_url(name)
-        first = tmp_path / "first"
-        first.mkdir()
-        shutil.copy(MIGRATIONS / "0001_events.sql", first)
-        connection = await asyncpg.connect(url)
-        try:
-            assert await migrate(connection, schema="audit", directory=first) == [
-                "0001_events.sql"]
-        finally:
-            await connection.close()
+    async with database_before("audit", MIGRATIONS, "0002") as url:
         yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
-async def _files_and_scans(connection: asyncpg.Connection) -> tuple[dict[str, int], int]:
-    """Each audit relation's file (a rewrite or an index rebuild gives it a new one), and how
-    many times the table was scanned whole."""
-    files = {row["relname"]: row["relfilenode"] for row in await connection.fetch(
-        "SELECT relname, relfilenode FROM pg_class"
-        " WHERE relnamespace = 'audit'::regnamespace AND relkind IN ('r', 'i')")}
-    await connection.execute("SELECT pg_stat_force_next_flush()")
-    await connection.execute("SELECT 1")  # the flush happens as the backend goes idle
-    await connection.execute("SELECT pg_stat_clear_snapshot()")
-    scans = await connection.fetchval(
-        "SELECT seq_scan FROM pg_stat_user_tables WHERE relid = 'audit.events'::regclass")
-    return files, scans
 
 
 async def test_migration_0002_rewrites_rebuilds_and_scans_nothing(older_database: str) -> None:
@@ -119,10 +88,10 @@ async def test_migration_0002_rewrites_rebuilds_and_scans_nothing(older_database
             " SELECT (ARRAY['token.issued', 'sign_in.failed', 'grant.revoked'])[1 + i % 3],"
             "  'client', 'app-' || i % 7, 'app-' || i % 7, 'user-' || i % 11, '{}'"
             " FROM generate_series(1, 5000) AS i")
-        before = await _files_and_scans(connection)
+        before = await files_and_scans(connection, "audit", ("audit.events",))
         assert await migrate(connection, schema="audit", directory=MIGRATIONS) == [
             "0002_checks_in_domains.sql"]
-        after = await _files_and_scans(connection)
+        after = await files_and_scans(connection, "audit", ("audit.events",))
         assert after == before
         assert await connection.fetchval("SELECT count(*) FROM audit.events") == 5000
         types = {row["column_name"]: row["domain_name"] for row in await connection.fetch(
@@ -137,20 +106,7 @@ async def test_migration_0002_rewrites_rebuilds_and_scans_nothing(older_database
 
 async def test_migration_0002_gives_up_rather_than_queue_writers_behind_a_reader(
         older_database: str) -> None:
-    # A long read holds the table: the migration's exclusive lock would wait for it, and every
-    # insert (every token issued) would queue behind the migration. It gives up instead.
-    reader = await asyncpg.connect(older_database)
-    migrator = await asyncpg.connect(older_database)
-    try:
-        reading = reader.transaction()
-        await reading.start()
-        await reader.execute("SELECT count(*) FROM audit.events")
-        with pytest.raises(asyncpg.LockNotAvailableError):
-            await migrate(migrator, schema="audit", directory=MIGRATIONS)
-        await reading.rollback()
-        # Nothing was applied, and the next run (the Job's retry) applies it.
-        assert await migrate(migrator, schema="audit", directory=MIGRATIONS) == [
-            "0002_checks_in_domains.sql"]
-    finally:
-        await reader.close()
-        await migrator.close()
+    # Every insert (every token issued) would queue behind the migration.
+    await check_gives_up_behind_a_reader(older_database, schema="audit", migrations=MIGRATIONS,
+                                         table="audit.events",
+                                         expected=["0002_checks_in_domains.sql"])

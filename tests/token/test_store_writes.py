@@ -11,6 +11,7 @@ import base64
 import json
 
 import asyncpg
+import httpx
 import redis.asyncio as aioredis
 
 from otesse.auth.v1 import token_pb2
@@ -126,26 +127,34 @@ async def test_a_grant_refreshed_long_after_its_exchange_is_logged_until_its_new
     assert relevant_until.timestamp() <= newest_exp + 60 + 2
 
 
+async def refresh_while_held(token: TokenService, client: Client, refresh_token: str, *,
+                             database_url: str, statement: str, grant_id: str) -> httpx.Response:
+    """Refreshes while another transaction, which ran ``statement`` on the grant, holds it;
+    checks that the rotation waits for that transaction (it reads the grant ``FOR SHARE``),
+    commits it, and returns the refresh's answer."""
+    holder = await asyncpg.connect(database_url)
+    try:
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute(statement, grant_id)
+        refreshing = asyncio.ensure_future(refresh(token.http, client, refresh_token))
+        await asyncio.sleep(0.5)
+        assert not refreshing.done()
+        await transaction.commit()
+        return await refreshing
+    finally:
+        await holder.close()
+
+
 async def test_a_revocation_committed_while_a_rotation_waits_mints_nothing(
         token: TokenService, redis: aioredis.Redis, redis_prefix: str, client: Client,
         pool: asyncpg.Pool, database_url: str) -> None:
     pair = await tokens_for(token, redis, redis_prefix, client)
     grant_id = await grant_of(token, pair["access_token"])
-    revoker = await asyncpg.connect(database_url)
-    try:
-        # The revocation holds the grant row when the refresh arrives ...
-        transaction = revoker.transaction()
-        await transaction.start()
-        await revoker.execute("UPDATE token.grants SET revoked_at = now()"
-                              " WHERE grant_id = $1::uuid", grant_id)
-        refreshing = asyncio.ensure_future(refresh(token.http, client, pair["refresh_token"]))
-        await asyncio.sleep(0.5)
-        # ... so the rotation waits for it (it reads the grant FOR SHARE) ...
-        assert not refreshing.done()
-        await transaction.commit()
-        answer = await refreshing
-    finally:
-        await revoker.close()
+    # The revocation holds the grant row when the refresh arrives, so the rotation waits ...
+    answer = await refresh_while_held(
+        token, client, pair["refresh_token"], database_url=database_url, grant_id=grant_id,
+        statement="UPDATE token.grants SET revoked_at = now() WHERE grant_id = $1::uuid")
 
     # ... and then sees it: no successor, no new pair.
     assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
@@ -167,24 +176,14 @@ async def test_a_grant_deleted_while_a_rotation_waits_leaves_no_token_behind(
         pool: asyncpg.Pool, database_url: str) -> None:
     pair = await tokens_for(token, redis, redis_prefix, client)
     grant_id = await grant_of(token, pair["access_token"])
-    deleter = await asyncpg.connect(database_url)
-    try:
-        # A purge (or an operator) holds the grant's deletion when the refresh arrives ...
-        transaction = deleter.transaction()
-        await transaction.start()
-        await deleter.execute(
-            "WITH gone AS (DELETE FROM token.grants WHERE grant_id = $1::uuid"
-            " RETURNING grant_id)"
-            " DELETE FROM token.refresh_tokens r USING gone WHERE r.grant_id = gone.grant_id",
-            grant_id)
-        refreshing = asyncio.ensure_future(refresh(token.http, client, pair["refresh_token"]))
-        await asyncio.sleep(0.5)
-        # ... so the rotation waits for it (it reads the grant FOR SHARE) ...
-        assert not refreshing.done()
-        await transaction.commit()
-        answer = await refreshing
-    finally:
-        await deleter.close()
+    # A purge (or an operator) holds the grant's deletion when the refresh arrives, so the
+    # rotation waits ...
+    answer = await refresh_while_held(
+        token, client, pair["refresh_token"], database_url=database_url, grant_id=grant_id,
+        statement="WITH gone AS (DELETE FROM token.grants WHERE grant_id = $1::uuid"
+                  " RETURNING grant_id)"
+                  " DELETE FROM token.refresh_tokens r USING gone"
+                  " WHERE r.grant_id = gone.grant_id")
 
     # ... and then finds no grant: nothing minted, no successor left without its grant.
     assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
