@@ -132,21 +132,15 @@ class Purger:
         """Rows of the revocation log past their relevance. The same statement raises the
         horizon to the highest id removed: a subscriber whose cursor is below it gets a
         snapshot rather than a tail with holes."""
-        total = 0
-        while True:
-            done: int = await self._pool.fetchval(
-                "WITH gone AS ("
-                " DELETE FROM token.revocation_log WHERE id IN ("
-                "  SELECT id FROM token.revocation_log"
-                "  WHERE relevant_until < now() - $2::int * interval '1 second'"
-                "  LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING id),"
-                " horizon AS ("
-                " UPDATE token.revocation_log_horizon"
-                " SET purged_through = greatest(purged_through, (SELECT max(id) FROM gone))"
-                " WHERE EXISTS (SELECT 1 FROM gone))"
-                " SELECT count(*) FROM gone",
-                self._batch, CLOCK_SKEW_SECONDS)
-            total += done
-            if done < self._batch:
-                return total
-            await asyncio.sleep(0)
+        return await self._counted_batches(
+            "WITH gone AS ("
+            " DELETE FROM token.revocation_log WHERE id IN ("
+            "  SELECT id FROM token.revocation_log"
+            "  WHERE relevant_until < now() - $2::int * interval '1 second'"
+            "  LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING id),"
+            " horizon AS ("
+            " UPDATE token.revocation_log_horizon"
+            " SET purged_through = greatest(purged_through, (SELECT max(id) FROM gone))"
+            " WHERE EXISTS (SELECT 1 FROM gone))"
+            " SELECT count(*) FROM gone",
+            CLOCK_SKEW_SECONDS)
