@@ -173,7 +173,7 @@ class _Edge(_Parsing):
     async def _forward(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
                        body: bytes) -> None:
         from services.common import internal_headers, request_id
-        from services.gateway import forwarded, hop_by_hop, routing
+        from services.gateway import forwarded, hop_by_hop, proxy, routing
         assert self._transport is not None
         host = next((value for name, value in headers if name == b"host"), None)
         self._hosts.check(host)
@@ -199,8 +199,8 @@ class _Edge(_Parsing):
         upstream.send(head + body)
         status, answer_headers, answer = await upstream.answer
         self._idle.append(upstream)
-        kept = [(name, value) for name, value in hop_by_hop.strip(answer_headers, also=frozenset(
-                    {b"x-request-id", b"date", b"server", b"x-content-type-options"}))
+        kept = [(name, value) for name, value in hop_by_hop.strip(
+                    answer_headers, also=proxy.OWN_RESPONSE_HEADERS)
                 if not internal_headers.is_internal(name)]
         kept += [(b"x-request-id", rid), (b"x-content-type-options", b"nosniff")]
         self._transport.write(b"".join([

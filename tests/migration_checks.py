@@ -36,7 +36,7 @@ async def database_before(schema: str, migrations: Path, version: str) -> AsyncI
                 applied = await migrate(connection, schema=schema, directory=Path(older))
             finally:
                 await connection.close()
-        assert applied and all(name < version for name in applied)
+        assert applied and all(file < version for file in applied)
         yield url
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
