@@ -53,12 +53,13 @@ ENV PATH=/opt/otesse/bin:$PATH \
     OTESSE_AUTHORIZE_HOST=0.0.0.0 \
     OTESSE_TOKEN_HTTP_HOST=0.0.0.0 \
     OTESSE_TOKEN_GRPC_HOST=0.0.0.0 \
+    OTESSE_TOKEN_EDGE_HOST=0.0.0.0 \
     OTESSE_REGISTRY_GRPC_HOST=0.0.0.0 \
     OTESSE_REGISTRY_HTTP_HOST=0.0.0.0 \
     OTESSE_BOOKINGS_HOST=0.0.0.0
 USER 10001:10001
 WORKDIR /tmp
-# gateway, its admin port, authorize, token (HTTP, gRPC), registry (gRPC, admin), bookings
-EXPOSE 8000 8010 8001 8002 50052 50051 8003 8100
+# gateway, its admin port, authorize, token (HTTP, edge, gRPC), registry (gRPC, admin), bookings
+EXPOSE 8000 8010 8001 8002 8005 50052 50051 8003 8100
 ENTRYPOINT ["otesse-auth"]
 CMD ["serve", "gateway"]

@@ -115,7 +115,8 @@ async def _steady(stack: Stack, args: argparse.Namespace, *, quiet: bool) -> Run
     command.say(f"bench: whole flows back to back for {args.duration:g} s (warm-up "
         f"{plan.warmup:.0f} s, then resident memory compared between the first and the last "
         f"{plan.window:.0f} s)", quiet=quiet)
-    target = Target(gateway_url=stack.gateway_url, token_grpc=stack.token_grpc,
+    target = Target(gateway_url=stack.gateway_url, token_url=stack.token_public_url,
+                    token_grpc=stack.token_grpc,
                     bookings_url=stack.bookings_url, clients=stack.clients or
                     ((stack.person, stack.app),), pids=stack.pids,
                     database_url=args.database_url, database_name=stack.database_name,

@@ -100,6 +100,9 @@ class Contender:
     database_name: str | None
     # What its access and refresh tokens start with.
     prefixes: tuple[str, str] = ("", "")
+    # Where its token endpoint is, when not at ``base_url``: Otesse's token service serves it
+    # at an edge of its own, where production's ingress sends it.
+    token_url: str | None = None
     database_url: str | None = None
     # Otesse's token service's gRPC address: ``validate`` and ``revalidate`` steps
     # (``ValidateToken`` on first sightings, then on a few tokens again and again, as
@@ -227,7 +230,7 @@ async def measure(contender: Contender, options: Options, meter: CpuMeter, numbe
                              "bytes": (wal_after[1] - wal_before[1]) / result.requests}
 
     async with (Client(contender.base_url, connections=c, headers=contender.session) as browser,
-                Client(contender.base_url, connections=c) as api):
+                Client(contender.token_url or contender.base_url, connections=c) as api):
 
         async def codes(total: int, warm: bool) -> list[str | None]:
             minted: list[str | None] = [None] * total
@@ -486,6 +489,7 @@ async def _otesse(name: str, root: Path, database_url: str, redis_url: str,
             session = flow.session_cookie(browser)
         yield Contender(name=name, base_url=stack.gateway_url,
                         authorize_path="/oauth/authorize", token_path="/oauth/token",
+                        token_url=stack.token_public_url,
                         app=stack.app, session=session, pids=stack.pids,
                         database_name=stack.database_name,
                         prefixes=("otesse_at_", "otesse_rt_"), database_url=database_url,

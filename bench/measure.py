@@ -98,7 +98,9 @@ async def measure_all(stack: Stack, options: Options, meter: CpuMeter | None = N
         session = flow.session_cookie(signing_in)
     async with (Client(stack.gateway_url, connections=c, headers=session) as browser,
                 Client(stack.authorize_url, connections=c, headers=session) as authorize_direct,
-                Client(stack.gateway_url, connections=c) as api,
+                # The token endpoint where production's ingress sends it: the token service's
+                # own edge (the gateway, for a tree without one).
+                Client(stack.token_public_url, connections=c) as api,
                 Client(stack.token_url, connections=c) as token_direct,
                 Client(stack.bookings_url, connections=c) as bookings):
         # 1. Authorize, keeping the codes (the warm-up's feed the exchange's warm-up).

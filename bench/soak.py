@@ -167,7 +167,8 @@ async def main(argv: list[str]) -> int:
                                  log_path=RESULTS / "soak-stack.log",
                                  clients=args.clients, venv=args.venv) as stack:
             pids = {name: stack.pids[name] for name in SERVICES}
-            target = Target(gateway_url=stack.gateway_url, token_grpc=stack.token_grpc,
+            target = Target(gateway_url=stack.gateway_url, token_url=stack.token_public_url,
+                            token_grpc=stack.token_grpc,
                             bookings_url=stack.bookings_url, clients=stack.clients, pids=pids,
                             database_url=args.database_url, database_name=stack.database_name,
                             redis_url=args.redis_url, redis_prefix=REDIS_PREFIX)

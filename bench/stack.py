@@ -51,8 +51,10 @@ SCOPE = "bookings:read customers:read"
 # Loopback, so the app may use plain http; nothing needs to listen there.
 REDIRECT_URI = "http://127.0.0.1:9/bench/callback"
 SERVICES = ("registry", "token", "authorize", "gateway", "bookings")
+# A tree whose token service serves its public paths at an edge of its own has this module.
+EDGE_MODULE = Path("services/gateway/in_process.py")
 PORT_VARIABLES = ("OTESSE_GATEWAY_PORT", "OTESSE_GATEWAY_ADMIN_PORT", "OTESSE_AUTHORIZE_PORT",
-                  "OTESSE_TOKEN_HTTP_PORT", "OTESSE_TOKEN_GRPC_PORT",
+                  "OTESSE_TOKEN_HTTP_PORT", "OTESSE_TOKEN_GRPC_PORT", "OTESSE_TOKEN_EDGE_PORT",
                   "OTESSE_REGISTRY_GRPC_PORT", "OTESSE_REGISTRY_HTTP_PORT",
                   "OTESSE_BOOKINGS_PORT")
 
@@ -89,6 +91,9 @@ class Stack:
     gateway_url: str
     authorize_url: str
     token_url: str
+    # Where production's ingress sends the token service's public paths: its own edge
+    # (OTESSE_TOKEN_EDGE_PORT), or the gateway for a tree whose token service has none.
+    token_public_url: str
     token_grpc: str
     bookings_url: str
     person: Person
@@ -328,6 +333,9 @@ async def _prepare(env: dict[str, str], run_local_pid: int, database_url: str,
         gateway_url=f"http://127.0.0.1:{env['OTESSE_GATEWAY_PORT']}",
         authorize_url=f"http://127.0.0.1:{env['OTESSE_AUTHORIZE_PORT']}",
         token_url=f"http://127.0.0.1:{env['OTESSE_TOKEN_HTTP_PORT']}",
+        token_public_url=(f"http://127.0.0.1:{env['OTESSE_TOKEN_EDGE_PORT']}"
+                          if (root / EDGE_MODULE).exists()
+                          else f"http://127.0.0.1:{env['OTESSE_GATEWAY_PORT']}"),
         token_grpc=f"127.0.0.1:{env['OTESSE_TOKEN_GRPC_PORT']}",
         bookings_url=f"http://127.0.0.1:{env['OTESSE_BOOKINGS_PORT']}",
         person=person, app=app, database_name=_admin_url(database_url)[1], pids=pids,

@@ -66,6 +66,8 @@ class Target:
     """Where the stack answers, who uses it, and which processes and stores are its own."""
 
     gateway_url: str
+    # The token endpoint where production's ingress sends it (the token service's edge).
+    token_url: str
     token_grpc: str
     bookings_url: str
     clients: tuple[tuple[flow.Person, flow.App], ...]
@@ -224,7 +226,7 @@ class _Lane:
                  connections: int, stub: token_pb2_grpc.TokenServiceAsyncStub) -> None:
         self.app = app
         self.browser = Client(target.gateway_url, connections=connections, headers=session)
-        self.api = Client(target.gateway_url, connections=connections)
+        self.api = Client(target.token_url, connections=connections)
         self.bookings = Client(target.bookings_url, connections=connections)
         self.stub = stub
         self.scopes = app.scope.split()

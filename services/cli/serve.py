@@ -11,7 +11,14 @@ SERVICES = ("gateway", "authorize", "token", "registry", "bookings")
 
 def _run(args: argparse.Namespace) -> int:
     module = importlib.import_module(f"services.{args.service}.__main__")
-    module.main()
+    if args.service == "token":
+        # The token service's public listener runs the gateway's edge (imported here only:
+        # the other services' processes never load it).
+        from services.cli.edge import token_edge
+
+        module.main(edge=token_edge)
+    else:
+        module.main()
     return 0
 
 

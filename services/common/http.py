@@ -53,6 +53,9 @@ log = logging.getLogger("otesse.http")
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 ErrorRenderer = Callable[[Request, Exception], Awaitable[Response]]
+# A request's scope holds this when an edge in the same process handed it to the app
+# (services.gateway.in_process): the edge's own middleware has its id, its line and its metric.
+IN_PROCESS = "otesse.in_process"
 
 
 async def _json_unexpected(request: Request, exc: Exception) -> Response:
@@ -74,6 +77,9 @@ class RequestContextMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if scope.get(IN_PROCESS):
+            await self._in_process(scope, receive, send)
             return
         incoming = None
         for key, value in scope["headers"]:
@@ -102,14 +108,7 @@ class RequestContextMiddleware:
             try:
                 await self.app(scope, receive, send_wrapper)
             except Exception as exc:
-                if started_response:
-                    # Half an answer is out: nothing clean can follow. The server closes the
-                    # connection; the log has the story.
-                    log.error("unexpected error after the answer started", exc_info=exc)
-                    raise
-                # Logged (with the request id) by classify(); the client learns the id only.
-                response = await self.render_unexpected(Request(scope, receive), exc)
-                await response(scope, receive, send_wrapper)
+                await self._unexpected(exc, started_response, scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
@@ -125,6 +124,33 @@ class RequestContextMiddleware:
                 "client": client[0] if client else None,
             })
             request_id_var.reset(token)
+
+
+    async def _in_process(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request an edge in this process handed over: the edge has set its id and writes
+        its line and its metric; only what is unexpected is still answered here."""
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            await self._unexpected(exc, started, scope, receive, send)
+
+    async def _unexpected(self, exc: Exception, started: bool, scope: Scope, receive: Receive,
+                          send: Send) -> None:
+        if started:
+            # Half an answer is out: nothing clean can follow. The server closes the
+            # connection; the log has the story.
+            log.error("unexpected error after the answer started", exc_info=exc)
+            raise exc
+        # Logged (with the request id) by classify(); the client learns the id only.
+        response = await self.render_unexpected(Request(scope, receive), exc)
+        await response(scope, receive, send)
 
 
 def oauth_error_response(exc: OAuthError, *, headers: Mapping[str, str] | None = None) -> Response:

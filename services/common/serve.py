@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import resource
-from collections.abc import Coroutine
+import socket
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import uvicorn
@@ -77,18 +78,103 @@ class _CloseWhileDraining:
 
 
 
+class _Lifespan:
+    """One app's lifespan, run as its own task and driven message by message."""
+
+    def __init__(self, app: ASGIApp, scope: Scope) -> None:
+        self._app = app
+        self._scope = scope
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._outbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._task: asyncio.Future[None] | None = None
+
+    async def startup(self) -> str | None:
+        """``None`` once the app has started, else why it did not."""
+        self._task = asyncio.ensure_future(self._app(self._scope, self._inbox.get,
+                                                     self._outbox.put))
+        return await self._step({"type": "lifespan.startup"}, "lifespan.startup.complete")
+
+    async def shutdown(self) -> str | None:
+        return await self._step({"type": "lifespan.shutdown"}, "lifespan.shutdown.complete")
+
+    async def _step(self, message: Message, done: str) -> str | None:
+        assert self._task is not None
+        self._inbox.put_nowait(message)
+        answer = asyncio.ensure_future(self._outbox.get())
+        pending: set[asyncio.Future[Any]] = {answer, self._task}
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if answer.done():
+            reply = answer.result()
+            return None if reply["type"] == done else str(reply.get("message") or reply["type"])
+        answer.cancel()
+        failure = self._task.exception()
+        return repr(failure) if failure else "the lifespan ended without answering"
+
+
+class ByListener:
+    """One server, several listeners: each request goes to the app of the port it arrived on
+    (``apps``: port → app, in the order the apps start).
+
+    The apps' lifespans start in that order and stop in the reverse one: an app that calls
+    into another (the token service's edge calls its token app) comes after it, so it is
+    serving only while what it calls is, and it finishes before the other closes its stores.
+    """
+
+    def __init__(self, apps: Mapping[int, ASGIApp]) -> None:
+        self._apps = dict(apps)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        server = scope.get("server")
+        app = self._apps.get(server[1]) if server else None
+        if app is None:  # not one of the listeners this server was given
+            raise RuntimeError(f"no app listens on {server!r}")
+        await app(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        started: list[_Lifespan] = []
+        for app in self._apps.values():
+            lifespan = _Lifespan(app, scope)
+            failure = await lifespan.startup()
+            if failure is not None:
+                for other in reversed(started):
+                    await other.shutdown()
+                await send({"type": "lifespan.startup.failed", "message": failure})
+                return
+            started.append(lifespan)
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        failures = [failure for lifespan in reversed(started)
+                    if (failure := await lifespan.shutdown()) is not None]
+        if failures:
+            await send({"type": "lifespan.shutdown.failed", "message": "; ".join(failures)})
+        else:
+            await send({"type": "lifespan.shutdown.complete"})
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening address bound now (``port`` 0: a free one, which the socket then tells),
+    for :func:`serve_http`'s ``sockets``; exits as uvicorn does when it is taken."""
+    return uvicorn.Config("unused", host=host, port=port, log_config=None).bind_socket()
+
+
 async def serve_http(
     app: ASGIApp,
     *,
-    host: str,
-    port: int,
+    host: str = "127.0.0.1",
+    port: int = 0,
     readiness: Readiness,
     drain_seconds: float = 0.0,
     graceful_seconds: float = GRACEFUL_SECONDS,
     limits: ConnectionLimits | None = None,
+    sockets: list[socket.socket] | None = None,
 ) -> None:
-    """Serves ``app`` until SIGTERM or SIGINT; ``limits`` bound what clients may hold before
-    a request reaches the app (see :class:`ConnectionLimits`)."""
+    """Serves ``app`` on ``host``:``port``, or on ``sockets`` already bound (:func:`bind`),
+    until SIGTERM or SIGINT; ``limits`` bound what clients may hold before a request reaches
+    the app (see :class:`ConnectionLimits`)."""
     config = uvicorn.Config(
         _CloseWhileDraining(app, readiness),
         host=host,
@@ -103,7 +189,7 @@ async def serve_http(
         timeout_graceful_shutdown=int(graceful_seconds),
         h11_max_incomplete_event_size=16 * 1024,
     )
-    await DrainingServer(config, readiness, drain_seconds).serve()
+    await DrainingServer(config, readiness, drain_seconds).serve(sockets=sockets)
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:

@@ -7,37 +7,21 @@ SIGTERM drain of :func:`services.common.serve.serve_http` and the connection lim
 (``/readyz`` → 503) while the public side drains, and stops after it.
 
 At start-up the limit on open files is raised to the hard limit, and the connection cap is kept
-below it with room for the upstream pools, Redis, the listeners and refusals still lingering:
-a cap the process cannot honour is lowered (and the log says so), so a flood of connections is
-refused with a clear answer rather than running out of descriptors.
+below it (:func:`services.gateway.app.fitted_connection_limits`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import logging
 
 import uvicorn
 
-from services.common.connection_limits import MAX_LINGERING
 from services.common.http import Readiness
 from services.common.log import configure_logging
-from services.common.serve import raise_open_files_limit, run, serve_http
+from services.common.serve import run, serve_http
 from services.common.uvicorn_patches import SignalFreeServer
-from services.gateway.app import connection_limits, create_admin_app, create_app
+from services.gateway.app import create_admin_app, create_app, fitted_connection_limits
 from services.gateway.settings import GatewaySettings
-
-log = logging.getLogger("otesse.gateway")
-# Descriptors that are not client connections: listeners, Redis, logs, the admin port's own.
-_OTHER_FILES = 64
-
-
-def connection_cap(settings: GatewaySettings, open_files: int) -> int:
-    """The connection cap the process can honour with ``open_files`` descriptors."""
-    room = (open_files - _OTHER_FILES - MAX_LINGERING
-            - 2 * settings.upstream_max_connections)  # two upstream pools
-    return max(1, min(settings.max_connections, room))
 
 
 def _loopback(host: str) -> str:
@@ -64,14 +48,7 @@ async def serve(settings: GatewaySettings) -> None:
             admin_task.result()  # the admin port could not be bound: stop here, saying why
             raise SystemExit(1)
         await asyncio.sleep(0.01)
-    open_files = raise_open_files_limit()
-    limits = connection_limits(settings)
-    cap = connection_cap(settings, open_files)
-    if cap < settings.max_connections:
-        log.warning("connection cap lowered to fit the open-files limit", extra={
-            "max_connections": cap, "configured": settings.max_connections,
-            "open_files": open_files})
-        limits = dataclasses.replace(limits, max_connections=cap)
+    limits = fitted_connection_limits(settings, upstream_pools=2)
     try:
         await serve_http(create_app(settings, readiness), host=settings.host, port=settings.port,
                          readiness=readiness, drain_seconds=settings.drain_seconds,

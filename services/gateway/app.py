@@ -25,19 +25,23 @@ Service or Ingress exposes publicly; on the public port those paths are 404.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Mapping
+from typing import Protocol
 
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common import internal_headers
-from services.common.connection_limits import ConnectionLimits
+from services.common.connection_limits import MAX_LINGERING, ConnectionLimits
 from services.common.deadlines import Deadlines
 from services.common.http import Readiness, RequestContextMiddleware, health_routes
 from services.common.log import request_id_var
 from services.common.ratelimit import Bucket, RateLimiter
 from services.common.redis_client import create_rate_limit_redis
 from services.common.redis_lean import LeanRedis
+from services.common.serve import raise_open_files_limit
 from services.gateway import forwarded, hop_by_hop, routing
 from services.gateway.body import BodyBudget, ClientDisconnected, RequestBody
 from services.gateway.errors import (
@@ -55,8 +59,9 @@ from services.gateway.errors import (
 )
 from services.gateway.hosts import HostAllowList, HostNotAllowed, MissingHost
 from services.gateway.in_flight import InFlight
+from services.gateway.in_process import InProcessUpstreams
 from services.gateway.metrics import RATE_LIMIT_FAIL_OPEN, RATE_LIMITED
-from services.gateway.proxy import UpstreamOptions, Upstreams
+from services.gateway.proxy import Forwarded, UpstreamOptions, Upstreams
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger("otesse.gateway")
@@ -66,21 +71,46 @@ NOSNIFF = (b"x-content-type-options", b"nosniff")
 END_TO_END = frozenset({b"host", b"content-length", b"x-request-id"}) | forwarded.REPLACED
 
 
-class GatewayApp:
-    """The public ASGI app: checks, rate limits and forwarding."""
+class Forwarder(Protocol):
+    """Where routed requests go: :class:`Upstreams` (over HTTP) or
+    :class:`~services.gateway.in_process.InProcessUpstreams` (an app in this process)."""
 
-    def __init__(self, settings: GatewaySettings, readiness: Readiness) -> None:
+    @property
+    def is_open(self) -> bool: ...
+
+    def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def forward(self, name: routing.Upstream, *, method: str, target: bytes,
+                      headers: list[tuple[bytes, bytes]], body: bytes | None, send: Send,
+                      client: forwarded.Client, scope: Scope) -> Forwarded: ...
+
+
+class GatewayApp:
+    """The public ASGI app: checks, rate limits and forwarding.
+
+    ``upstreams``: where requests go (default: the authorize and token services over HTTP, at
+    the settings' URLs); ``serves``: the upstreams this edge routes to, any other route being
+    404 (the token service's own edge serves only its paths).
+    """
+
+    def __init__(self, settings: GatewaySettings, readiness: Readiness, *,
+                 upstreams: Forwarder | None = None,
+                 serves: frozenset[routing.Upstream] = frozenset({"authorize", "token"}),
+                 ) -> None:
         self._settings = settings
         self._readiness = readiness
         self._hosts = HostAllowList.of(settings.allowed_hosts)
         # The timeouts every request's path keeps: its body's and its upstream's.
         self._deadlines = Deadlines()
-        self._upstreams = Upstreams(
+        self._upstreams: Forwarder = upstreams or Upstreams(
             {"authorize": settings.authorize_url, "token": settings.token_url},
             UpstreamOptions(connect_timeout=settings.connect_timeout,
                             timeout=settings.upstream_timeout,
                             max_connections=settings.upstream_max_connections),
             self._deadlines)
+        self._serves = serves
         self._redis: LeanRedis | None = None
         self._limiter: RateLimiter | None = None
         self._in_flight = InFlight(settings.max_requests_per_ip)
@@ -125,8 +155,10 @@ class GatewayApp:
 
         # Redis is not a readiness check: without it the gateway still serves (fails open).
         self._readiness.checks["proxy"] = proxy_open
-        log.info("gateway serving", extra={"authorize": self._settings.authorize_url,
-                                           "token": self._settings.token_url})
+        where = ({"authorize": self._settings.authorize_url, "token": self._settings.token_url}
+                 if isinstance(self._upstreams, Upstreams)
+                 else {"in_process": sorted(self._serves)})
+        log.info("gateway serving", extra=where)
 
     async def _shutdown(self) -> None:
         await self._upstreams.close()
@@ -188,11 +220,14 @@ class GatewayApp:
         except HostNotAllowed:
             raise MisdirectedRequest() from None
         try:
-            return routing.resolve(scope["method"], scope["path"])
+            route = routing.resolve(scope["method"], scope["path"])
         except routing.MalformedPath:
             raise MalformedRequest() from None
         except routing.NotRouted:
             raise NotFound() from None
+        if route.upstream not in self._serves:
+            raise NotFound()
+        return route
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, route: routing.Route,
                        client: forwarded.Client, headers: list[tuple[bytes, bytes]]) -> None:
@@ -229,7 +264,8 @@ class GatewayApp:
                         if declared or chunked else None)
                 answer = await self._upstreams.forward(
                     route.upstream, method=scope["method"], target=self._target(scope),
-                    headers=self._upstream_headers(headers, client), body=body, send=send)
+                    headers=self._upstream_headers(headers, client), body=body, send=send,
+                    client=client, scope=scope)
             finally:
                 reader.release()
         if answer.client_auth_failed:
@@ -288,6 +324,36 @@ class GatewayApp:
         return upstream_headers
 
 
+# Descriptors that are not client connections: listeners, Redis, logs, the admin port's own.
+_OTHER_FILES = 64
+
+
+def connection_cap(settings: GatewaySettings, open_files: int, *, upstream_pools: int) -> int:
+    """The connection cap the process can honour with ``open_files`` descriptors, keeping room
+    for ``upstream_pools`` pools of upstream connections."""
+    room = (open_files - _OTHER_FILES - MAX_LINGERING
+            - upstream_pools * settings.upstream_max_connections)
+    return max(1, min(settings.max_connections, room))
+
+
+def fitted_connection_limits(settings: GatewaySettings, *, upstream_pools: int,
+                             ) -> ConnectionLimits:
+    """:func:`connection_limits`, with the limit on open files raised to the hard limit and the
+    connection cap kept below it with room for ``upstream_pools`` upstream pools, Redis, the
+    listeners and refusals still lingering: a cap the process cannot honour is lowered (and the
+    log says so), so a flood of connections is refused with a clear answer rather than running
+    out of descriptors."""
+    open_files = raise_open_files_limit()
+    limits = connection_limits(settings)
+    cap = connection_cap(settings, open_files, upstream_pools=upstream_pools)
+    if cap < settings.max_connections:
+        log.warning("connection cap lowered to fit the open-files limit", extra={
+            "max_connections": cap, "configured": settings.max_connections,
+            "open_files": open_files})
+        limits = dataclasses.replace(limits, max_connections=cap)
+    return limits
+
+
 def connection_limits(settings: GatewaySettings) -> ConnectionLimits:
     """What the server lets clients hold before any request reaches the app."""
     return ConnectionLimits(
@@ -305,6 +371,16 @@ def create_app(settings: GatewaySettings, readiness: Readiness | None = None) ->
     """The public app (the proxy), with request ids and access logs."""
     readiness = readiness or Readiness()
     return RequestContextMiddleware(GatewayApp(settings, readiness), service="gateway")
+
+
+def create_edge_app(settings: GatewaySettings, readiness: Readiness,
+                    apps: Mapping[routing.Upstream, ASGIApp], *, service: str) -> ASGIApp:
+    """The edge in front of ``apps`` served in this process (the token service's public
+    listener): the gateway's checks, then the app, with no HTTP hop between them; the other
+    routes are 404."""
+    gateway = GatewayApp(settings, readiness, upstreams=InProcessUpstreams(apps),
+                         serves=frozenset(apps))
+    return RequestContextMiddleware(gateway, service=service)
 
 
 def create_admin_app(readiness: Readiness) -> ASGIApp:

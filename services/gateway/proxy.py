@@ -31,11 +31,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from starlette.types import Message, Send
+from starlette.types import Message, Scope, Send
 
 from services.common import internal_headers
 from services.common.deadlines import Deadlines
-from services.gateway import hop_by_hop
+from services.gateway import forwarded, hop_by_hop
 from services.gateway.errors import (
     BadGateway,
     GatewayError,
@@ -113,9 +113,12 @@ class Upstreams:
             await pool.aclose()
 
     async def forward(self, name: Upstream, *, method: str, target: bytes,
-                      headers: list[tuple[bytes, bytes]], body: bytes | None,
-                      send: Send) -> Forwarded:
-        """Sends the request upstream and streams the answer to ``send``.
+                      headers: list[tuple[bytes, bytes]], body: bytes | None, send: Send,
+                      client: forwarded.Client, scope: Scope) -> Forwarded:
+        """Sends the request upstream and streams the answer to ``send``. (``client`` and the
+        edge's ``scope`` are for an upstream in this process,
+        :class:`~services.gateway.in_process.InProcessUpstreams`: over HTTP, the headers say
+        all the upstream learns.)
 
         Raises a :class:`GatewayError` (before anything is sent) when there is no answer.
         """

@@ -45,6 +45,10 @@ def decode_kek(name: str, secret: Secret) -> bytes:
 class TokenSettings(ServiceSettings):
     http_host: str
     http_port: int
+    # The public listener running the gateway's edge in this process (None: not served; 0: a
+    # free port). The ingress sends the token service's public paths there.
+    edge_host: str
+    edge_port: int | None
     grpc_host: str
     grpc_port: int
     # Checks the service credentials of callers of grant administration (DESIGN §5).
@@ -95,6 +99,9 @@ class TokenSettings(ServiceSettings):
             **ServiceSettings.shared(env),
             http_host=env.text("OTESSE_TOKEN_HTTP_HOST", "127.0.0.1"),
             http_port=env.integer("OTESSE_TOKEN_HTTP_PORT", 8002, maximum=65535),
+            edge_host=env.text("OTESSE_TOKEN_EDGE_HOST", "127.0.0.1"),
+            edge_port=(None if env.text("OTESSE_TOKEN_EDGE_PORT", "off").lower() == "off"
+                       else env.integer("OTESSE_TOKEN_EDGE_PORT", maximum=65535)),
             grpc_host=env.text("OTESSE_TOKEN_GRPC_HOST", "127.0.0.1"),
             grpc_port=env.integer("OTESSE_TOKEN_GRPC_PORT", 50052, maximum=65535),
             service_credentials=ServiceCredentialSettings.from_env(env),

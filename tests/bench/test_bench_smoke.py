@@ -37,6 +37,7 @@ async def bench_target(stack: Stack, pool: asyncpg.Pool) -> BenchStack:
         gateway_url=stack.gateway,
         authorize_url=f"http://127.0.0.1:{env['OTESSE_AUTHORIZE_PORT']}",
         token_url=f"http://127.0.0.1:{env['OTESSE_TOKEN_HTTP_PORT']}",
+        token_public_url=f"http://localhost:{env['OTESSE_TOKEN_EDGE_PORT']}",
         token_grpc=stack.token_grpc, bookings_url=stack.bookings,
         person=flow.Person(email=person.email, password=person.password),
         app=flow.App(client_id=app.client_id, client_secret=app.client_secret,

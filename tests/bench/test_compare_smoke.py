@@ -50,7 +50,8 @@ async def otesse(stack: Stack, pool: asyncpg.Pool, database_url: str) -> Contend
                      token_path="/oauth/token", app=app, session=session,
                      pids=service_pids(os.getpid()),
                      database_name=database_url.rsplit("/", 1)[1],
-                     prefixes=("otesse_at_", "otesse_rt_"), token_grpc=stack.token_grpc)
+                     prefixes=("otesse_at_", "otesse_rt_"), token_grpc=stack.token_grpc,
+                     token_url=f"http://localhost:{stack.env['OTESSE_TOKEN_EDGE_PORT']}")
 
 
 async def _measured(contender: Contender, database_url: str) -> Round:

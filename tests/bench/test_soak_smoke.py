@@ -42,7 +42,9 @@ async def soak_target(stack: Stack, pool: asyncpg.Pool, database_url: str,
     # The integration stack's services are this test process's own children.
     pids = service_pids(os.getpid())
     assert set(pids) == set(SERVICES)
-    return Target(gateway_url=stack.gateway, token_grpc=stack.token_grpc,
+    return Target(gateway_url=stack.gateway,
+                  token_url=f"http://localhost:{stack.env['OTESSE_TOKEN_EDGE_PORT']}",
+                  token_grpc=stack.token_grpc,
                   bookings_url=stack.bookings, clients=tuple(clients), pids=pids,
                   database_url=database_url, database_name=database_url.rsplit("/", 1)[1],
                   redis_url=REDIS_URL, redis_prefix=redis_prefix)

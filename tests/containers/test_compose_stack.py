@@ -1,9 +1,11 @@
 """docker-compose.yml, running: the README walkthrough and every page against the published
-gateway, and the promises the image makes — non-root, a read-only root filesystem with only
-``/tmp`` writable, no build tools, a database that wants its password."""
+gateway, the token service's edge, and the promises the image makes — non-root, a read-only
+root filesystem with only ``/tmp`` writable, no build tools, a database that wants its
+password."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
@@ -25,6 +27,19 @@ BUILD_TOOLS = ("gcc", "cc", "c++", "g++", "cpp", "clang", "ld", "as", "make", "p
 BUILD_PACKAGES = ("gcc", "g++", "cpp", "make", "binutils", "libc6-dev", "build-essential",
                   "python3-pip", "python3-dev")
 BUILD_MODULES = ("pip", "setuptools", "wheel")
+# The token service's public listener (docker-compose.yml: OTESSE_TOKEN_EDGE_PORT).
+TOKEN_EDGE_PORT = 8005
+# Run with the image's python (it has no curl): prints the status and the header fields of a GET
+# of argv[1], an error status included.
+FETCH = """
+import json, sys, urllib.error, urllib.request
+try:
+    answer = urllib.request.urlopen(sys.argv[1], timeout=5)
+except urllib.error.HTTPError as error:
+    answer = error
+print(json.dumps({"status": answer.status,
+                  "headers": {k.lower(): v for k, v in answer.headers.items()}}))
+"""
 
 
 def person(compose: Compose) -> Person:
@@ -52,6 +67,27 @@ async def test_every_page_and_asset_through_the_published_gateway(compose: Compo
             "Authorization": f"Bearer {toured.tokens['access_token']}"})
     assert bookings.status_code == 200, bookings.text
     assert {"/static/otesse.css", "/static/copy.js"} <= set(visit.assets)
+
+
+def fetch_inside(compose: Compose, service: str, url: str) -> tuple[int, dict[str, str]]:
+    """A GET of ``url`` from inside the service's container: (status, header fields)."""
+    answer = json.loads(compose.exec(service, "python", "-c", FETCH, url).stdout)
+    return answer["status"], answer["headers"]
+
+
+def test_the_token_container_serves_its_edge(compose: Compose) -> None:
+    edge = f"http://127.0.0.1:{TOKEN_EDGE_PORT}"
+    status, headers = fetch_inside(compose, "token", f"{edge}/.well-known/jwks.json")
+    assert status == 200, headers
+    # The gateway's edge answered, in the token process: its security fields and request id.
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers.get("x-request-id")
+    # The admin paths are never on the public listener (the service's own port has them).
+    for path in ("/metrics", "/healthz", "/readyz"):
+        status, _ = fetch_inside(compose, "token", f"{edge}{path}")
+        assert status == 404, path
+    status, _ = fetch_inside(compose, "token", "http://127.0.0.1:8002/metrics")
+    assert status == 200
 
 
 @pytest.mark.parametrize("service", [*APP_SERVICES, "migrate"])

@@ -73,6 +73,24 @@ def test_compose_publishes_only_the_public_entries_on_loopback_default_ports() -
     assert environment["gateway"]["OTESSE_ISSUER"] == "http://localhost:8000"
 
 
+def test_compose_token_edge_is_on_at_the_kubernetes_port_but_not_published() -> None:
+    token = COMPOSE["services"]["token"]
+    environment = token["environment"]
+    # The port the Kubernetes manifests give the token container's edge.
+    manifest = (ROOT / "deploy" / "kubernetes" / "token.yaml").read_text()
+    deployment = next(doc for doc in yaml.safe_load_all(manifest)
+                      if doc and doc["kind"] == "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    (edge,) = [p["containerPort"] for p in container["ports"] if p["name"] == "edge"]
+    assert environment["OTESSE_TOKEN_EDGE_PORT"] == str(edge)
+    assert environment["OTESSE_TOKEN_EDGE_HOST"] == "0.0.0.0"
+    # The edge's Host check (the gateway's settings) lets in what is sent from inside the
+    # container (tests/containers: http://127.0.0.1:<edge>/…).
+    assert {"localhost", "127.0.0.1"} <= set(
+        environment["OTESSE_GATEWAY_ALLOWED_HOSTS"].split(","))
+    assert "ports" not in token  # the gateway stays the published entry
+
+
 def test_compose_variables_are_real_settings() -> None:
     known = settings_names()
     named = {key for service in COMPOSE["services"].values()

@@ -1,7 +1,8 @@
 """The Kubernetes manifests: valid for a fixed Kubernetes version (offline, strict), and what an
 operator relies on — probes, resources, non-root read-only pods, one pinned image, real settings,
-drain timings that fit the grace period, gRPC through headless Services, and network policies
-that let exactly the documented callers in.
+drain timings that fit the grace period, gRPC through headless Services, an Ingress that sends
+the token service's public paths to its edge port and the rest to the gateway, and network
+policies that let exactly the documented callers in.
 
 Most checks read the manifests as ``kubectl apply -k`` renders them (:func:`rendered`: the
 kustomization's resources, its namespace and its image override applied)."""
@@ -22,6 +23,8 @@ from services.common.grpc_server import (
     STOP_GRACE_SECONDS,
 )
 from services.common.serve import GRACEFUL_SECONDS
+from services.gateway import routing
+from services.gateway.routing import TOKEN_PATHS, WELL_KNOWN_PREFIX
 from services.gateway.upstream_client import KEEPALIVE_EXPIRY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,18 +182,81 @@ def test_secrets_are_placeholders_and_reach_only_who_needs_them() -> None:
     assert "gateway" not in users["otesse-auth-stores"]  # it gets the Redis URL alone
 
 
-def test_ingress_sends_auth_otesse_com_over_tls_to_the_gateway_only() -> None:
+def test_ingress_sends_auth_otesse_com_over_tls_to_the_public_ports_only() -> None:
     (ingress,) = _of_kind("Ingress").values()
     assert ingress["spec"]["tls"][0]["hosts"] == ["auth.otesse.com"]
     (rule,) = ingress["spec"]["rules"]
     assert rule["host"] == "auth.otesse.com"
-    backends = {path["backend"]["service"]["name"] for path in rule["http"]["paths"]}
-    assert backends == {"gateway"}
+    backends = {(path["backend"]["service"]["name"], path["backend"]["service"]["port"]["name"])
+                for path in rule["http"]["paths"]}
+    # The gateway's public port and the token service's edge: never a port that answers the
+    # probes or /metrics (the token service's own HTTP port, the gateway's admin port).
+    assert backends == {("gateway", "http"), ("token", "edge")}
     service_ports = _of_kind("Service")["gateway"]["spec"]["ports"]
     assert [port["port"] for port in service_ports] == [8000]  # the admin port is not exposed
     config = _of_kind("ConfigMap")["otesse-auth-config"]["data"]
     assert config["OTESSE_GATEWAY_ALLOWED_HOSTS"] == "auth.otesse.com"
     assert config["OTESSE_ISSUER"] == "https://auth.otesse.com"
+
+
+def _ingress_paths() -> list[dict[str, Any]]:
+    (ingress,) = _of_kind("Ingress").values()
+    (rule,) = ingress["spec"]["rules"]
+    paths: list[dict[str, Any]] = rule["http"]["paths"]
+    return paths
+
+
+def _ingress_backend(path: str) -> tuple[str, str]:
+    """(Service, port name) the Ingress sends a request path to, as the Ingress API defines the
+    match: an Exact path matches itself only, a Prefix path every path whose ``/``-separated
+    elements start with its own (a trailing ``/`` ignored); the longest match wins, Exact
+    before Prefix at equal length."""
+    def matches(entry: dict[str, Any]) -> bool:
+        if entry["pathType"] == "Exact":
+            return bool(path == entry["path"])
+        assert entry["pathType"] == "Prefix", entry
+        prefix = [element for element in entry["path"].split("/") if element]
+        return [element for element in path.split("/") if element][:len(prefix)] == prefix
+
+    found = [entry for entry in _ingress_paths() if matches(entry)]
+    assert found, path
+    best = max(found, key=lambda entry: (len(entry["path"].rstrip("/")),
+                                         entry["pathType"] == "Exact"))
+    service = best["backend"]["service"]
+    return service["name"], service["port"]["name"]
+
+
+def test_ingress_token_paths_are_exactly_the_gateways_token_routes() -> None:
+    # Read from the gateway's routing table: the two cannot drift apart.
+    routes = {(entry["path"], entry["pathType"], entry["backend"]["service"]["name"],
+               entry["backend"]["service"]["port"]["name"]) for entry in _ingress_paths()}
+    assert routes == {
+        *((path, "Exact", "token", "edge") for path in TOKEN_PATHS),
+        (WELL_KNOWN_PREFIX, "Prefix", "token", "edge"),
+        ("/", "Prefix", "gateway", "http"),
+    }
+
+
+# Request paths of every kind the gateway routes, and some it refuses.
+SAMPLE_PATHS = (*sorted(TOKEN_PATHS), WELL_KNOWN_PREFIX + "jwks.json",
+                WELL_KNOWN_PREFIX + "openid-configuration", WELL_KNOWN_PREFIX + "a/b",
+                "/", "/login", "/logout", "/oauth/authorize", "/oauth/token/extra",
+                "/oauth/tokens", "/oauth", "/settings/integrations/oauth-apps/new",
+                "/static/otesse.css", "/well-known/jwks.json", "/healthz", "/readyz", "/metrics")
+
+
+@pytest.mark.parametrize("path", SAMPLE_PATHS)
+def test_ingress_sends_a_path_where_the_gateway_would_route_it(path: str) -> None:
+    """What the gateway would send to the token service reaches the token edge directly;
+    everything else, what the gateway refuses included, reaches the gateway. (``/.well-known``
+    itself, without the slash, matches the Prefix rule too: the edge answers it 404, as the
+    authorize service does behind the gateway.)"""
+    try:
+        upstream: str | None = routing.resolve("GET", path).upstream
+    except routing.NotRouted:
+        upstream = None
+    expected = ("token", "edge") if upstream == "token" else ("gateway", "http")
+    assert _ingress_backend(path) == expected
 
 
 def test_migration_job_and_purge_cronjob_run_the_cli() -> None:
@@ -350,6 +416,54 @@ def test_drain_timings_fit_in_the_grace_period(name: str) -> None:
         assert spec["minReadySeconds"] >= age
 
 
+def _port_number(deployment: str, name: str) -> int:
+    (container,) = _rendered("Deployment")[deployment]["spec"]["template"]["spec"]["containers"]
+    (number,) = [port["containerPort"] for port in container["ports"] if port["name"] == name]
+    assert isinstance(number, int)
+    return number
+
+
+def test_token_edge_port_is_the_one_the_token_service_listens_on() -> None:
+    deployment = _rendered("Deployment")["token"]
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    edge = _port_number("token", "edge")
+    # The service turns its edge on at the port the Pod declares, on every interface (the
+    # default, 127.0.0.1, would refuse the Ingress).
+    assert _setting(container, "OTESSE_TOKEN_EDGE_PORT") == str(edge)
+    assert _setting(container, "OTESSE_TOKEN_EDGE_HOST") == "0.0.0.0"
+    service = _rendered("Service")["token"]["spec"]
+    assert service["selector"].items() <= template["metadata"]["labels"].items()
+    assert {"name": "edge", "port": edge, "targetPort": "edge"} in service["ports"]
+    # The probes and the scrape stay on the service's own HTTP port: the edge answers 404 for
+    # /healthz, /readyz and /metrics.
+    http = _port_number("token", "http")
+    assert http != edge
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] in ("http", http), probe
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == str(http)
+
+
+def test_token_edge_has_the_gateways_settings() -> None:
+    """The edge is configured by the gateway's OTESSE_GATEWAY_… settings: the token pods get
+    every one the gateway's pods get, with the same value (allowed hosts, trusted proxies,
+    limits, rate limits), and the Redis the rate limits count in."""
+    (gateway,) = _rendered("Deployment")["gateway"]["spec"]["template"]["spec"]["containers"]
+    (token,) = _rendered("Deployment")["token"]["spec"]["template"]["spec"]["containers"]
+    names = {entry["name"] for entry in gateway.get("env", [])}
+    for source in gateway.get("envFrom", []):
+        assert "configMapRef" in source, source  # the gateway loads no whole Secret
+        names.update(_rendered("ConfigMap")[source["configMapRef"]["name"]]["data"])
+    gateway_settings = sorted(name for name in names if name.startswith("OTESSE_GATEWAY_"))
+    assert "OTESSE_GATEWAY_TRUSTED_PROXIES" in gateway_settings
+    for name in gateway_settings:
+        assert _setting(token, name) == _setting(gateway, name), name
+    secrets = {source["secretRef"]["name"] for source in token["envFrom"]
+               if "secretRef" in source}
+    assert "OTESSE_REDIS_URL" in _rendered("Secret")["otesse-auth-stores"]["stringData"]
+    assert "otesse-auth-stores" in secrets
+
+
 @pytest.mark.parametrize("service", list(GRPC_SERVICES))
 def test_grpc_addresses_name_headless_services_of_the_serving_pods(service: str) -> None:
     deployment_name, port, variable = GRPC_SERVICES[service]
@@ -377,6 +491,7 @@ MONITORING = "namespace monitoring"
 LABELLED = "labelled resource servers"
 ALLOWED = {
     (INGRESS, "gateway", 8000),
+    (INGRESS, "token", 8005),
     (MONITORING, "gateway", 8010),
     ("pods gateway", "authorize", 8001),
     (MONITORING, "authorize", 8001),
@@ -410,7 +525,8 @@ def _peer(peer: dict[str, Any]) -> str:
     return LABELLED
 
 
-def test_network_policies_allow_exactly_the_table() -> None:
+def _allowed() -> set[tuple[str, str, int]]:
+    """Every (from, to, port) the rendered policies allow, as rows of the table."""
     policies = _rendered("NetworkPolicy")
     deny = policies.pop("default-deny-ingress")["spec"]
     assert deny == {"podSelector": {}, "policyTypes": ["Ingress"]}
@@ -424,17 +540,36 @@ def test_network_policies_allow_exactly_the_table() -> None:
             assert all(port["protocol"] == "TCP" for port in rule["ports"]) and ports
             for peer in rule["from"]:
                 allowed.update((_peer(peer), target, port) for port in ports)
+    return allowed
+
+
+def test_network_policies_allow_exactly_the_table() -> None:
+    allowed = _allowed()
     assert allowed == ALLOWED
-    # From outside the namespace: the gateway from the ingress controller, metrics from
-    # Prometheus, and the token service's gRPC from labelled resource servers — nothing else.
+    # From outside the namespace: the gateway and the token service's edge from the ingress
+    # controller, metrics from Prometheus, and the token service's gRPC from labelled resource
+    # servers — nothing else.
     outside = {(source, target, port) for source, target, port in allowed
                if not source.startswith("pods ")}
     assert {(target, port) for source, target, port in outside if source != MONITORING} == {
-        ("gateway", 8000), ("token", 50052)}
+        ("gateway", 8000), ("token", 8005), ("token", 50052)}
     metrics = {name: int(doc["spec"]["template"]["metadata"]["annotations"]
                          ["prometheus.io/port"]) for name, doc in _rendered("Deployment").items()}
     assert {(target, port) for source, target, port in outside if source == MONITORING} == set(
         metrics.items())
+
+
+def test_the_ingress_controller_reaches_exactly_the_ports_the_ingress_routes_to() -> None:
+    routed = set()
+    for entry in _ingress_paths():
+        backend = entry["backend"]["service"]
+        service = _rendered("Service")[backend["name"]]["spec"]
+        (port,) = [p for p in service["ports"] if p["name"] == backend["port"]["name"]]
+        (deployment,) = [name for name, doc in _rendered("Deployment").items()
+                         if service["selector"].items()
+                         <= doc["spec"]["template"]["metadata"]["labels"].items()]
+        routed.add((deployment, _port_number(deployment, port["targetPort"])))
+    assert {(target, port) for source, target, port in _allowed() if source == INGRESS} == routed
 
 
 BROADER = {

@@ -21,7 +21,7 @@ from services.authorize import app_form
 from services.common.connection_limits import MAX_LINGERING
 from services.common.ratelimit import RateLimit
 from services.common.settings import ConfigError, Env
-from services.gateway.__main__ import connection_cap
+from services.gateway.app import connection_cap
 from services.gateway.settings import GatewaySettings
 from tests.conftest import free_port
 from tests.gateway.conftest import FakeUpstream
@@ -162,7 +162,7 @@ def test_the_connection_cap_fits_the_open_files_limit(configured: int, open_file
                                                       expected: int) -> None:
     settings = GatewaySettings.from_env(Env({"OTESSE_GATEWAY_MAX_CONNECTIONS": str(configured),
                                              "OTESSE_GATEWAY_UPSTREAM_MAX_CONNECTIONS": "100"}))
-    assert connection_cap(settings, open_files) == expected
+    assert connection_cap(settings, open_files, upstream_pools=2) == expected
 
 
 def test_serve_command_reports_a_bad_setting_in_one_line() -> None:

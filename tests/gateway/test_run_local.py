@@ -20,7 +20,7 @@ from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT_VARIABLES = ("OTESSE_GATEWAY_PORT", "OTESSE_GATEWAY_ADMIN_PORT", "OTESSE_AUTHORIZE_PORT",
-                  "OTESSE_TOKEN_HTTP_PORT", "OTESSE_TOKEN_GRPC_PORT",
+                  "OTESSE_TOKEN_HTTP_PORT", "OTESSE_TOKEN_GRPC_PORT", "OTESSE_TOKEN_EDGE_PORT",
                   "OTESSE_REGISTRY_GRPC_PORT", "OTESSE_REGISTRY_HTTP_PORT",
                   "OTESSE_BOOKINGS_PORT")
 
@@ -133,7 +133,8 @@ def test_run_local_stops_everything_when_a_service_cannot_start(run_env: dict[st
     assert result.returncode == 1
     assert ("configuration error: OTESSE_GATEWAY_RATE_TOKEN_PER_IP must be COUNT/SECONDS"
             in result.stdout)
-    assert "run-local: gateway stopped while starting" in result.stdout
+    # The token service reads the gateway's settings for its own edge, and starts first.
+    assert "run-local: token stopped while starting" in result.stdout
     assert result.stdout.rstrip().endswith("run-local: stopped")
     assert all(_port_free(int(run_env[name])) for name in PORT_VARIABLES)
 

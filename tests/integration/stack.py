@@ -44,7 +44,7 @@ from tests.conftest import free_port
 ROOT = Path(__file__).resolve().parents[2]
 OTESSE_AUTH = ROOT / ".venv" / "bin" / "otesse-auth"
 PORT_VARIABLES = ("OTESSE_GATEWAY_PORT", "OTESSE_GATEWAY_ADMIN_PORT", "OTESSE_AUTHORIZE_PORT",
-                  "OTESSE_TOKEN_HTTP_PORT", "OTESSE_TOKEN_GRPC_PORT",
+                  "OTESSE_TOKEN_HTTP_PORT", "OTESSE_TOKEN_GRPC_PORT", "OTESSE_TOKEN_EDGE_PORT",
                   "OTESSE_REGISTRY_GRPC_PORT", "OTESSE_REGISTRY_HTTP_PORT",
                   "OTESSE_BOOKINGS_PORT")
 # Every service of the stack, in the order run-local starts them.
