@@ -164,17 +164,17 @@ def bind(host: str, port: int) -> socket.socket:
 async def serve_http(
     app: ASGIApp,
     *,
-    host: str = "127.0.0.1",
-    port: int = 0,
+    host: str,
+    port: int,
     readiness: Readiness,
     drain_seconds: float = 0.0,
     graceful_seconds: float = GRACEFUL_SECONDS,
     limits: ConnectionLimits | None = None,
     sockets: list[socket.socket] | None = None,
 ) -> None:
-    """Serves ``app`` on ``host``:``port``, or on ``sockets`` already bound (:func:`bind`),
-    until SIGTERM or SIGINT; ``limits`` bound what clients may hold before a request reaches
-    the app (see :class:`ConnectionLimits`)."""
+    """Serves ``app`` on ``host``:``port`` (or, when given, on ``sockets`` already bound:
+    :func:`bind`) until SIGTERM or SIGINT; ``limits`` bound what clients may hold before a
+    request reaches the app (see :class:`ConnectionLimits`)."""
     config = uvicorn.Config(
         _CloseWhileDraining(app, readiness),
         host=host,

@@ -42,8 +42,9 @@ async def serve(settings: TokenSettings, edge: Edge | None = None) -> None:
                    bind(settings.edge_host, settings.edge_port))
     # The token app starts first and stops last: the edge calls into it.
     listeners = ByListener({own.getsockname()[1]: app, public.getsockname()[1]: public_app})
-    await serve_http(listeners, readiness=readiness, drain_seconds=settings.drain_seconds,
-                     limits=limits, sockets=[own, public])
+    await serve_http(listeners, host=settings.http_host, port=settings.http_port,
+                     readiness=readiness, drain_seconds=settings.drain_seconds, limits=limits,
+                     sockets=[own, public])
 
 
 def main(edge: Edge | None = None) -> None:

@@ -4,8 +4,9 @@ Each replica is ``otesse-auth serve <svc>`` (started like :mod:`tests.integratio
 the single stack, with its helpers) on free loopback ports, on this run's database and Redis
 prefix. HAProxy stands in for Kubernetes:
 
-* the public frontend (the issuer, ``http://localhost:<port>``) is an HTTP proxy over the two
-  gateways, as the ingress controller is;
+* the public frontend (the issuer, ``http://localhost:<port>``) is an HTTP proxy, as the
+  ingress controller is: the token service's public paths go to the two token replicas' edge
+  listeners (``OTESSE_TOKEN_EDGE_PORT``), everything else to the two gateways;
 * the gateways reach authorize and token through two TCP frontends
   (``OTESSE_GATEWAY_AUTHORIZE_URL`` / ``_TOKEN_URL``), each over two replicas, as kube-proxy
   does for a Service: per connection, so the gateway's keep-alive connections stay with the
@@ -40,6 +41,7 @@ from pathlib import Path
 
 import httpx
 
+from services.gateway import routing
 from tests.conftest import free_port
 from tests.integration.stack import ROOT, service_command, stack_env, wait_ready
 
@@ -61,7 +63,7 @@ HAPROXY = "haproxy"
 # Per service: the variables of its listeners, and which of them answers /readyz and /metrics.
 LISTENERS: dict[str, tuple[str, ...]] = {
     "registry": ("OTESSE_REGISTRY_GRPC_PORT", "OTESSE_REGISTRY_HTTP_PORT"),
-    "token": ("OTESSE_TOKEN_HTTP_PORT", "OTESSE_TOKEN_GRPC_PORT"),
+    "token": ("OTESSE_TOKEN_HTTP_PORT", "OTESSE_TOKEN_GRPC_PORT", "OTESSE_TOKEN_EDGE_PORT"),
     "authorize": ("OTESSE_AUTHORIZE_PORT",),
     "gateway": ("OTESSE_GATEWAY_PORT", "OTESSE_GATEWAY_ADMIN_PORT"),
     "bookings": ("OTESSE_BOOKINGS_PORT",),
@@ -73,6 +75,8 @@ GRPC = {"registry": "OTESSE_REGISTRY_GRPC_PORT", "token": "OTESSE_TOKEN_GRPC_POR
 # Behind HAProxy (a frontend and a backend named for the service): the listener it sends to.
 BALANCED = {"gateway": "OTESSE_GATEWAY_PORT", "authorize": "OTESSE_AUTHORIZE_PORT",
             "token": "OTESSE_TOKEN_HTTP_PORT"}
+# The public frontend's second backend, as the Ingress routes: the token replicas' edges.
+TOKEN_EDGE = "token_edge"
 SERVICES = ("registry", "token", "authorize", "gateway")
 
 
@@ -176,6 +180,13 @@ class Replica:
     def served(self) -> collections.Counter[str]:
         return self.served_before + self.served_now
 
+    def requests_at(self, service: str) -> int:
+        """HTTP requests its running process answered under the metric label ``service``
+        (``token-edge``: at the token service's public listener)."""
+        text = httpx.get(self.admin_url + "/metrics", timeout=5).text
+        return int(sum(float(value) for kind, labels, value in _COUNTS.findall(text)
+                       if kind == "http" and f'service="{service}"' in labels))
+
     def calls(self, method: str) -> int:
         """Calls of ``method`` (``/pkg.Service/Method``) this process answered."""
         text = httpx.get(self.admin_url + "/metrics", timeout=5).text
@@ -192,7 +203,9 @@ def haproxy_config(*, frontends: dict[str, int], backends: dict[str, list[tuple[
                    stats_socket: Path) -> str:
     """Frontend ``name`` on its port sends to backend ``name``: servers ``(name, port,
     check_port)``, checked on ``GET /readyz``. The public frontend (``gateway``) is an HTTP
-    proxy, as an ingress controller is; the others pass TCP connections, as kube-proxy does."""
+    proxy, as an ingress controller is, and sends the token service's public paths (the
+    gateway's own routing table) to backend :data:`TOKEN_EDGE`; the others pass TCP
+    connections, as kube-proxy does."""
     lines = [
         "global",
         "    nbthread 1",
@@ -208,14 +221,26 @@ def haproxy_config(*, frontends: dict[str, int], backends: dict[str, list[tuple[
         "    option redispatch 1",
         f"    default-server inter {CHECK_INTERVAL_MS} fall {FALL} rise {RISE}",
     ]
-    for name, port in frontends.items():
-        public = name == "gateway"
+    # The edge's backend has no frontend of its own: the public one sends to it.
+    proxies: list[tuple[str, int | None]] = [*frontends.items(), (TOKEN_EDGE, None)]
+    for name, port in proxies:
+        public = name in ("gateway", TOKEN_EDGE)
         mode = "http" if public else "tcp"
+        if port is not None:
+            lines += [
+                f"frontend {name}",
+                f"    mode {mode}",
+                f"    bind 127.0.0.1:{port}",
+            ]
+        if name == "gateway":
+            lines += [
+                f"    acl token_path path {' '.join(sorted(routing.TOKEN_PATHS))}",
+                f"    acl token_path path_beg {routing.WELL_KNOWN_PREFIX}",
+                f"    use_backend {TOKEN_EDGE} if token_path",
+            ]
+        if port is not None:
+            lines.append(f"    default_backend {name}")
         lines += [
-            f"frontend {name}",
-            f"    mode {mode}",
-            f"    bind 127.0.0.1:{port}",
-            f"    default_backend {name}",
             f"backend {name}",
             f"    mode {mode}",
             "    balance roundrobin",
@@ -226,8 +251,8 @@ def haproxy_config(*, frontends: dict[str, int], backends: dict[str, list[tuple[
         if public:
             lines += [
                 "    option forwardfor",
-                # A new connection per request to the gateways; clients keep theirs to HAProxy,
-                # which a replica's restart never breaks.
+                # A new connection per request to the gateways and the token edges; clients
+                # keep theirs to HAProxy, which a replica's restart never breaks.
                 "    option http-server-close",
                 "    timeout http-keep-alive 10s",
                 "    retry-on conn-failure",
@@ -294,7 +319,12 @@ class LoadBalancer:
                 if row["svname"] not in ("FRONTEND", "BACKEND")}
 
     def status(self, replica: Replica) -> str:
-        return self.stats()[f"{replica.service}/{replica.name}"]["status"].split(" ")[0]
+        """``replica``'s status (``UP``, ``DOWN``, …) in every backend that has it (a token
+        replica is in two: its service's and the public edge's), or ``MIXED``."""
+        found = {row["status"].split(" ")[0] for name, row in self.stats().items()
+                 if name.endswith(f"/{replica.name}")}
+        assert found, replica.name
+        return found.pop() if len(found) == 1 else "MIXED"
 
     async def wait_status(self, replica: Replica, status: str, timeout: float = 15.0) -> float:
         """Seconds until HAProxy reports ``replica`` in ``status`` (``UP`` or ``DOWN``)."""
@@ -430,6 +460,9 @@ def running_cluster(test_env: dict[str, str], logs: Path) -> Iterator[Cluster]:
                            replicas[f"{service}-{i}"].port(ADMIN[service]))
                           for i in range(REPLICAS)]
                 for service, variable in BALANCED.items()}
+    backends[TOKEN_EDGE] = [(f"token-{i}", replicas[f"token-{i}"].port("OTESSE_TOKEN_EDGE_PORT"),
+                             replicas[f"token-{i}"].port(ADMIN["token"]))
+                            for i in range(REPLICAS)]
 
     def every(service: str) -> str:
         return "ipv4:" + ",".join(replicas[f"{service}-{i}"].grpc_address
