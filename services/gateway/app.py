@@ -33,11 +33,9 @@ from typing import Protocol
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common import internal_headers
 from services.common.connection_limits import MAX_LINGERING, ConnectionLimits
 from services.common.deadlines import Deadlines
 from services.common.http import Readiness, RequestContextMiddleware, health_routes
-from services.common.log import request_id_var
 from services.common.ratelimit import Bucket, RateLimiter
 from services.common.redis_client import create_rate_limit_redis
 from services.common.redis_lean import LeanRedis
@@ -84,7 +82,9 @@ class Forwarder(Protocol):
 
     async def forward(self, name: routing.Upstream, *, method: str, target: bytes,
                       headers: list[tuple[bytes, bytes]], body: bytes | None, send: Send,
-                      client: forwarded.Client, scope: Scope) -> Forwarded: ...
+                      client: forwarded.Client, scope: Scope) -> Forwarded:
+        """Sends the request (``headers``: the client's own, as received) to ``name`` and
+        its answer to ``send``; the client's internal fields never reach the upstream."""
 
 
 class GatewayApp:
@@ -264,8 +264,7 @@ class GatewayApp:
                         if declared or chunked else None)
                 answer = await self._upstreams.forward(
                     route.upstream, method=scope["method"], target=self._target(scope),
-                    headers=self._upstream_headers(headers, client), body=body, send=send,
-                    client=client, scope=scope)
+                    headers=headers, body=body, send=send, client=client, scope=scope)
             finally:
                 reader.release()
         if answer.client_auth_failed:
@@ -303,26 +302,6 @@ class GatewayApp:
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
         return target
-
-    @staticmethod
-    def _upstream_headers(headers: list[tuple[bytes, bytes]], client: forwarded.Client,
-                          ) -> list[tuple[bytes, bytes]]:
-        upstream_headers = [
-            (name, value)
-            for name, value in hop_by_hop.strip(headers,
-                                                also=forwarded.REPLACED | {b"x-request-id"})
-            # A client must not speak for a service behind the gateway.
-            if not internal_headers.is_internal(name)]
-        upstream_headers += [
-            (b"x-forwarded-for", client.forwarded_for()),
-            (b"x-forwarded-proto", client.proto.encode()),
-            (b"x-request-id", request_id_var.get().encode()),
-        ]
-        for name, value in headers:
-            if name == b"host":
-                upstream_headers.append((b"x-forwarded-host", value))
-        return upstream_headers
-
 
 # Descriptors that are not client connections: listeners, Redis, logs, the admin port's own.
 _OTHER_FILES = 64

@@ -9,12 +9,14 @@ within its deadline, request ids, security headers, access lines), and the reque
 the token app with no second HTTP hop — which cost about a fifth of a code exchange's CPU
 (bench/README.md, "the gateway hop").
 
-The app sees the request the way it sees one forwarded by the gateway: the same target, the
-same headers (the gateway's ``X-Forwarded-*`` and ``X-Request-ID`` included, the client's
-internal fields stripped), and as its peer the client the edge resolved. Its answer is relayed
+The app sees the request as the edge received it, the client's internal fields stripped: the
+same target and headers, the client the edge resolved through the trusted proxies as its peer,
+the scheme the client used, and the request id in its context (what the ``X-Forwarded-*``
+and ``X-Request-ID`` fields carry over an HTTP hop, handed over directly). Its answer is relayed
 the way :class:`~services.gateway.proxy.Upstreams` relays one: the edge's own fields (request
-id, security headers) replace the app's, and internal fields never reach the client — the one
-saying client authentication failed is returned to the edge, which charges it to the address.
+id, security headers) replace any the app set, and internal fields never reach the client — the
+one saying client authentication failed is returned to the edge, which charges it to the
+address.
 
 There is no upstream deadline here: the request is this process's own work, bounded by its
 stores' timeouts, and cancelling it half-way through a write would leave the client no better
@@ -29,7 +31,7 @@ from starlette.types import ASGIApp, Message, Scope, Send
 
 from services.common import internal_headers
 from services.common.http import IN_PROCESS
-from services.gateway import forwarded, hop_by_hop
+from services.gateway import forwarded
 from services.gateway.proxy import OWN_RESPONSE_HEADERS, Forwarded
 from services.gateway.routing import Upstream
 
@@ -64,7 +66,10 @@ class InProcessUpstreams:
             "method": method, "scheme": client.proto, "server": scope.get("server"),
             # The request's own path, decoded as the server decoded it, and the raw one.
             "path": scope["path"], "raw_path": path, "query_string": query,
-            "root_path": "", "headers": headers, "client": (client.ip, 0),
+            "root_path": "",
+            # A client must not speak for a service behind the edge.
+            "headers": [field for field in headers if not internal_headers.is_internal(field[0])],
+            "client": (client.ip, 0),
             "state": {},
             # The edge's middleware writes the access line and the metric: the app's does not.
             IN_PROCESS: True,
@@ -85,11 +90,10 @@ class InProcessUpstreams:
             nonlocal status, failed
             if message["type"] == "http.response.start":
                 kept: list[tuple[bytes, bytes]] = []
-                for field, value in hop_by_hop.strip(message.get("headers", ()),
-                                                     also=OWN_RESPONSE_HEADERS):
+                for field, value in message.get("headers", ()):
                     if internal_headers.is_internal(field):
                         failed = failed or (field == _CLIENT_AUTH and value == _FAILED)
-                    else:
+                    elif field not in OWN_RESPONSE_HEADERS:
                         kept.append((field, value))
                 status = message["status"]
                 message = {**message, "headers": kept}

@@ -35,6 +35,7 @@ from starlette.types import Message, Scope, Send
 
 from services.common import internal_headers
 from services.common.deadlines import Deadlines
+from services.common.log import request_id_var
 from services.gateway import forwarded, hop_by_hop
 from services.gateway.errors import (
     BadGateway,
@@ -115,17 +116,18 @@ class Upstreams:
     async def forward(self, name: Upstream, *, method: str, target: bytes,
                       headers: list[tuple[bytes, bytes]], body: bytes | None, send: Send,
                       client: forwarded.Client, scope: Scope) -> Forwarded:
-        """Sends the request upstream and streams the answer to ``send``. (``client`` and the
-        edge's ``scope`` are for an upstream in this process,
-        :class:`~services.gateway.in_process.InProcessUpstreams`: over HTTP, the headers say
-        all the upstream learns.)
+        """Sends the request upstream, with the client's ``headers`` as
+        :func:`upstream_headers` makes them, and streams the answer to ``send``. (The edge's
+        ``scope`` is for an upstream in this process,
+        :class:`~services.gateway.in_process.InProcessUpstreams`.)
 
         Raises a :class:`GatewayError` (before anything is sent) when there is no answer.
         """
         pool = self._pools[name]
         try:
             async with self._deadlines.within(self._options.timeout):
-                response = await pool.request(method, target, headers, body)
+                response = await pool.request(method, target, upstream_headers(headers, client),
+                                              body)
         except TimeoutError:
             raise self._failed(name, "timeout", GatewayTimeout()) from None
         except NoAnswer as exc:
@@ -184,6 +186,27 @@ class Upstreams:
         log.warning("upstream %s", kind, extra={"upstream": name,
                                                  "error": type(exc).__name__ if exc else kind})
         return error
+
+
+def upstream_headers(headers: list[tuple[bytes, bytes]], client: forwarded.Client,
+                     ) -> list[tuple[bytes, bytes]]:
+    """The request's fields as an upstream over HTTP gets them: hop-by-hop fields and the
+    client's internal ones dropped, the client's forwarded fields replaced by the edge's (who
+    the client is, over which scheme, under which request id, for which host)."""
+    kept = [
+        (name, value)
+        for name, value in hop_by_hop.strip(headers, also=forwarded.REPLACED | {b"x-request-id"})
+        # A client must not speak for a service behind the gateway.
+        if not internal_headers.is_internal(name)]
+    kept += [
+        (b"x-forwarded-for", client.forwarded_for()),
+        (b"x-forwarded-proto", client.proto.encode()),
+        (b"x-request-id", request_id_var.get().encode()),
+    ]
+    for name, value in headers:
+        if name == b"host":
+            kept.append((b"x-forwarded-host", value))
+    return kept
 
 
 def _small(headers: list[tuple[bytes, bytes]]) -> bool:

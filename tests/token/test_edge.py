@@ -33,6 +33,9 @@ class Running:
     own: str
     edge: str
     edge_port: int
+    # Its Redis keys' prefix, its own: what one test charges to 127.0.0.1 (failed client
+    # authentications, requests) is no other test's budget.
+    redis_prefix: str
 
     async def stop(self) -> list[dict[str, object]]:
         """SIGTERM, a clean exit, and the process's JSON log lines."""
@@ -59,13 +62,17 @@ Start = Callable[..., Awaitable[Running]]
 
 
 @pytest_asyncio.fixture
-async def start(test_env: dict[str, str], registry_address: str) -> AsyncIterator[Start]:
+async def start(test_env: dict[str, str], registry_address: str,
+                redis_prefix: str) -> AsyncIterator[Start]:
     """Starts the token service with its edge on, with ``settings`` as extra environment."""
     started: list[asyncio.subprocess.Process] = []
 
     async def run(**settings: str) -> Running:
         http_port, grpc_port, edge_port = free_port(), free_port(), free_port()
-        env = {**os.environ, **test_env, "OTESSE_REGISTRY_ADDR": registry_address,
+        # Under the session's prefix, so the session's end removes its keys too.
+        prefix = f"{redis_prefix}edge-{edge_port}:"
+        env = {**os.environ, **test_env, "OTESSE_REDIS_PREFIX": prefix,
+               "OTESSE_REGISTRY_ADDR": registry_address,
                "OTESSE_TOKEN_HTTP_PORT": str(http_port),
                "OTESSE_TOKEN_GRPC_PORT": str(grpc_port),
                "OTESSE_TOKEN_EDGE_PORT": str(edge_port), "OTESSE_LOG_LEVEL": "INFO",
@@ -75,7 +82,8 @@ async def start(test_env: dict[str, str], registry_address: str) -> AsyncIterato
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, limit=1 << 24)
         started.append(process)
         running = Running(process, own=f"http://127.0.0.1:{http_port}",
-                          edge=f"http://127.0.0.1:{edge_port}", edge_port=edge_port)
+                          edge=f"http://127.0.0.1:{edge_port}", edge_port=edge_port,
+                          redis_prefix=prefix)
         await _ready(running.own)
         return running
 
@@ -87,10 +95,10 @@ async def start(test_env: dict[str, str], registry_address: str) -> AsyncIterato
 
 
 async def test_the_flow_through_the_edge_with_its_fields_and_no_secret_in_the_log(
-        start: Start, redis: aioredis.Redis, redis_prefix: str, client: Client) -> None:
+        start: Start, redis: aioredis.Redis, client: Client) -> None:
     running: Running = await start()
     async with httpx.AsyncClient(base_url=running.edge) as edge:
-        code = await issue_code(redis, redis_prefix, client)
+        code = await issue_code(redis, running.redis_prefix, client)
         exchanged = await exchange(edge, client, code)
         assert exchanged.status_code == 200, exchanged.text
         assert exchanged.headers["x-content-type-options"] == "nosniff"
@@ -218,9 +226,9 @@ async def test_connection_limits_hold_on_the_edge(start: Start) -> None:
 
 
 async def test_a_request_in_flight_on_the_edge_finishes_across_sigterm(
-        start: Start, redis: aioredis.Redis, redis_prefix: str, client: Client) -> None:
+        start: Start, redis: aioredis.Redis, client: Client) -> None:
     running: Running = await start(OTESSE_SHUTDOWN_DRAIN_SECONDS="0.5")
-    code = await issue_code(redis, redis_prefix, client)
+    code = await issue_code(redis, running.redis_prefix, client)
     body = json.dumps({"grant_type": "authorization_code", "code": code,
                        "redirect_uri": REDIRECT_URI, "client_id": client.client_id,
                        "client_secret": client.secret}).encode()
