@@ -139,6 +139,8 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, tracked)
         except Exception as exc:
+            if started:
+                raise  # half an answer is out: the edge logs it and the connection closes
             await self._unexpected(exc, started, scope, receive, send)
 
     async def _unexpected(self, exc: Exception, started: bool, scope: Scope, receive: Receive,

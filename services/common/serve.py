@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import socket
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from typing import Any
 
 import uvicorn
@@ -78,104 +78,79 @@ class _CloseWhileDraining:
 
 
 
-class _Lifespan:
-    """One app's lifespan, run as its own task and driven message by message."""
+class WithCompanion:
+    """``app``, and a second server in the same process that runs only while ``app`` is up:
+    the companion starts once ``app``'s lifespan has started, and stops (its connections
+    finished, its own lifespan shut down) before ``app``'s lifespan shuts down.
 
-    def __init__(self, app: ASGIApp, scope: Scope) -> None:
-        self._app = app
-        self._scope = scope
-        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
-        self._outbox: asyncio.Queue[Message] = asyncio.Queue()
-        self._task: asyncio.Future[None] | None = None
-
-    async def startup(self) -> str | None:
-        """``None`` once the app has started, else why it did not."""
-        self._task = asyncio.ensure_future(self._app(self._scope, self._inbox.get,
-                                                     self._outbox.put))
-        return await self._step({"type": "lifespan.startup"}, "lifespan.startup.complete")
-
-    async def shutdown(self) -> str | None:
-        return await self._step({"type": "lifespan.shutdown"}, "lifespan.shutdown.complete")
-
-    async def _step(self, message: Message, done: str) -> str | None:
-        assert self._task is not None
-        self._inbox.put_nowait(message)
-        answer = asyncio.ensure_future(self._outbox.get())
-        pending: set[asyncio.Future[Any]] = {answer, self._task}
-        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        if answer.done():
-            reply = answer.result()
-            return None if reply["type"] == done else str(reply.get("message") or reply["type"])
-        answer.cancel()
-        failure = self._task.exception()
-        return repr(failure) if failure else "the lifespan ended without answering"
-
-
-class ByListener:
-    """One server, several listeners: each request goes to the app of the port it arrived on
-    (``apps``: port → app, in the order the apps start).
-
-    The apps' lifespans start in that order and stop in the reverse one: an app that calls
-    into another (the token service's edge calls its token app) comes after it, so it is
-    serving only while what it calls is, and it finishes before the other closes its stores.
+    The token service's public edge is such a companion (:mod:`services.token.__main__`): it
+    calls into the token app, so it must not take a request before the app's stores are open
+    nor hold one after they close. Its own server keeps its own connection limits: the public
+    listener's caps never count the connections of the service's own port (the gateway's
+    upstream pool, the probes, Prometheus). Signals stay with the main server
+    (:class:`~services.common.uvicorn_patches.SignalFreeServer`), whose drain the companion
+    follows through the shared :class:`Readiness`.
     """
 
-    def __init__(self, apps: Mapping[int, ASGIApp]) -> None:
-        self._apps = dict(apps)
+    def __init__(self, app: ASGIApp, companion: uvicorn.Server) -> None:
+        self._app = app
+        self._companion = companion
+        self._task: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self._lifespan(scope, receive, send)
+        if scope["type"] != "lifespan":
+            await self._app(scope, receive, send)
             return
-        server = scope.get("server")
-        app = self._apps.get(server[1]) if server else None
-        if app is None:  # not one of the listeners this server was given
-            raise RuntimeError(f"no app listens on {server!r}")
-        await app(scope, receive, send)
 
-    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await receive()  # lifespan.startup
-        started: list[_Lifespan] = []
-        for app in self._apps.values():
-            lifespan = _Lifespan(app, scope)
-            failure = await lifespan.startup()
-            if failure is not None:
-                for other in reversed(started):
-                    await other.shutdown()
-                await send({"type": "lifespan.startup.failed", "message": failure})
-                return
-            started.append(lifespan)
-        await send({"type": "lifespan.startup.complete"})
-        await receive()  # lifespan.shutdown
-        failures = [failure for lifespan in reversed(started)
-                    if (failure := await lifespan.shutdown()) is not None]
-        if failures:
-            await send({"type": "lifespan.shutdown.failed", "message": "; ".join(failures)})
-        else:
-            await send({"type": "lifespan.shutdown.complete"})
+        async def started(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                failure = await self._start()
+                if failure is not None:
+                    message = {"type": "lifespan.startup.failed", "message": failure}
+            await send(message)
+
+        async def stopping() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self._stop()
+            return message
+
+        await self._app(scope, stopping, started)
+
+    async def _start(self) -> str | None:
+        """``None`` once the companion listens, else why it does not (its address taken or
+        unusable: the start fails, and the process stops saying so)."""
+        config = self._companion.config
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        listener = socket.socket(family)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind((config.host, config.port))
+        except OSError as exc:
+            listener.close()
+            return f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
+        self._task = asyncio.create_task(self._companion.serve(sockets=[listener]))
+        while not self._companion.started:
+            if self._task.done():
+                return "the second listener stopped while starting"
+            await asyncio.sleep(0.01)
+        return None
+
+    async def _stop(self) -> None:
+        if self._task is None or self._task.done():
+            return
+        self._companion.should_exit = True
+        await asyncio.gather(self._task, return_exceptions=True)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening address bound now (``port`` 0: a free one, which the socket then tells),
-    for :func:`serve_http`'s ``sockets``; exits as uvicorn does when it is taken."""
-    return uvicorn.Config("unused", host=host, port=port, log_config=None).bind_socket()
-
-
-async def serve_http(
-    app: ASGIApp,
-    *,
-    host: str,
-    port: int,
-    readiness: Readiness,
-    drain_seconds: float = 0.0,
-    graceful_seconds: float = GRACEFUL_SECONDS,
-    limits: ConnectionLimits | None = None,
-    sockets: list[socket.socket] | None = None,
-) -> None:
-    """Serves ``app`` on ``host``:``port`` (or, when given, on ``sockets`` already bound:
-    :func:`bind`) until SIGTERM or SIGINT; ``limits`` bound what clients may hold before a
-    request reaches the app (see :class:`ConnectionLimits`)."""
-    config = uvicorn.Config(
+def http_config(app: ASGIApp, *, host: str, port: int, readiness: Readiness,
+                graceful_seconds: float = GRACEFUL_SECONDS,
+                limits: ConnectionLimits | None = None) -> uvicorn.Config:
+    """How every HTTP listener of a service runs under uvicorn: ``Connection: close`` while
+    draining, no access log or ``Server`` field of uvicorn's own, nobody's forwarded fields
+    believed by uvicorn, and ``limits`` on what clients may hold before a request reaches the
+    app (see :class:`ConnectionLimits`)."""
+    return uvicorn.Config(
         _CloseWhileDraining(app, readiness),
         host=host,
         port=port,
@@ -189,7 +164,23 @@ async def serve_http(
         timeout_graceful_shutdown=int(graceful_seconds),
         h11_max_incomplete_event_size=16 * 1024,
     )
-    await DrainingServer(config, readiness, drain_seconds).serve(sockets=sockets)
+
+
+async def serve_http(
+    app: ASGIApp,
+    *,
+    host: str,
+    port: int,
+    readiness: Readiness,
+    drain_seconds: float = 0.0,
+    graceful_seconds: float = GRACEFUL_SECONDS,
+    limits: ConnectionLimits | None = None,
+) -> None:
+    """Serves ``app`` until SIGTERM or SIGINT; ``limits`` bound what clients may hold before
+    a request reaches the app (see :class:`ConnectionLimits`)."""
+    config = http_config(app, host=host, port=port, readiness=readiness,
+                         graceful_seconds=graceful_seconds, limits=limits)
+    await DrainingServer(config, readiness, drain_seconds).serve()
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:

@@ -84,7 +84,8 @@ class Forwarder(Protocol):
                       headers: list[tuple[bytes, bytes]], body: bytes | None, send: Send,
                       client: forwarded.Client, scope: Scope) -> Forwarded:
         """Sends the request (``headers``: the client's own, as received) to ``name`` and
-        its answer to ``send``; the client's internal fields never reach the upstream."""
+        its answer to ``send``, the fields as :func:`~services.gateway.proxy.upstream_headers`
+        makes them: the client's internal and forwarded fields never reach the upstream."""
 
 
 class GatewayApp:

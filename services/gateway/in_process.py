@@ -9,14 +9,16 @@ within its deadline, request ids, security headers, access lines), and the reque
 the token app with no second HTTP hop — which cost about a fifth of a code exchange's CPU
 (bench/README.md, "the gateway hop").
 
-The app sees the request as the edge received it, the client's internal fields stripped: the
-same target and headers, the client the edge resolved through the trusted proxies as its peer,
-the scheme the client used, and the request id in its context (what the ``X-Forwarded-*``
-and ``X-Request-ID`` fields carry over an HTTP hop, handed over directly). Its answer is relayed
-the way :class:`~services.gateway.proxy.Upstreams` relays one: the edge's own fields (request
-id, security headers) replace any the app set, and internal fields never reach the client — the
-one saying client authentication failed is returned to the edge, which charges it to the
-address.
+The app sees the request the way it sees one the gateway forwards: the same target, the
+fields :func:`~services.gateway.proxy.upstream_headers` makes (hop-by-hop and the client's
+internal and forwarded fields dropped; the edge's ``X-Forwarded-*`` and ``X-Request-ID`` in
+their place, so no client can choose the address the token service records), and as its peer
+the client the edge resolved. Its answer is relayed as :class:`~services.gateway.proxy.Upstreams`
+relays one: hop-by-hop fields dropped, the edge's own fields (request id, security headers)
+replacing any the app set, and internal fields never reaching the client — the one saying
+client authentication failed is returned to the edge, which charges it to the address. After
+the body, the app's ``receive`` waits until its answer is complete before it reports the end of
+the request (``http.disconnect``), as a server does: an answer streamed in parts is never cut.
 
 There is no upstream deadline here: the request is this process's own work, bounded by its
 stores' timeouts, and cancelling it half-way through a write would leave the client no better
@@ -25,14 +27,15 @@ informed than its answer does.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Scope, Send
 
 from services.common import internal_headers
 from services.common.http import IN_PROCESS
-from services.gateway import forwarded
-from services.gateway.proxy import OWN_RESPONSE_HEADERS, Forwarded
+from services.gateway import forwarded, hop_by_hop
+from services.gateway.proxy import OWN_RESPONSE_HEADERS, Forwarded, upstream_headers
 from services.gateway.routing import Upstream
 
 _CLIENT_AUTH = internal_headers.CLIENT_AUTH.encode()
@@ -66,9 +69,7 @@ class InProcessUpstreams:
             "method": method, "scheme": client.proto, "server": scope.get("server"),
             # The request's own path, decoded as the server decoded it, and the raw one.
             "path": scope["path"], "raw_path": path, "query_string": query,
-            "root_path": "",
-            # A client must not speak for a service behind the edge.
-            "headers": [field for field in headers if not internal_headers.is_internal(field[0])],
+            "root_path": "", "headers": upstream_headers(headers, client),
             "client": (client.ip, 0),
             "state": {},
             # The edge's middleware writes the access line and the metric: the app's does not.
@@ -76,12 +77,16 @@ class InProcessUpstreams:
         }
         pending: Message | None = {"type": "http.request", "body": body or b"",
                                    "more_body": False}
+        answered = asyncio.Event()
 
         async def receive() -> Message:
             nonlocal pending
             message, pending = pending, None
-            # The body was read whole at the edge: after it, only a disconnect is left.
-            return message or _DISCONNECT
+            if message is None:
+                # The body was read whole at the edge: the request ends with its answer.
+                await answered.wait()
+                return _DISCONNECT
+            return message
 
         status = 500
         failed = False
@@ -90,14 +95,20 @@ class InProcessUpstreams:
             nonlocal status, failed
             if message["type"] == "http.response.start":
                 kept: list[tuple[bytes, bytes]] = []
-                for field, value in message.get("headers", ()):
+                fields = [(field.lower(), value) for field, value in message.get("headers", ())]
+                for field, value in hop_by_hop.strip(fields, also=OWN_RESPONSE_HEADERS):
                     if internal_headers.is_internal(field):
                         failed = failed or (field == _CLIENT_AUTH and value == _FAILED)
-                    elif field not in OWN_RESPONSE_HEADERS:
+                    else:
                         kept.append((field, value))
                 status = message["status"]
                 message = {**message, "headers": kept}
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                answered.set()
             await send(message)
 
-        await self._apps[name](app_scope, receive, relay)
+        try:
+            await self._apps[name](app_scope, receive, relay)
+        finally:
+            answered.set()
         return Forwarded(status, client_auth_failed=failed)

@@ -1,12 +1,13 @@
 """Entry point: ``python -m services.token`` (or ``otesse-auth serve token``).
 
-With ``OTESSE_TOKEN_EDGE_PORT`` set, one server listens twice: the service's own port (the
-gateway's upstream, the probes, ``/metrics``) and a public one where an edge runs in this process
-in front of the token app, with no HTTP hop between them. The ingress sends the token service's
-public paths there. A service never imports another, so the edge is handed in by the
-composition root (``otesse-auth serve token``: the gateway's edge, ``services.cli.edge``); both
-listeners then have its connection limits. Without it, the service listens on its own port
-only, as it always has.
+With ``OTESSE_TOKEN_EDGE_PORT`` set, the process runs a second HTTP server beside the service's
+own (the gateway's upstream, the probes, ``/metrics``): a public one where an edge runs in this
+process in front of the token app, with no HTTP hop between them. The ingress sends the token
+service's public paths there. A service never imports another, so the edge is handed in by the
+composition root (``otesse-auth serve token``: the gateway's edge, ``services.cli.edge``) with
+its connection limits, which bound that listener only. The public server starts once the token
+app has started and stops before it stops (:class:`~services.common.serve.WithCompanion`).
+Without it, the service listens on its own port only, as it always has.
 """
 
 from __future__ import annotations
@@ -18,33 +19,31 @@ from starlette.types import ASGIApp
 from services.common.connection_limits import ConnectionLimits
 from services.common.http import Readiness
 from services.common.log import configure_logging
-from services.common.serve import ByListener, bind, run, serve_http
+from services.common.serve import WithCompanion, http_config, run, serve_http
 from services.common.settings import ConfigError
+from services.common.uvicorn_patches import SignalFreeServer
 from services.token.app import create_app
 from services.token.settings import TokenSettings
 
-# The edge in front of the token app, and the connection limits of both listeners.
+# The edge in front of the token app, and the connection limits of its listener.
 Edge = Callable[[Readiness, ASGIApp], tuple[ASGIApp, ConnectionLimits]]
 
 
 async def serve(settings: TokenSettings, edge: Edge | None = None) -> None:
     readiness = Readiness()
-    app = create_app(settings, readiness)
-    if settings.edge_port is None:
-        await serve_http(app, host=settings.http_host, port=settings.http_port,
-                         readiness=readiness, drain_seconds=settings.drain_seconds)
-        return
-    if edge is None:
-        raise ConfigError("OTESSE_TOKEN_EDGE_PORT is served by `otesse-auth serve token`, which "
-                          "puts the gateway's edge in front of the token app")
-    public_app, limits = edge(readiness, app)
-    own, public = (bind(settings.http_host, settings.http_port),
-                   bind(settings.edge_host, settings.edge_port))
-    # The token app starts first and stops last: the edge calls into it.
-    listeners = ByListener({own.getsockname()[1]: app, public.getsockname()[1]: public_app})
-    await serve_http(listeners, host=settings.http_host, port=settings.http_port,
-                     readiness=readiness, drain_seconds=settings.drain_seconds, limits=limits,
-                     sockets=[own, public])
+    app: ASGIApp = create_app(settings, readiness)
+    if settings.edge_port is not None:
+        if edge is None:
+            raise ConfigError("OTESSE_TOKEN_EDGE_PORT is served by `otesse-auth serve token`, "
+                              "which puts the gateway's edge in front of the token app")
+        public_app, limits = edge(readiness, app)
+        # Signals belong to the service's own server, which decides when to stop.
+        public = SignalFreeServer(http_config(public_app, host=settings.edge_host,
+                                              port=settings.edge_port, readiness=readiness,
+                                              limits=limits))
+        app = WithCompanion(app, public)
+    await serve_http(app, host=settings.http_host, port=settings.http_port,
+                     readiness=readiness, drain_seconds=settings.drain_seconds)
 
 
 def main(edge: Edge | None = None) -> None:

@@ -136,6 +136,10 @@ class TokenSettings(ServiceSettings):
                                              minimum=1, maximum=100_000),
             grpc_max_connection_age=MAX_CONNECTION_AGE_SECONDS,
         )
+        if settings.edge_port and settings.edge_port in (settings.http_port,
+                                                         settings.grpc_port):
+            raise ConfigError("OTESSE_TOKEN_EDGE_PORT must differ from OTESSE_TOKEN_HTTP_PORT "
+                              "and OTESSE_TOKEN_GRPC_PORT")
         if settings.key_rotation_seconds and settings.key_rotation_seconds < 2 * (
                 settings.access_token_ttl + settings.key_refresh_seconds):
             raise ConfigError("OTESSE_TOKEN_KEY_ROTATION_SECONDS must be 0 or at least twice "

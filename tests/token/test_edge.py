@@ -16,10 +16,12 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+import asyncpg
 import httpx
 import pytest_asyncio
 import redis.asyncio as aioredis
 
+from tests import audit_rows
 from tests.conftest import free_port
 from tests.token.conftest import REDIRECT_URI, Client, exchange, issue_code, refresh
 
@@ -201,7 +203,28 @@ async def test_client_authentication_failures_are_charged_to_the_address(
     await running.stop()
 
 
-async def test_connection_limits_hold_on_the_edge(start: Start) -> None:
+async def test_no_client_chooses_the_address_the_token_service_records(
+        start: Start, redis: aioredis.Redis, client: Client, pool: asyncpg.Pool) -> None:
+    """The edge trusts no proxy here; the token service trusts loopback (its default). A
+    client's own X-Forwarded-For must not reach the token service as if a proxy wrote it."""
+    running: Running = await start(OTESSE_GATEWAY_TRUSTED_PROXIES=NOT_LOOPBACK)
+    code = await issue_code(redis, running.redis_prefix, client)
+    async with httpx.AsyncClient(base_url=running.edge) as edge:
+        body = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT_URI,
+                "client_id": client.client_id, "client_secret": client.secret}
+        answer = await edge.post("/oauth/token", json=body, headers={
+            "x-forwarded-for": "6.6.6.6", "x-real-ip": "6.6.6.6",
+            "forwarded": "for=6.6.6.6;proto=https", "x-forwarded-proto": "https"})
+    assert answer.status_code == 200, answer.text
+    # Not believed at the edge either: no HSTS for a scheme the client merely claimed.
+    assert "strict-transport-security" not in answer.headers
+    rows = await audit_rows.of_request(pool, answer.headers["x-request-id"])
+    assert [(row["event_type"], row["client_ip"]) for row in rows] == [
+        ("token.issued", "127.0.0.1")]
+    await running.stop()
+
+
+async def test_connection_limits_hold_on_the_edge_and_only_there(start: Start) -> None:
     running: Running = await start(
         OTESSE_GATEWAY_HEADER_TIMEOUT_SECONDS="0.5",
         OTESSE_GATEWAY_MAX_CONNECTIONS_PER_IP="2",
@@ -220,6 +243,11 @@ async def test_connection_limits_hold_on_the_edge(start: Start) -> None:
     answer = await asyncio.wait_for(reader.read(300), timeout=5)
     assert answer.startswith(b"HTTP/1.1 429"), answer
     writer.close()
+    # The service's own port (the gateway's pool, the probes) has none of the edge's caps:
+    # the same address, its edge connections used up, still gets its answers there.
+    async with httpx.AsyncClient(base_url=running.own) as own:
+        answers = await asyncio.gather(*(own.get("/readyz") for _ in range(4)))
+        assert [a.status_code for a in answers] == [200] * 4
     for _, other in held:
         other.close()
     await running.stop()

@@ -26,6 +26,10 @@ def test_defaults() -> None:
     assert settings.rate_redis_timeout == 0.25
     assert settings.feed_max_subscribers == 256
     assert settings.verified_cache_size == 10_000
+    # The public edge is off unless a port is given ("off" says so too).
+    assert (settings.edge_host, settings.edge_port) == ("127.0.0.1", None)
+    assert TokenSettings.from_env(Env({"OTESSE_TOKEN_EDGE_PORT": "OFF"})).edge_port is None
+    assert TokenSettings.from_env(Env({"OTESSE_TOKEN_EDGE_PORT": "8005"})).edge_port == 8005
     assert TokenSettings.from_env(Env({"OTESSE_TOKEN_VERIFIED_CACHE_SIZE": "0"})
                                   ).verified_cache_size == 0
     assert TokenSettings.from_env(Env({"OTESSE_TOKEN_RATE_PER_CLIENT": "off"})
@@ -57,10 +61,14 @@ def test_a_set_kek_is_used_and_masked() -> None:
      "OTESSE_TOKEN_RATE_REDIS_TIMEOUT_SECONDS"),
     ({"OTESSE_TOKEN_FEED_MAX_SUBSCRIBERS": "0"}, "OTESSE_TOKEN_FEED_MAX_SUBSCRIBERS"),
     ({"OTESSE_TOKEN_VERIFIED_CACHE_SIZE": "-1"}, "OTESSE_TOKEN_VERIFIED_CACHE_SIZE"),
+    ({"OTESSE_TOKEN_EDGE_PORT": "eight"}, "OTESSE_TOKEN_EDGE_PORT"),
+    ({"OTESSE_TOKEN_EDGE_PORT": "8002"}, "OTESSE_TOKEN_EDGE_PORT"),
+    ({"OTESSE_TOKEN_EDGE_PORT": "50052"}, "OTESSE_TOKEN_EDGE_PORT"),
 ], ids=["KEK not 32 bytes", "KEK not base64", "negative retry window", "TTL not a number",
         "rotation shorter than two token lives", "issuer not absolute", "port out of range",
         "per-client rate not COUNT/SECONDS", "rate-limit timeout of zero",
-        "no feed subscriber allowed", "negative verified-token cache"])
+        "no feed subscriber allowed", "negative verified-token cache", "edge port not a number",
+        "edge port is the HTTP port", "edge port is the gRPC port"])
 def test_malformed_settings_name_the_variable(environ: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError) as caught:
         TokenSettings.from_env(Env(environ))
