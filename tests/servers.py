@@ -1,4 +1,5 @@
-"""Serving an ASGI app on a real loopback port inside the test's event loop."""
+"""Serving an ASGI app on a real loopback port inside the test's event loop, and waiting for a
+server to be ready."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
+import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
@@ -37,3 +39,16 @@ async def serve_app(app: ASGIApp, *, lifespan: Literal["on", "off"] = "on",
     finally:
         server.should_exit = True
         await task
+
+
+async def wait_ready(http: httpx.AsyncClient, what: str, *, attempts: int = 300) -> None:
+    """Until ``GET /readyz`` on ``http``'s base URL answers 200, 50 ms apart (a server still
+    starting refuses connections); fails naming ``what`` after ``attempts`` tries."""
+    for _ in range(attempts):
+        try:
+            if (await http.get("/readyz")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what} did not become ready")

@@ -6,7 +6,8 @@ process in front of the token app, with no HTTP hop between them. The ingress se
 service's public paths there. A service never imports another, so the edge is handed in by the
 composition root (``otesse-auth serve token``: the gateway's edge, ``services.cli.edge``) with
 its connection limits, which bound that listener only. The public server starts once the token
-app has started and stops before it stops (:class:`~services.common.serve.WithCompanion`).
+app has started and stops before it stops (:class:`~services.common.serve.WithCompanion`); the
+two share the graceful stop's time, so the process stops within the same bound as before.
 Without it, the service listens on its own port only, as it always has.
 """
 
@@ -19,7 +20,13 @@ from starlette.types import ASGIApp
 from services.common.connection_limits import ConnectionLimits
 from services.common.http import Readiness
 from services.common.log import configure_logging
-from services.common.serve import WithCompanion, http_config, run, serve_http
+from services.common.serve import (
+    GRACEFUL_SECONDS,
+    WithCompanion,
+    http_config,
+    run,
+    serve_http,
+)
 from services.common.settings import ConfigError
 from services.common.uvicorn_patches import SignalFreeServer
 from services.token.app import create_app
@@ -37,13 +44,19 @@ async def serve(settings: TokenSettings, edge: Edge | None = None) -> None:
             raise ConfigError("OTESSE_TOKEN_EDGE_PORT is served by `otesse-auth serve token`, "
                               "which puts the gateway's edge in front of the token app")
         public_app, limits = edge(readiness, app)
-        # Signals belong to the service's own server, which decides when to stop.
+        # Signals belong to the service's own server, which decides when to stop. The two
+        # servers finish their requests one after the other at the stop: they share the one
+        # graceful period the Deployment's termination grace is counted with.
+        graceful = GRACEFUL_SECONDS / 2
         public = SignalFreeServer(http_config(public_app, host=settings.edge_host,
                                               port=settings.edge_port, readiness=readiness,
-                                              limits=limits))
+                                              graceful_seconds=graceful, limits=limits))
         app = WithCompanion(app, public)
+    else:
+        graceful = GRACEFUL_SECONDS
     await serve_http(app, host=settings.http_host, port=settings.http_port,
-                     readiness=readiness, drain_seconds=settings.drain_seconds)
+                     readiness=readiness, drain_seconds=settings.drain_seconds,
+                     graceful_seconds=graceful)
 
 
 def main(edge: Edge | None = None) -> None:

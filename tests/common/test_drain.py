@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from otesse.auth.v1 import registry_pb2, registry_pb2_grpc, token_pb2, token_pb2_grpc
 from tests.conftest import free_port
+from tests.servers import wait_ready
 
 DRAIN_SECONDS = 3.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -85,15 +86,7 @@ async def test_sigterm_turns_readiness_and_grpc_health_off_then_stops(
 
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as http:
-            for _ in range(300):
-                try:
-                    if (await http.get("/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError(f"{service} did not become ready")
+            await wait_ready(http, service)
             assert await statuses() == {SERVING}
             reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
             head, closed = await _http_get(reader, writer)

@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 
 from tests import audit_rows
 from tests.conftest import free_port
+from tests.servers import wait_ready
 from tests.token.conftest import REDIRECT_URI, Client, exchange, issue_code, refresh
 
 # The load balancer's network: the test's loopback address is a client like any other.
@@ -46,18 +47,6 @@ class Running:
         assert self.process.stderr is not None
         return [json.loads(line) for line in (await self.process.stderr.read()).splitlines()
                 if line.startswith(b"{")]
-
-
-async def _ready(url: str) -> None:
-    async with httpx.AsyncClient(base_url=url) as http:
-        for _ in range(300):
-            try:
-                if (await http.get("/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError("the token service did not become ready")
 
 
 Start = Callable[..., Awaitable[Running]]
@@ -86,7 +75,8 @@ async def start(test_env: dict[str, str], registry_address: str,
         running = Running(process, own=f"http://127.0.0.1:{http_port}",
                           edge=f"http://127.0.0.1:{edge_port}", edge_port=edge_port,
                           redis_prefix=prefix)
-        await _ready(running.own)
+        async with httpx.AsyncClient(base_url=running.own) as http:
+            await wait_ready(http, "the token service")
         return running
 
     yield run

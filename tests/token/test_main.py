@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from otesse.auth.v1 import token_pb2, token_pb2_grpc
 from services.common.grpc_client import create_channel
 from tests.conftest import free_port
+from tests.servers import wait_ready
 from tests.token.conftest import Client, exchange, issue_code
 
 
@@ -30,15 +31,7 @@ async def test_process_serves_warns_and_stops_on_sigterm(
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as http:
-            for _ in range(200):
-                try:
-                    if (await http.get("/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the token service did not become ready")
+            await wait_ready(http, "the token service", attempts=200)
             code = await issue_code(redis, redis_prefix, client)
             response = await exchange(http, client, code)
             assert response.status_code == 200
