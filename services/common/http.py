@@ -108,7 +108,12 @@ class RequestContextMiddleware:
             try:
                 await self.app(scope, receive, send_wrapper)
             except Exception as exc:
-                await self._unexpected(exc, started_response, scope, receive, send_wrapper)
+                if started_response:
+                    # Half an answer is out: nothing clean can follow. The server closes the
+                    # connection; the log has the story.
+                    log.error("unexpected error after the answer started", exc_info=exc)
+                    raise
+                await self._answer_unexpected(exc, scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
@@ -141,15 +146,10 @@ class RequestContextMiddleware:
         except Exception as exc:
             if started:
                 raise  # half an answer is out: the edge logs it and the connection closes
-            await self._unexpected(exc, started, scope, receive, send)
+            await self._answer_unexpected(exc, scope, receive, send)
 
-    async def _unexpected(self, exc: Exception, started: bool, scope: Scope, receive: Receive,
-                          send: Send) -> None:
-        if started:
-            # Half an answer is out: nothing clean can follow. The server closes the
-            # connection; the log has the story.
-            log.error("unexpected error after the answer started", exc_info=exc)
-            raise exc
+    async def _answer_unexpected(self, exc: Exception, scope: Scope, receive: Receive,
+                                 send: Send) -> None:
         # Logged (with the request id) by classify(); the client learns the id only.
         response = await self.render_unexpected(Request(scope, receive), exc)
         await response(scope, receive, send)

@@ -59,7 +59,7 @@ from services.gateway.hosts import HostAllowList, HostNotAllowed, MissingHost
 from services.gateway.in_flight import InFlight
 from services.gateway.in_process import InProcessUpstreams
 from services.gateway.metrics import RATE_LIMIT_FAIL_OPEN, RATE_LIMITED
-from services.gateway.proxy import Forwarded, UpstreamOptions, Upstreams
+from services.gateway.proxy import Forwarded, UpstreamOptions, Upstreams, upstream_headers
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger("otesse.gateway")
@@ -83,9 +83,9 @@ class Forwarder(Protocol):
     async def forward(self, name: routing.Upstream, *, method: str, target: bytes,
                       headers: list[tuple[bytes, bytes]], body: bytes | None, send: Send,
                       client: forwarded.Client, scope: Scope) -> Forwarded:
-        """Sends the request (``headers``: the client's own, as received) to ``name`` and
-        its answer to ``send``, the fields as :func:`~services.gateway.proxy.upstream_headers`
-        makes them: the client's internal and forwarded fields never reach the upstream."""
+        """Sends the request to ``name`` and its answer to ``send``; ``headers`` are as
+        :func:`~services.gateway.proxy.upstream_headers` makes them (the client's internal and
+        forwarded fields never reach an upstream)."""
 
 
 class GatewayApp:
@@ -265,7 +265,8 @@ class GatewayApp:
                         if declared or chunked else None)
                 answer = await self._upstreams.forward(
                     route.upstream, method=scope["method"], target=self._target(scope),
-                    headers=headers, body=body, send=send, client=client, scope=scope)
+                    headers=upstream_headers(headers, client), body=body, send=send,
+                    client=client, scope=scope)
             finally:
                 reader.release()
         if answer.client_auth_failed:

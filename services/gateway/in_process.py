@@ -10,8 +10,8 @@ the token app with no second HTTP hop — which cost about a fifth of a code exc
 (bench/README.md, "the gateway hop").
 
 The app sees the request the way it sees one the gateway forwards: the same target, the
-fields :func:`~services.gateway.proxy.upstream_headers` makes (hop-by-hop and the client's
-internal and forwarded fields dropped; the edge's ``X-Forwarded-*`` and ``X-Request-ID`` in
+fields :func:`~services.gateway.proxy.upstream_headers` made at the edge (hop-by-hop and the
+client's internal and forwarded fields dropped; the edge's ``X-Forwarded-*`` and ``X-Request-ID`` in
 their place, so no client can choose the address the token service records), and as its peer
 the client the edge resolved. Its answer is relayed as :class:`~services.gateway.proxy.Upstreams`
 relays one: hop-by-hop fields dropped, the edge's own fields (request id, security headers)
@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Scope, Send
 from services.common import internal_headers
 from services.common.http import IN_PROCESS
 from services.gateway import forwarded, hop_by_hop
-from services.gateway.proxy import OWN_RESPONSE_HEADERS, Forwarded, upstream_headers
+from services.gateway.proxy import OWN_RESPONSE_HEADERS, Forwarded
 from services.gateway.routing import Upstream
 
 _CLIENT_AUTH = internal_headers.CLIENT_AUTH.encode()
@@ -69,7 +69,7 @@ class InProcessUpstreams:
             "method": method, "scheme": client.proto, "server": scope.get("server"),
             # The request's own path, decoded as the server decoded it, and the raw one.
             "path": scope["path"], "raw_path": path, "query_string": query,
-            "root_path": "", "headers": upstream_headers(headers, client),
+            "root_path": "", "headers": headers,
             "client": (client.ip, 0),
             "state": {},
             # The edge's middleware writes the access line and the metric: the app's does not.

@@ -116,18 +116,16 @@ class Upstreams:
     async def forward(self, name: Upstream, *, method: str, target: bytes,
                       headers: list[tuple[bytes, bytes]], body: bytes | None, send: Send,
                       client: forwarded.Client, scope: Scope) -> Forwarded:
-        """Sends the request upstream, with the client's ``headers`` as
-        :func:`upstream_headers` makes them, and streams the answer to ``send``. (The edge's
-        ``scope`` is for an upstream in this process,
-        :class:`~services.gateway.in_process.InProcessUpstreams`.)
+        """Sends the request upstream (``headers`` as :func:`upstream_headers` makes them) and
+        streams the answer to ``send``. (``client`` and the edge's ``scope`` are for an upstream
+        in this process, :class:`~services.gateway.in_process.InProcessUpstreams`.)
 
         Raises a :class:`GatewayError` (before anything is sent) when there is no answer.
         """
         pool = self._pools[name]
         try:
             async with self._deadlines.within(self._options.timeout):
-                response = await pool.request(method, target, upstream_headers(headers, client),
-                                              body)
+                response = await pool.request(method, target, headers, body)
         except TimeoutError:
             raise self._failed(name, "timeout", GatewayTimeout()) from None
         except NoAnswer as exc:
@@ -190,7 +188,7 @@ class Upstreams:
 
 def upstream_headers(headers: list[tuple[bytes, bytes]], client: forwarded.Client,
                      ) -> list[tuple[bytes, bytes]]:
-    """The request's fields as an upstream over HTTP gets them: hop-by-hop fields and the
+    """The request's fields as an upstream gets them: hop-by-hop fields and the
     client's internal ones dropped, the client's forwarded fields replaced by the edge's (who
     the client is, over which scheme, under which request id, for which host)."""
     kept = [

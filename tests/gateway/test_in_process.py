@@ -20,6 +20,7 @@ from services.common.settings import Env
 from services.gateway.app import create_edge_app
 from services.gateway.forwarded import Client
 from services.gateway.in_process import InProcessUpstreams
+from services.gateway.proxy import upstream_headers
 from services.gateway.settings import GatewaySettings
 from tests.servers import serve_app
 
@@ -106,12 +107,14 @@ async def test_the_app_sees_the_client_the_edge_resolved_and_nothing_the_client_
     async def ignore(message: Message) -> None:
         pass
 
+    client = Client(ip="192.0.2.7", proto="http", via=())
+    # What the edge hands over: the client's fields as upstream_headers makes them.
+    claimed = [(b"host", b"localhost"), (b"x-forwarded-for", b"6.6.6.6"),
+               (b"forwarded", b"for=6.6.6.6"), (b"x-real-ip", b"6.6.6.6"),
+               (b"x-otesse-client-auth", b"ok"), (b"x-request-id", b"mine")]
     await InProcessUpstreams({"token": app}).forward(
         "token", method="POST", target=b"/oauth/token?x=1",
-        headers=[(b"host", b"localhost"), (b"x-forwarded-for", b"6.6.6.6"),
-                 (b"forwarded", b"for=6.6.6.6"), (b"x-real-ip", b"6.6.6.6"),
-                 (b"x-otesse-client-auth", b"ok"), (b"x-request-id", b"mine")],
-        body=None, send=ignore, client=Client(ip="192.0.2.7", proto="http", via=()),
+        headers=upstream_headers(claimed, client), body=None, send=ignore, client=client,
         scope={"asgi": {"version": "3.0"}, "http_version": "1.1", "path": "/oauth/token"})
     (seen,) = received
     assert seen["client"] == ("192.0.2.7", 0) and seen["scheme"] == "http"
