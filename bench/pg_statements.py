@@ -14,6 +14,12 @@ machine). ``synchronous_commit`` is the server's (on).
     .venv-bench/bin/python -m bench.pg_statements   # exchanges: 8000 a round, 16 at once, 6 rounds
     .venv-bench/bin/python -m bench.pg_statements --statement refresh
     .venv-bench/bin/python -m bench.pg_statements --before audit:0002
+    .venv-bench/bin/python -m bench.pg_statements --batching   # one statement per write or shared
+
+With ``--batching`` both databases are this tree's, and what differs is how the writes reach
+them: one statement per write, or as the token service sends them (the writes that arrive while
+``BATCHES_IN_FLIGHT`` statements run go together in the next: services.token.write_batches).
+CPU is then per write, and the writes per statement are shown.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from pathlib import Path
 
 import asyncpg
 import uvloop
+from prometheus_client import REGISTRY
 
 from bench.cpu import process_seconds
 from bench.stack import DATABASE_URL, drop_database
@@ -39,7 +46,7 @@ from services.common import db
 from services.common.audit import Origin
 from services.common.migrations import migrate
 from services.common.settings import Env, Secret, StoreSettings
-from services.token.store import PgGrantStore
+from services.token.store import BATCHES_IN_FLIGHT, PgGrantStore
 
 APPLICATION = "otesse-bench-statements"
 
@@ -50,6 +57,15 @@ class Round:
     statements: int
     seconds: float
     backend_us: float
+    # Writes per statement (1.0 unless writes were shared: --batching).
+    per_statement: float = 1.0
+
+
+def _batch_totals(statement: str) -> tuple[float, float]:
+    """Statements sent for writes of this kind so far in this process, and writes they held."""
+    labels = {"kind": statement}
+    return (REGISTRY.get_sample_value("otesse_token_write_batch_size_count", labels) or 0.0,
+            REGISTRY.get_sample_value("otesse_token_write_batch_size_sum", labels) or 0.0)
 
 
 async def _create(url: str, *, before: tuple[str, str] | None) -> None:
@@ -108,11 +124,13 @@ async def _rotate(store: PgGrantStore, token_hash: bytes) -> bytes:
 class _Database:
     """One database, written through the services' own pool as the token service opens it."""
 
-    def __init__(self, schema: str, url: str, pool: db.Pool, statement: str) -> None:
+    def __init__(self, schema: str, url: str, pool: db.Pool, statement: str, *,
+                 in_flight: int) -> None:
         self.schema = schema
         self.url = url
         self._pool = pool
-        self._store = PgGrantStore(pool, access_token_ttl=3600)
+        # in_flight at the concurrency: every write starts its own statement at once.
+        self._store = PgGrantStore(pool, access_token_ttl=3600, batches_in_flight=in_flight)
         self._statement = statement
         # Each worker's refresh chain (refresh): the hash its next rotation presents.
         self._chains: list[bytes] = []
@@ -136,31 +154,42 @@ class _Database:
                 else:
                     await _exchange(self._store)
 
+        sent, held = _batch_totals(self._statement)
         cpu, wall = sum(map(process_seconds, self._pids)), time.perf_counter()
         await asyncio.gather(*(worker(chain) for chain in range(concurrency)))
         seconds = time.perf_counter() - wall
         spent = sum(map(process_seconds, self._pids)) - cpu
         done = each * concurrency
-        return Round(self.schema, done, seconds, spent / done * 1e6)
+        now_sent, now_held = _batch_totals(self._statement)
+        return Round(self.schema, done, seconds, spent / done * 1e6,
+                     (now_held - held) / max(1.0, now_sent - sent))
 
 
 async def main(options: argparse.Namespace) -> list[Round]:
     base = options.database_url.rpartition("/")[0]
     schema, version = options.before
-    urls = {"this tree": f"{base}/otesse_bench_statements",
-            f"{schema} < {version}": f"{base}/otesse_bench_statements_before"}
+    if options.batching:
+        urls = {"one per write": f"{base}/otesse_bench_statements",
+                "shared": f"{base}/otesse_bench_statements_before"}
+        befores: tuple[tuple[str, str] | None, ...] = (None, None)
+        in_flight = (options.concurrency, BATCHES_IN_FLIGHT)
+    else:
+        urls = {"this tree": f"{base}/otesse_bench_statements",
+                f"{schema} < {version}": f"{base}/otesse_bench_statements_before"}
+        befores = (None, options.before)
+        in_flight = (options.concurrency, options.concurrency)
     databases: list[_Database] = []
     pools: list[db.Pool] = []
     rounds: list[Round] = []
     try:
-        for (name, url), before in zip(urls.items(), (None, options.before), strict=True):
+        for (name, url), before, flying in zip(urls.items(), befores, in_flight, strict=True):
             await _create(url, before=before)
             settings = replace(StoreSettings.from_env(Env({})), database_url=Secret(url),
                                db_pool_max=options.concurrency)
             pool = await db.create_pool(settings, application_name=APPLICATION,
                                         session={"otesse.access_token_ttl": "3600"})
             pools.append(pool)
-            database = _Database(name, url, pool, options.statement)
+            database = _Database(name, url, pool, options.statement, in_flight=flying)
             databases.append(database)
             await database.open(options.concurrency)
         for _ in range(options.rounds):
@@ -174,11 +203,13 @@ async def main(options: argparse.Namespace) -> list[Round]:
     what = "code exchange" if options.statement == "exchange" else "refresh"
     print(f"The {what}'s statement, {options.statements} per round, {options.concurrency} "
           f"at once, medians of {options.rounds} alternating rounds; CPU of the backends:")
-    print(f"  {'schema':<14} {'statements/s':>13} {'backend CPU µs/statement':>25}")
+    print(f"  {'database':<14} {'writes/s':>13} {'backend CPU µs/write':>25}"
+          f" {'writes/statement':>17}")
     for name in urls:
         mine = [r for r in rounds if r.schema == name]
         print(f"  {name:<14} {statistics.median(r.statements / r.seconds for r in mine):>13.0f}"
-              f" {statistics.median(r.backend_us for r in mine):>25.1f}")
+              f" {statistics.median(r.backend_us for r in mine):>25.1f}"
+              f" {statistics.median(r.per_statement for r in mine):>17.2f}")
     return rounds
 
 
@@ -208,6 +239,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--database-url", default=DATABASE_URL,
                         help="where to create the two databases: this URL's server "
                              f"(default {DATABASE_URL.rpartition('/')[0]})")
+    parser.add_argument("--batching", action="store_true",
+                        help="compare one statement per write with writes shared as the token "
+                             "service shares them (both on this tree's schema)")
     options = parser.parse_args(argv)
     if min(options.statements, options.concurrency, options.rounds) < 1:
         parser.error("--statements, --concurrency and --rounds must be at least 1")

@@ -198,6 +198,22 @@ def insert_from(event_type: EventType, *, first: int, rows: str, subject: str, c
             + (f" WHERE {where}" if where else ""))
 
 
+def insert_from_rows(event_type: EventType, *, rows: str, subject: str, client: str,
+                     grant: str, scope: str = "") -> str:
+    """:func:`insert_from` for a statement that writes for several requests at once
+    (:mod:`services.token.write_batches`): each row of ``rows`` carries its own actor, origin
+    and details, as columns ``actor_kind``, ``actor_id``, ``client_ip`` (``inet``),
+    ``request_id`` and ``details`` (``text``, from :func:`params` like the rest)."""
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"unknown audit event type {event_type!r}")
+    details = "details::jsonb"
+    if scope:
+        details = f"({details} || jsonb_build_object('scope', array_to_string({scope}, ' ')))"
+    return (f"INSERT INTO audit.events ({COLUMNS})"
+            f" SELECT '{event_type}', actor_kind, actor_id, {subject}, {client}, {grant},"
+            f" client_ip, request_id, {details} FROM {rows}")
+
+
 def counted(event_type: EventType, n: int = 1) -> None:
     """Counts ``n`` events of ``event_type`` written (call after the statement succeeded)."""
     if n:

@@ -265,6 +265,7 @@ def create_app(settings: TokenSettings, readiness: Readiness | None = None) -> S
             await lean.aclose()
             if limits is not None:
                 await limits.aclose()
+            await components.store.wait_idle()
             await pool.close()
 
     def components(request: Request) -> TokenComponents:

@@ -19,6 +19,13 @@ Security promises of this store:
 * revocation marks (``revoked_at``), never deletes; a revoked grant's tokens never refresh;
 * statements are single and prepared; ``create_grant`` writes a grant and its refresh token in
   one statement;
+* exchanges (and refreshes) that arrive while earlier ones are being written share the next
+  statement and its commit (:mod:`services.token.write_batches`): one statement writes each
+  one's rows, decides each one's outcome on its own (a revoked authorization, a code already
+  exchanged, a token not this client's…) and records each one's audit event with its own
+  origin, so sharing changes what Postgres spends per request and nothing a request sees. A
+  statement that fails for any reason but an outage is redone one write at a time, so a write
+  that breaks it fails alone;
 * every issue and revocation is in the audit trail, written by the statement that makes it
   (one more CTE: :func:`services.common.audit.insert_from`), so neither commits without the
   other and the hot paths gain no round trip: ``token.issued`` with the grant and with each
@@ -38,8 +45,15 @@ import asyncpg
 
 from services.common import audit, db
 from services.common.audit import Actor, Origin
+from services.common.unavailable import is_unavailable
 from services.token.revocations import GrantRevocation, Revocations, TokenRevocation
 from services.token.settings import CLOCK_SKEW_SECONDS
+from services.token.write_batches import WriteBatches
+
+# Statements of one kind of write (exchanges; refreshes) running at once in a replica; the
+# writes that arrive meanwhile wait for one to end and go together in the next.
+BATCHES_IN_FLIGHT = 2
+MAX_BATCH = 32
 
 
 class AuthorizationRevoked(Exception):
@@ -171,41 +185,216 @@ def _revocations(rows: Sequence[asyncpg.Record]) -> Revocations:
                        tokens=[])
 
 
+# What one write does alone (no other waited to share its statement), and the same for several
+# rows at once (services.token.write_batches): the grant, its first refresh token and its audit
+# event. Each grant is written only if the user has not revoked this client since the code
+# was issued; the unique code_hash meets a replay's tombstone (revoke_replayed_code).
+_CREATE_GRANT = (
+    "WITH g AS ("
+    " INSERT INTO token.grants (grant_id, user_id, client_id, scopes, code_hash, expires_at)"
+    " SELECT $1, $2, $3, $4, $5, now() + $7::int * interval '1 second'"
+    " WHERE NOT EXISTS (SELECT 1 FROM token.authorization_revocations a"
+    "  WHERE a.user_id = $2 AND a.client_id = $3 AND a.revoked_at > to_timestamp($8))"
+    " RETURNING grant_id, expires_at),"
+    " audited AS (" + audit.insert_from(
+        "token.issued", first=9, rows="g", subject="$2::text", client="$3::text",
+        grant="grant_id") + ")"
+    " INSERT INTO token.refresh_tokens (token_hash, grant_id, expires_at)"
+    " SELECT $6, grant_id, expires_at FROM g")
+# Scopes travel space-separated (no scope holds a space: services.common.scopes), since an
+# array of arrays must be rectangular. ON CONFLICT DO NOTHING waits for a conflicting insert in
+# flight as the unique violation does, and then names the grant not created.
+_CREATE_GRANTS = (
+    "WITH i AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],"
+    "  $5::bytea[], $6::bytea[], $7::int[], $8::float8[], $9::text[], $10::text[],"
+    "  $11::inet[], $12::text[], $13::text[])"
+    "  AS i(grant_id, user_id, client_id, scopes, code_hash, refresh_hash, refresh_ttl,"
+    "   code_issued_at, actor_kind, actor_id, client_ip, request_id, details)),"
+    " r AS (SELECT i.*, EXISTS (SELECT 1 FROM token.authorization_revocations a"
+    "  WHERE a.user_id = i.user_id AND a.client_id = i.client_id"
+    "  AND a.revoked_at > to_timestamp(i.code_issued_at)) AS revoked FROM i),"
+    " g AS ("
+    " INSERT INTO token.grants (grant_id, user_id, client_id, scopes, code_hash, expires_at)"
+    " SELECT grant_id, user_id, client_id, string_to_array(scopes, ' '), code_hash,"
+    "  now() + refresh_ttl * interval '1 second' FROM r WHERE NOT revoked"
+    " ON CONFLICT (code_hash) DO NOTHING"
+    " RETURNING grant_id, expires_at),"
+    " made AS (SELECT r.*, g.expires_at FROM r JOIN g USING (grant_id)),"
+    " audited AS (" + audit.insert_from_rows(
+        "token.issued", rows="made", subject="user_id", client="client_id",
+        grant="grant_id") + "),"
+    " tokens AS (INSERT INTO token.refresh_tokens (token_hash, grant_id, expires_at)"
+    "  SELECT refresh_hash, grant_id, expires_at FROM made)"
+    " SELECT r.grant_id, r.revoked, g.grant_id IS NOT NULL AS created"
+    " FROM r LEFT JOIN g USING (grant_id)")
+
+# A rotation alone, and several at once. The WHERE on rotated_at lets exactly one of any number
+# of concurrent callers mark the old token. The grant row is read FOR SHARE, never written: a
+# concurrent revocation waits for this statement, or this statement sees it (and does
+# nothing); its last use and expiry are those of its newest refresh token (list_grants). The
+# old row's update names no indexed column: Postgres writes it in place (HOT), no index entry;
+# the sealed copy goes with the successor's insert (migration 0004).
+_ROTATE_REFRESH = (
+    "WITH g AS ("
+    " SELECT g.grant_id, g.user_id,"
+    # The scope granted now: the grant's, in its order, that the client may still have,
+    # narrowed to the requested scope if there is one.
+    "  ARRAY(SELECT s FROM unnest(g.scopes) WITH ORDINALITY AS u(s, i)"
+    "   WHERE s = ANY($6::text[]) AND ($7::text[] IS NULL OR s = ANY($7::text[]))"
+    "   ORDER BY i) AS granted"
+    " FROM token.refresh_tokens r JOIN token.grants g ON g.grant_id = r.grant_id"
+    " WHERE r.token_hash = $1 AND g.client_id = $5 AND g.revoked_at IS NULL"
+    " FOR SHARE OF g),"
+    " old AS ("
+    " UPDATE token.refresh_tokens r SET rotated_at = now(), successor_hash = $2"
+    " FROM g WHERE r.token_hash = $1 AND r.rotated_at IS NULL AND r.expires_at > now()"
+    "  AND cardinality(g.granted) > 0 AND ($7::text[] IS NULL OR $7::text[] <@ g.granted)"
+    " RETURNING g.grant_id, g.user_id, g.granted),"
+    " audited AS (" + audit.insert_from(
+        "token.issued", first=8, rows="old", subject="user_id", client="$5::text",
+        grant="grant_id", scope="granted") + "),"
+    " successor AS ("
+    " INSERT INTO token.refresh_tokens (token_hash, grant_id, expires_at, predecessor_sealed)"
+    " SELECT $2, grant_id, now() + $4::int * interval '1 second', $3 FROM old)"
+    " SELECT grant_id, user_id, granted FROM old")
+# n: each rotation's place in the batch (no token appears twice: PgGrantStore._rotate).
+_ROTATE_REFRESHES = (
+    "WITH i AS (SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::int[],"
+    "  $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::inet[], $11::text[],"
+    "  $12::text[]) WITH ORDINALITY"
+    "  AS i(token_hash, successor_hash, successor_sealed, refresh_ttl, client_id, allowed,"
+    "   requested, actor_kind, actor_id, client_ip, request_id, details, n)),"
+    " g AS ("
+    " SELECT i.n, g.grant_id, g.user_id,"
+    "  ARRAY(SELECT s FROM unnest(g.scopes) WITH ORDINALITY AS u(s, k)"
+    "   WHERE s = ANY(string_to_array(i.allowed, ' '))"
+    "   AND (i.requested IS NULL OR s = ANY(string_to_array(i.requested, ' ')))"
+    "   ORDER BY k) AS granted"
+    " FROM i JOIN token.refresh_tokens r ON r.token_hash = i.token_hash"
+    " JOIN token.grants g ON g.grant_id = r.grant_id"
+    " WHERE g.client_id = i.client_id AND g.revoked_at IS NULL"
+    " FOR SHARE OF g),"
+    " old AS ("
+    " UPDATE token.refresh_tokens r SET rotated_at = now(), successor_hash = i.successor_hash"
+    " FROM g JOIN i USING (n)"
+    " WHERE r.token_hash = i.token_hash AND r.rotated_at IS NULL AND r.expires_at > now()"
+    "  AND cardinality(g.granted) > 0"
+    "  AND (i.requested IS NULL OR string_to_array(i.requested, ' ') <@ g.granted)"
+    " RETURNING i.*, g.grant_id, g.user_id, g.granted),"
+    " audited AS (" + audit.insert_from_rows(
+        "token.issued", rows="old", subject="user_id", client="client_id", grant="grant_id",
+        scope="granted") + "),"
+    " successor AS ("
+    " INSERT INTO token.refresh_tokens (token_hash, grant_id, expires_at, predecessor_sealed)"
+    " SELECT successor_hash, grant_id, now() + refresh_ttl * interval '1 second',"
+    "  successor_sealed FROM old)"
+    " SELECT n, grant_id, user_id, granted FROM old")
+
+AuditParams = tuple[str, str, str | None, str | None, str]
+_NotCreated = type[CodeAlreadyExchanged] | type[AuthorizationRevoked]
+
+
+@dataclass(frozen=True)
+class _NewGrant:
+    grant_id: uuid.UUID
+    user_id: str
+    client_id: str
+    scopes: str  # space-separated
+    code_hash: bytes
+    refresh_hash: bytes
+    refresh_ttl: int
+    code_issued_at: float
+    audit: AuditParams  # audit.params: actor kind and id, client IP, request id, details
+
+
+@dataclass(frozen=True)
+class _NewRotation:
+    token_hash: bytes
+    successor_hash: bytes
+    successor_sealed: bytes | None
+    refresh_ttl: int
+    client_id: str
+    allowed: str  # space-separated
+    requested: str | None  # space-separated; None: the scope granted
+    audit: AuditParams
+
+
+def _spaced(scopes: Sequence[str]) -> str:
+    if any(" " in scope for scope in scopes):
+        raise ValueError("a scope holds a space")
+    return " ".join(scopes)
+
+
+def _columns(rows: Sequence[_NewGrant] | Sequence[_NewRotation],
+             names: Sequence[str]) -> list[list[object]]:
+    """The parameters of a statement for several rows: one array per field named, then one
+    per audit parameter."""
+    columns = [[getattr(row, name) for row in rows] for name in names]
+    columns.extend(list(values) for values in zip(*(row.audit for row in rows), strict=True))
+    return columns
+
+
 class PgGrantStore:
-    def __init__(self, pool: db.Queries, *, access_token_ttl: int) -> None:
+    def __init__(self, pool: db.Queries, *, access_token_ttl: int,
+                 batches_in_flight: int = BATCHES_IN_FLIGHT) -> None:
         self._pool = pool
+        self._exchanges: WriteBatches[_NewGrant, _NotCreated | None] = WriteBatches(
+            self._create_grants, kind="exchange", max_in_flight=batches_in_flight,
+            max_size=MAX_BATCH)
+        self._rotations: WriteBatches[_NewRotation, Rotation | None] = WriteBatches(
+            self._rotate, kind="refresh", max_in_flight=batches_in_flight,
+            max_size=MAX_BATCH)
         # Revoked grants younger than this may still have live access tokens.
         self._deny_window = access_token_ttl + CLOCK_SKEW_SECONDS
 
     async def create_grant(self, *, grant_id: str, user_id: str, client_id: str,
                            scopes: Sequence[str], code_hash: bytes, refresh_hash: bytes,
                            refresh_ttl: int, code_issued_at: float, origin: Origin) -> None:
-        # One statement: the grant is written only if the user has not revoked this client
-        # since the code was issued, and its first refresh token and its audit event with it.
+        # The grant is written only if the user has not revoked this client since the code was
+        # issued, and its first refresh token and its audit event with it, by one statement
+        # (shared with the exchanges that arrive meanwhile: services.token.write_batches).
+        outcome = await self._exchanges.write(_NewGrant(
+            grant_id=uuid.UUID(grant_id), user_id=user_id, client_id=client_id,
+            scopes=_spaced(scopes), code_hash=code_hash, refresh_hash=refresh_hash,
+            refresh_ttl=refresh_ttl, code_issued_at=code_issued_at,
+            audit=audit.params(Actor.client(client_id), origin, {
+                "grant_type": "authorization_code", "scope": " ".join(scopes)})))
+        if outcome is not None:
+            raise outcome()
+        audit.counted("token.issued")
+
+    async def wait_idle(self) -> None:
+        """Returns once no write is under way (before the pool closes)."""
+        await self._exchanges.wait_idle()
+        await self._rotations.wait_idle()
+
+    async def _create_grants(self, grants: Sequence[_NewGrant],
+                             ) -> list[_NotCreated | None]:
+        """Each grant written, or why not (a batch's runner)."""
+        if len(grants) == 1:
+            return [await self._create_one(grants[0])]
+        try:
+            rows = await self._pool.fetch(_CREATE_GRANTS, *_columns(grants, (
+                "grant_id", "user_id", "client_id", "scopes", "code_hash", "refresh_hash",
+                "refresh_ttl", "code_issued_at")))
+        except asyncpg.PostgresError as exc:
+            if is_unavailable(exc):
+                raise
+            # Whatever failed the statement fails one write at most: each again, alone.
+            return [await self._create_one(grant) for grant in grants]
+        why = {str(row["grant_id"]): None if row["created"] else (
+            AuthorizationRevoked if row["revoked"] else CodeAlreadyExchanged) for row in rows}
+        return [why[str(grant.grant_id)] for grant in grants]
+
+    async def _create_one(self, grant: _NewGrant) -> _NotCreated | None:
         try:
             status = await self._pool.execute(
-                "WITH g AS ("
-                " INSERT INTO token.grants (grant_id, user_id, client_id, scopes, code_hash,"
-                "  expires_at)"
-                " SELECT $1, $2, $3, $4, $5, now() + $7::int * interval '1 second'"
-                " WHERE NOT EXISTS (SELECT 1 FROM token.authorization_revocations a"
-                "  WHERE a.user_id = $2 AND a.client_id = $3"
-                "  AND a.revoked_at > to_timestamp($8))"
-                " RETURNING grant_id, expires_at),"
-                " audited AS (" + audit.insert_from(
-                    "token.issued", first=9, rows="g", subject="$2::text", client="$3::text",
-                    grant="grant_id") + ")"
-                " INSERT INTO token.refresh_tokens (token_hash, grant_id, expires_at)"
-                " SELECT $6, grant_id, expires_at FROM g",
-                uuid.UUID(grant_id), user_id, client_id, list(scopes), code_hash, refresh_hash,
-                refresh_ttl, code_issued_at,
-                *audit.params(Actor.client(client_id), origin, {
-                    "grant_type": "authorization_code", "scope": " ".join(scopes)}))
+                _CREATE_GRANT, grant.grant_id, grant.user_id, grant.client_id,
+                grant.scopes.split(), grant.code_hash, grant.refresh_hash, grant.refresh_ttl,
+                grant.code_issued_at, *grant.audit)
         except asyncpg.UniqueViolationError:
-            raise CodeAlreadyExchanged() from None
-        if status.endswith(" 0"):
-            raise AuthorizationRevoked()
-        audit.counted("token.issued")
+            return CodeAlreadyExchanged
+        return AuthorizationRevoked if status.endswith(" 0") else None
 
     async def revoke_replayed_code(self, *, code_hash: bytes, presented_by: str,
                                    origin: Origin) -> RevokeResult:
@@ -273,47 +462,65 @@ class PgGrantStore:
                              allowed_scopes: Sequence[str],
                              requested_scopes: Sequence[str] | None,
                              origin: Origin) -> Rotation | None:
-        # One statement, the refresh's only round trip: it reads the grant, checks everything
-        # the refresh grant decides on (RFC 6749 §6: the token is this client's, live and not
+        # One statement, the refresh's only round trip (shared with the refreshes that arrive
+        # meanwhile: services.token.write_batches): it reads the grant, checks everything the
+        # refresh grant decides on (RFC 6749 §6: the token is this client's, live and not
         # rotated, its grant not revoked, the requested scope within the scope granted and
-        # still allowed to the client), marks the old token and inserts its successor, or
-        # does nothing at all (the caller then reads why: find_refresh). The WHERE on
-        # rotated_at lets exactly one of any number of concurrent callers mark the old token.
-        # The grant row is read FOR SHARE, never written: a concurrent revocation waits for
-        # this statement, or this statement sees it (and does nothing); its last use and
-        # expiry are those of its newest refresh token (list_grants).
+        # still allowed to the client), marks the old token and inserts its successor, or does
+        # nothing at all (the caller then reads why: find_refresh).
+        rotation = await self._rotations.write(_NewRotation(
+            token_hash=token_hash, successor_hash=successor_hash,
+            successor_sealed=successor_sealed, refresh_ttl=refresh_ttl, client_id=client_id,
+            allowed=_spaced(allowed_scopes),
+            requested=None if requested_scopes is None else _spaced(requested_scopes),
+            audit=audit.params(Actor.client(client_id), origin, {"grant_type": "refresh_token"})))
+        if rotation is not None:
+            audit.counted("token.issued")
+        return rotation
+
+    async def _rotate(self, rotations: Sequence[_NewRotation]) -> list[Rotation | None]:
+        """Each rotation made, or ``None`` where it did nothing (a batch's runner)."""
+        # Two presentations of one token never share a statement (Postgres updates a row once
+        # per statement): the second runs after, alone, and finds the token rotated.
+        first: dict[bytes, int] = {}
+        again: list[int] = []
+        for index, rotation in enumerate(rotations):
+            (again.append(index) if rotation.token_hash in first
+             else first.setdefault(rotation.token_hash, index))
+        placed = list(first.values())
+        together = [rotations[index] for index in placed]
+        made: list[Rotation | None] = [None] * len(rotations)
+        if len(together) == 1:
+            made[placed[0]] = await self._rotate_one(together[0])
+        else:
+            try:
+                rows = await self._pool.fetch(_ROTATE_REFRESHES, *_columns(together, (
+                    "token_hash", "successor_hash", "successor_sealed", "refresh_ttl",
+                    "client_id", "allowed", "requested")))
+            except asyncpg.PostgresError as exc:
+                if is_unavailable(exc):
+                    raise
+                # A deadlock with a revocation (this statement holds several grants), or
+                # whatever else failed it: each again, alone.
+                again = list(range(len(rotations)))
+            else:
+                for row in rows:
+                    made[placed[row["n"] - 1]] = Rotation(
+                        grant_id=str(row["grant_id"]), user_id=row["user_id"],
+                        scopes=tuple(row["granted"]))
+        for index in again:
+            made[index] = await self._rotate_one(rotations[index])
+        return made
+
+    async def _rotate_one(self, rotation: _NewRotation) -> Rotation | None:
         row = await self._pool.fetchrow(
-            "WITH g AS ("
-            " SELECT g.grant_id, g.user_id,"
-            # The scope granted now: the grant's, in its order, that the client may still
-            # have, narrowed to the requested scope if there is one.
-            "  ARRAY(SELECT s FROM unnest(g.scopes) WITH ORDINALITY AS u(s, i)"
-            "   WHERE s = ANY($6::text[]) AND ($7::text[] IS NULL OR s = ANY($7::text[]))"
-            "   ORDER BY i) AS granted"
-            " FROM token.refresh_tokens r JOIN token.grants g ON g.grant_id = r.grant_id"
-            " WHERE r.token_hash = $1 AND g.client_id = $5 AND g.revoked_at IS NULL"
-            " FOR SHARE OF g),"
-            # The old row's update names no indexed column: Postgres writes it in place (HOT),
-            # no index entry; the sealed copy goes with the successor's insert (migration 0004).
-            " old AS ("
-            " UPDATE token.refresh_tokens r SET rotated_at = now(), successor_hash = $2"
-            " FROM g WHERE r.token_hash = $1 AND r.rotated_at IS NULL AND r.expires_at > now()"
-            "  AND cardinality(g.granted) > 0 AND ($7::text[] IS NULL OR $7::text[] <@ g.granted)"
-            " RETURNING g.grant_id, g.user_id, g.granted),"
-            " audited AS (" + audit.insert_from(
-                "token.issued", first=8, rows="old", subject="user_id", client="$5::text",
-                grant="grant_id", scope="granted") + "),"
-            " successor AS ("
-            " INSERT INTO token.refresh_tokens (token_hash, grant_id, expires_at,"
-            "  predecessor_sealed)"
-            " SELECT $2, grant_id, now() + $4::int * interval '1 second', $3 FROM old)"
-            " SELECT grant_id, user_id, granted FROM old",
-            token_hash, successor_hash, successor_sealed, refresh_ttl, client_id,
-            list(allowed_scopes), None if requested_scopes is None else list(requested_scopes),
-            *audit.params(Actor.client(client_id), origin, {"grant_type": "refresh_token"}))
+            _ROTATE_REFRESH, rotation.token_hash, rotation.successor_hash,
+            rotation.successor_sealed, rotation.refresh_ttl, rotation.client_id,
+            rotation.allowed.split(),
+            None if rotation.requested is None else rotation.requested.split(),
+            *rotation.audit)
         if row is None:
             return None
-        audit.counted("token.issued")
         return Rotation(grant_id=str(row["grant_id"]), user_id=row["user_id"],
                         scopes=tuple(row["granted"]))
 

@@ -1,6 +1,6 @@
-"""``python -m bench.pg_statements`` runs: both schemas answer every statement, exchanges and
-refreshes, each round reads its backends' CPU, and both databases are gone afterwards. No speed
-is asserted (DESIGN §8: never a timed test)."""
+"""``python -m bench.pg_statements`` runs: both schemas (or both ways of sending writes) answer
+every statement, exchanges and refreshes, each round reads its backends' CPU, and both
+databases are gone afterwards. No speed is asserted (DESIGN §8: never a timed test)."""
 
 from __future__ import annotations
 
@@ -17,15 +17,20 @@ from tests.conftest import ADMIN_URL
     ([], "token < 0005"),
     (["--statement", "refresh"], "token < 0005"),
     (["--before", "audit:0002"], "audit < 0002"),
+    (["--batching"], "shared"),
+    (["--batching", "--statement", "refresh"], "shared"),
 ])
 async def test_both_schemas_run_every_round(capsys: pytest.CaptureFixture[str],
                                             extra: list[str], older: str) -> None:
     options = pg_statements.parse_args(["--statements", "400", "--concurrency", "4",
                                         "--rounds", "2", "--database-url", ADMIN_URL, *extra])
     rounds = await pg_statements.main(options)
-    assert [r.schema for r in rounds] == ["this tree", older] * 2
+    first = "one per write" if "--batching" in extra else "this tree"
+    assert [r.schema for r in rounds] == [first, older] * 2
     assert all(r.statements == 400 and r.backend_us > 0 for r in rounds)
-    assert "backend CPU µs/statement" in capsys.readouterr().out
+    # Only the shared database's writes share statements (four workers, two in flight).
+    assert all((r.per_statement > 1.0) == (r.schema == "shared") for r in rounds)
+    assert "backend CPU µs/write" in capsys.readouterr().out
     admin = await asyncpg.connect(ADMIN_URL)
     try:
         left = await admin.fetchval("SELECT count(*) FROM pg_database"

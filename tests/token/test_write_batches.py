@@ -1,0 +1,187 @@
+"""Natural batching (services.token.write_batches): a write alone goes at once and alone; writes
+that arrive while every place is taken go together next; each writer gets its own outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from services.token.write_batches import WriteBatches
+
+
+class Recorder:
+    """A runner that records each batch it is given and holds it until released."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def run(self, items: Sequence[str]) -> list[str | BaseException]:
+        self.batches.append(list(items))
+        await self.release.wait()
+        return [ValueError(item) if item.startswith("bad") else item.upper() for item in items]
+
+
+async def test_a_write_alone_runs_at_once_and_alone() -> None:
+    recorder = Recorder()
+    batches = WriteBatches(recorder.run, kind="exchange", max_in_flight=2, max_size=32)
+
+    assert await batches.write("a") == "A"
+    assert await batches.write("b") == "B"
+
+    assert recorder.batches == [["a"], ["b"]]
+
+
+async def test_writes_that_arrive_while_every_place_is_taken_go_together_next() -> None:
+    recorder = Recorder()
+    recorder.release.clear()
+    batches = WriteBatches(recorder.run, kind="exchange", max_in_flight=1, max_size=32)
+
+    first = asyncio.create_task(batches.write("a"))
+    await asyncio.sleep(0)
+    later = [asyncio.create_task(batches.write(item)) for item in "bcd"]
+    await asyncio.sleep(0.01)
+    # The first runs alone; the others wait for it rather than starting statements of their own.
+    assert recorder.batches == [["a"]]
+
+    recorder.release.set()
+    assert await asyncio.gather(first, *later) == ["A", "B", "C", "D"]
+    assert recorder.batches == [["a"], ["b", "c", "d"]]
+
+
+async def test_a_batch_holds_at_most_max_size_writes() -> None:
+    recorder = Recorder()
+    recorder.release.clear()
+    batches = WriteBatches(recorder.run, kind="exchange", max_in_flight=1, max_size=2)
+
+    tasks = [asyncio.create_task(batches.write(item)) for item in "abcde"]
+    await asyncio.sleep(0)
+    recorder.release.set()
+
+    assert await asyncio.gather(*tasks) == ["A", "B", "C", "D", "E"]
+    assert recorder.batches == [["a"], ["b", "c"], ["d", "e"]]
+
+
+async def test_each_writer_gets_its_own_error_and_the_others_their_results() -> None:
+    recorder = Recorder()
+    recorder.release.clear()
+    batches = WriteBatches(recorder.run, kind="exchange", max_in_flight=1, max_size=32)
+
+    tasks = [asyncio.create_task(batches.write(item)) for item in ("a", "b", "bad-c", "d")]
+    await asyncio.sleep(0)
+    recorder.release.set()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert outcomes[:2] == ["A", "B"] and outcomes[3] == "D"
+    assert isinstance(outcomes[2], ValueError) and str(outcomes[2]) == "bad-c"
+    assert recorder.batches == [["a"], ["b", "bad-c", "d"]]
+
+
+async def test_a_failed_statement_fails_its_own_batch_only() -> None:
+    calls: list[list[str]] = []
+    gate = asyncio.Event()
+
+    async def run(items: Sequence[str]) -> list[str]:
+        calls.append(list(items))
+        await gate.wait()
+        if "b" in items:
+            raise ConnectionResetError("the store went away")
+        return [item.upper() for item in items]
+
+    batches = WriteBatches(run, kind="exchange", max_in_flight=1, max_size=2)
+    tasks = [asyncio.create_task(batches.write(item)) for item in "abcd"]
+    await asyncio.sleep(0)
+    gate.set()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert calls == [["a"], ["b", "c"], ["d"]]
+    assert outcomes[0] == "A" and outcomes[3] == "D"
+    assert all(isinstance(outcome, ConnectionResetError) for outcome in outcomes[1:3])
+
+
+async def test_a_runner_that_miscounts_fails_every_writer_of_that_batch() -> None:
+    async def run(items: Sequence[str]) -> list[str]:
+        return ["only one"]
+
+    batches = WriteBatches(run, kind="exchange", max_in_flight=1, max_size=32)
+    tasks = [asyncio.create_task(batches.write(item)) for item in "abc"]
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert outcomes[0] == "only one"
+    assert all(isinstance(outcome, RuntimeError) for outcome in outcomes[1:])
+
+
+async def test_a_writer_gone_before_its_batch_starts_is_left_out() -> None:
+    recorder = Recorder()
+    recorder.release.clear()
+    batches = WriteBatches(recorder.run, kind="exchange", max_in_flight=1, max_size=32)
+
+    first = asyncio.create_task(batches.write("a"))
+    await asyncio.sleep(0)
+    gone = asyncio.create_task(batches.write("b"))
+    kept = asyncio.create_task(batches.write("c"))
+    await asyncio.sleep(0)
+    gone.cancel()
+    recorder.release.set()
+
+    assert await first == "A" and await kept == "C"
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert recorder.batches == [["a"], ["c"]]
+
+
+async def test_a_writer_gone_after_its_batch_started_leaves_the_others_their_write() -> None:
+    calls: list[list[str]] = []
+    gates = [asyncio.Event(), asyncio.Event()]
+
+    async def run(items: Sequence[str]) -> list[str]:
+        calls.append(list(items))
+        await gates[len(calls) - 1].wait()
+        return [item.upper() for item in items]
+
+    batches = WriteBatches(run, kind="exchange", max_in_flight=1, max_size=32)
+    first = asyncio.create_task(batches.write("x"))
+    await asyncio.sleep(0)
+    gone = asyncio.create_task(batches.write("a"))
+    kept = asyncio.create_task(batches.write("b"))
+    await asyncio.sleep(0)
+    gates[0].set()
+    assert await first == "X"
+    await asyncio.sleep(0)
+    assert calls == [["x"], ["a", "b"]]
+
+    gone.cancel()
+    await asyncio.sleep(0)
+    gates[1].set()
+
+    # The batch ran to its end: it was "b"'s write too.
+    assert await kept == "B"
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+
+
+async def test_wait_idle_returns_once_every_batch_has_ended() -> None:
+    recorder = Recorder()
+    recorder.release.clear()
+    batches = WriteBatches(recorder.run, kind="exchange", max_in_flight=1, max_size=32)
+    tasks = [asyncio.create_task(batches.write(item)) for item in "ab"]
+    await asyncio.sleep(0)
+
+    idle = asyncio.create_task(batches.wait_idle())
+    await asyncio.sleep(0.01)
+    assert not idle.done()
+    recorder.release.set()
+    await asyncio.wait_for(idle, 1.0)
+
+    assert all(task.done() for task in tasks)
+    assert recorder.batches == [["a"], ["b"]]
+
+
+def test_a_batch_needs_room_for_one_write() -> None:
+    with pytest.raises(ValueError):
+        WriteBatches(Recorder().run, kind="exchange", max_in_flight=0, max_size=1)
+    with pytest.raises(ValueError):
+        WriteBatches(Recorder().run, kind="exchange", max_in_flight=1, max_size=0)
