@@ -36,10 +36,10 @@ Security promises of this store:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import asyncpg
 
@@ -291,6 +291,8 @@ _ROTATE_REFRESHES = (
     " SELECT n, grant_id, user_id, granted FROM old")
 
 AuditParams = tuple[str, str, str | None, str | None, str]
+Item = TypeVar("Item")
+Outcome = TypeVar("Outcome")
 _NotCreated = type[CodeAlreadyExchanged] | type[AuthorizationRevoked]
 
 
@@ -317,6 +319,15 @@ class _NewRotation:
     allowed: str  # space-separated
     requested: str | None  # space-separated; None: the scope granted
     audit: AuditParams
+
+
+async def _alone(write: Callable[[Item], Awaitable[Outcome]], item: Item,
+                 ) -> Outcome | Exception:
+    """``write(item)``, or the error it raised: a write redone alone fails alone."""
+    try:
+        return await write(item)
+    except Exception as exc:  # noqa: BLE001 - its writer gets it, the others their own
+        return exc
 
 
 def _spaced(scopes: Sequence[str]) -> str:
@@ -369,7 +380,7 @@ class PgGrantStore:
         await self._rotations.wait_idle()
 
     async def _create_grants(self, grants: Sequence[_NewGrant],
-                             ) -> list[_NotCreated | None]:
+                             ) -> list[_NotCreated | None | Exception]:
         """Each grant written, or why not (a batch's runner)."""
         if len(grants) == 1:
             return [await self._create_one(grants[0])]
@@ -381,7 +392,7 @@ class PgGrantStore:
             if is_unavailable(exc):
                 raise
             # Whatever failed the statement fails one write at most: each again, alone.
-            return [await self._create_one(grant) for grant in grants]
+            return [await _alone(self._create_one, grant) for grant in grants]
         why = {str(row["grant_id"]): None if row["created"] else (
             AuthorizationRevoked if row["revoked"] else CodeAlreadyExchanged) for row in rows}
         return [why[str(grant.grant_id)] for grant in grants]
@@ -478,7 +489,8 @@ class PgGrantStore:
             audit.counted("token.issued")
         return rotation
 
-    async def _rotate(self, rotations: Sequence[_NewRotation]) -> list[Rotation | None]:
+    async def _rotate(self, rotations: Sequence[_NewRotation],
+                      ) -> list[Rotation | None | Exception]:
         """Each rotation made, or ``None`` where it did nothing (a batch's runner)."""
         # Two presentations of one token never share a statement (Postgres updates a row once
         # per statement): the second runs after, alone, and finds the token rotated.
@@ -489,7 +501,7 @@ class PgGrantStore:
              else first.setdefault(rotation.token_hash, index))
         placed = list(first.values())
         together = [rotations[index] for index in placed]
-        made: list[Rotation | None] = [None] * len(rotations)
+        made: list[Rotation | None | Exception] = [None] * len(rotations)
         if len(together) == 1:
             made[placed[0]] = await self._rotate_one(together[0])
         else:
@@ -509,7 +521,7 @@ class PgGrantStore:
                         grant_id=str(row["grant_id"]), user_id=row["user_id"],
                         scopes=tuple(row["granted"]))
         for index in again:
-            made[index] = await self._rotate_one(rotations[index])
+            made[index] = await _alone(self._rotate_one, rotations[index])
         return made
 
     async def _rotate_one(self, rotation: _NewRotation) -> Rotation | None:

@@ -258,3 +258,26 @@ async def test_every_write_of_a_batch_learns_the_database_is_down(client_id: str
 
     for outcome in [*outcomes, *refreshed]:
         assert isinstance(outcome, BaseException) and is_unavailable(outcome), outcome
+
+
+async def test_a_rotation_that_breaks_the_shared_statement_fails_alone(
+        store: PgGrantStore, pool: asyncpg.Pool, client_id: str) -> None:
+    grants = [new_grant(client_id, number) for number in range(4)]
+    for grant in grants:
+        await store.create_grant(**grant)
+    # Two rotations naming one successor (a bug: successors are random): the shared statement
+    # fails on the refresh tokens' primary key, and each rotation is tried again alone.
+    successor = secrets.token_bytes(32)
+    rotations = [rotation(grants[0]["refresh_hash"], client_id, 0),
+                 rotation(grants[1]["refresh_hash"], client_id, 1, successor_hash=successor),
+                 rotation(grants[2]["refresh_hash"], client_id, 2),
+                 rotation(grants[3]["refresh_hash"], client_id, 3, successor_hash=successor)]
+
+    outcomes = await settle(*(store.rotate_refresh(**r) for r in rotations))
+
+    assert all(isinstance(outcome, Rotation) for outcome in outcomes[:3])
+    assert isinstance(outcomes[3], asyncpg.UniqueViolationError)
+    assert await pool.fetchval("SELECT rotated_at FROM token.refresh_tokens WHERE token_hash = $1",
+                               grants[3]["refresh_hash"]) is None
+    assert await pool.fetchval("SELECT grant_id::text FROM token.refresh_tokens"
+                               " WHERE token_hash = $1", successor) == grants[1]["grant_id"]
