@@ -28,7 +28,7 @@ Every event written is counted in ``otesse_audit_events_total{type}`` (:func:`co
 
 from __future__ import annotations
 
-import ipaddress
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +37,7 @@ from typing import Any, Final, Literal, Protocol, get_args
 from grpc import aio
 from prometheus_client import Counter
 
-from services.common import service_auth
+from services.common import client_ip, service_auth
 from services.common.log import request_id_var, scrub
 
 EventType = Literal[
@@ -118,10 +118,15 @@ def _ip(value: str | None) -> str | None:
     """``value`` when it is an IP address, else ``None`` (a peer may be a socket path)."""
     if not value:
         return None
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        return None
+    return _normalised(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalised(value: str) -> str | None:
+    # Remembered, as client_ip remembers what it parses: the same few addresses, request after
+    # request; client_ip.address refuses long strings before they reach the cache.
+    parsed = client_ip.address(value)
+    return None if parsed is None else str(parsed)
 
 
 @dataclass(frozen=True)

@@ -10,20 +10,38 @@ throttle and the audit trail, token for the audit trail); each has its own trust
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 
 from starlette.requests import Request
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# The longest text form of an address (IPv6 with an IPv4 tail and a zone) fits in this.
+_MAX_ADDRESS = 64
 
 
-def _trusted(address: str, proxies: Sequence[Network]) -> bool:
+def address(text: str) -> Address | None:
+    """``text`` as an IP address, or ``None`` when it is not one."""
+    if len(text) > _MAX_ADDRESS:
+        return None
+    return _parsed(text)
+
+
+# Every request parses its peer and the address it records: the same few, over and over. Only
+# short strings are remembered, so no one can fill the cache with large ones.
+@functools.lru_cache(maxsize=4096)
+def _parsed(text: str) -> Address | None:
     try:
-        ip = ipaddress.ip_address(address)
+        return ipaddress.ip_address(text)
     except ValueError:
-        return False
-    return any(ip in network for network in proxies)
+        return None
+
+
+def _trusted(text: str, proxies: Sequence[Network]) -> bool:
+    ip = address(text)
+    return ip is not None and any(ip in network for network in proxies)
 
 
 def client_ip(peer: str, forwarded_for: Sequence[str], proxies: Sequence[Network]) -> str:
@@ -32,9 +50,7 @@ def client_ip(peer: str, forwarded_for: Sequence[str], proxies: Sequence[Network
     hops = [hop.strip() for header in forwarded_for for hop in header.split(",") if hop.strip()]
     candidate = peer
     for hop in reversed(hops):
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
+        if address(hop) is None:
             return candidate  # a malformed hop: stop at the last address we could check
         candidate = hop
         if not _trusted(hop, proxies):
