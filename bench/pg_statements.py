@@ -18,7 +18,7 @@ machine). ``synchronous_commit`` is the server's (on).
 
 With ``--batching`` both databases are this tree's, and what differs is how the writes reach
 them: one statement per write, or as the token service sends them (the writes that arrive while
-``BATCHES_IN_FLIGHT`` statements run go together in the next: services.token.write_batches).
+``BATCHES_IN_FLIGHT`` statements run go together in the next: services.common.batches).
 CPU is then per write, and the writes per statement are shown.
 """
 
@@ -64,8 +64,8 @@ class Round:
 def _batch_totals(statement: str) -> tuple[float, float]:
     """Statements sent for writes of this kind so far in this process, and writes they held."""
     labels = {"kind": statement}
-    return (REGISTRY.get_sample_value("otesse_token_write_batch_size_count", labels) or 0.0,
-            REGISTRY.get_sample_value("otesse_token_write_batch_size_sum", labels) or 0.0)
+    return (REGISTRY.get_sample_value("otesse_store_batch_size_count", labels) or 0.0,
+            REGISTRY.get_sample_value("otesse_store_batch_size_sum", labels) or 0.0)
 
 
 async def _create(url: str, *, before: tuple[str, str] | None) -> None:

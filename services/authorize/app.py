@@ -122,6 +122,7 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
         listener = asyncio.create_task(client_changes.run())
         app.state.client_changes = client_changes
         prefix = settings.stores.redis_prefix
+        consents = PgConsentStore(pool)
         app.state.components = Components(
             settings=settings,
             clients=RegistryClients(registry, ttl_seconds=settings.client_cache_seconds,
@@ -131,7 +132,7 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
                                        idle_seconds=settings.session_idle_seconds,
                                        absolute_seconds=settings.session_absolute_seconds),
             users=PgUserStore(pool),
-            consents=PgConsentStore(pool),
+            consents=consents,
             codes=RedisCodeStore(lean, prefix=prefix),
             pending=RedisPendingStore(redis, prefix=prefix),
             throttle=RedisLoginThrottle(redis, prefix=prefix, settings=settings.login),
@@ -168,6 +169,7 @@ def create_app(settings: AuthorizeSettings, readiness: Readiness | None = None) 
             await token_channel.close()
             await redis.aclose()
             await lean.aclose()
+            await consents.wait_idle()
             await pool.close()
 
     every_route = routes(readiness)

@@ -8,11 +8,13 @@ event (``consent.granted``, ``consent.revoked``, by the user) in the same statem
 
 :meth:`ConsentStore.standing` is on the hot path of every authorization request of a signed-in
 user, so one statement answers both "is this user still allowed to sign in?" and "what has
-this user already approved for this client?".
+this user already approved for this client?"; the requests that arrive while such statements
+run share the next one (:mod:`services.common.batches`), each answered from its own row.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +24,24 @@ import asyncpg
 
 from services.common import audit, db
 from services.common.audit import Actor, Origin
+from services.common.batches import Batches, alone
+from services.common.unavailable import is_unavailable
+
+# Statements of standing running at once in a replica; the requests that arrive meanwhile wait
+# for one to end and go together in the next.
+BATCHES_IN_FLIGHT = 2
+MAX_BATCH = 32
+_STANDING = (
+    "SELECT u.email, u.disabled_at IS NOT NULL AS disabled, c.scopes"
+    " FROM authorize.users u LEFT JOIN authorize.consents c"
+    " ON c.user_id = u.user_id AND c.client_id = $2"
+    " WHERE u.user_id = $1")
+# n: each request's place in the batch.
+_STANDINGS = (
+    "SELECT i.n, u.email, u.disabled_at IS NOT NULL AS disabled, c.scopes"
+    " FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS i(user_id, client_id, n)"
+    " JOIN authorize.users u ON u.user_id = i.user_id"
+    " LEFT JOIN authorize.consents c ON c.user_id = u.user_id AND c.client_id = i.client_id")
 
 
 @dataclass(frozen=True)
@@ -42,6 +62,11 @@ class Consent:
     updated_at: datetime
 
 
+def _standing(row: asyncpg.Record) -> Standing:
+    return Standing(email=row["email"], disabled=row["disabled"],
+                    granted=frozenset(row["scopes"] or ()))
+
+
 class ConsentStore(Protocol):
     async def standing(self, *, user_id: str, client_id: str) -> Standing | None: ...
 
@@ -54,23 +79,41 @@ class ConsentStore(Protocol):
 
 
 class PgConsentStore:
-    def __init__(self, pool: db.Queries) -> None:
+    def __init__(self, pool: db.Queries, *, batches_in_flight: int = BATCHES_IN_FLIGHT) -> None:
         self._pool = pool
+        self._standings: Batches[tuple[uuid.UUID, str], Standing | None] = Batches(
+            self._read, kind="standing", max_in_flight=batches_in_flight, max_size=MAX_BATCH)
 
     async def standing(self, *, user_id: str, client_id: str) -> Standing | None:
         """``None`` when the user no longer exists."""
         try:
-            row = await self._pool.fetchrow(
-                "SELECT u.email, u.disabled_at IS NOT NULL AS disabled, c.scopes"
-                " FROM authorize.users u LEFT JOIN authorize.consents c"
-                " ON c.user_id = u.user_id AND c.client_id = $2"
-                " WHERE u.user_id = $1::text::uuid", user_id, client_id)
-        except asyncpg.InvalidTextRepresentationError:
+            user = uuid.UUID(user_id)
+        except ValueError:
             return None
-        if row is None:
-            return None
-        return Standing(email=row["email"], disabled=row["disabled"],
-                        granted=frozenset(row["scopes"] or ()))
+        return await self._standings.submit((user, client_id))
+
+    async def wait_idle(self) -> None:
+        """Returns once no read is under way (before the pool closes)."""
+        await self._standings.wait_idle()
+
+    async def _read(self, asks: Sequence[tuple[uuid.UUID, str]],
+                    ) -> list[Standing | None | Exception]:
+        """Each user's standing with each client (a batch's runner)."""
+        if len(asks) == 1:
+            return [await self._read_one(asks[0])]
+        try:
+            rows = await self._pool.fetch(_STANDINGS, [user for user, _ in asks],
+                                          [client for _, client in asks])
+        except asyncpg.PostgresError as exc:
+            if is_unavailable(exc):
+                raise
+            return [await alone(self._read_one, ask) for ask in asks]
+        found = {row["n"]: _standing(row) for row in rows}
+        return [found.get(n) for n in range(1, len(asks) + 1)]
+
+    async def _read_one(self, ask: tuple[uuid.UUID, str]) -> Standing | None:
+        row = await self._pool.fetchrow(_STANDING, *ask)
+        return None if row is None else _standing(row)
 
     async def grant(self, *, user_id: str, client_id: str, scopes: Sequence[str],
                     origin: Origin) -> None:

@@ -206,7 +206,7 @@ def insert_from(event_type: EventType, *, first: int, rows: str, subject: str, c
 def insert_from_rows(event_type: EventType, *, rows: str, subject: str, client: str,
                      grant: str, scope: str = "") -> str:
     """:func:`insert_from` for a statement that writes for several requests at once
-    (:mod:`services.token.write_batches`): each row of ``rows`` carries its own actor, origin
+    (:mod:`services.common.batches`): each row of ``rows`` carries its own actor, origin
     and details, as columns ``actor_kind``, ``actor_id``, ``client_ip`` (``inet``),
     ``request_id`` and ``details`` (``text``, from :func:`params` like the rest)."""
     if event_type not in EVENT_TYPES:

@@ -20,7 +20,7 @@ Security promises of this store:
 * statements are single and prepared; ``create_grant`` writes a grant and its refresh token in
   one statement;
 * exchanges (and refreshes) that arrive while earlier ones are being written share the next
-  statement and its commit (:mod:`services.token.write_batches`): one statement writes each
+  statement and its commit (:mod:`services.common.batches`): one statement writes each
   one's rows, decides each one's outcome on its own (a revoked authorization, a code already
   exchanged, a token not this client's…) and records each one's audit event with its own
   origin, so sharing changes what Postgres spends per request and nothing a request sees. A
@@ -36,19 +36,19 @@ Security promises of this store:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, Protocol
 
 import asyncpg
 
 from services.common import audit, db
 from services.common.audit import Actor, Origin
+from services.common.batches import Batches, alone
 from services.common.unavailable import is_unavailable
 from services.token.revocations import GrantRevocation, Revocations, TokenRevocation
 from services.token.settings import CLOCK_SKEW_SECONDS
-from services.token.write_batches import WriteBatches
 
 # Statements of one kind of write (exchanges; refreshes) running at once in a replica; the
 # writes that arrive meanwhile wait for one to end and go together in the next.
@@ -186,7 +186,7 @@ def _revocations(rows: Sequence[asyncpg.Record]) -> Revocations:
 
 
 # What one write does alone (no other waited to share its statement), and the same for several
-# rows at once (services.token.write_batches): the grant, its first refresh token and its audit
+# rows at once (services.common.batches): the grant, its first refresh token and its audit
 # event. Each grant is written only if the user has not revoked this client since the code
 # was issued; the unique code_hash meets a replay's tombstone (revoke_replayed_code).
 _CREATE_GRANT = (
@@ -291,8 +291,6 @@ _ROTATE_REFRESHES = (
     " SELECT n, grant_id, user_id, granted FROM old")
 
 AuditParams = tuple[str, str, str | None, str | None, str]
-Item = TypeVar("Item")
-Outcome = TypeVar("Outcome")
 _NotCreated = type[CodeAlreadyExchanged] | type[AuthorizationRevoked]
 
 
@@ -321,15 +319,6 @@ class _NewRotation:
     audit: AuditParams
 
 
-async def _alone(write: Callable[[Item], Awaitable[Outcome]], item: Item,
-                 ) -> Outcome | Exception:
-    """``write(item)``, or the error it raised: a write redone alone fails alone."""
-    try:
-        return await write(item)
-    except Exception as exc:  # noqa: BLE001 - its writer gets it, the others their own
-        return exc
-
-
 def _spaced(scopes: Sequence[str]) -> str:
     if any(" " in scope for scope in scopes):
         raise ValueError("a scope holds a space")
@@ -349,10 +338,10 @@ class PgGrantStore:
     def __init__(self, pool: db.Queries, *, access_token_ttl: int,
                  batches_in_flight: int = BATCHES_IN_FLIGHT) -> None:
         self._pool = pool
-        self._exchanges: WriteBatches[_NewGrant, _NotCreated | None] = WriteBatches(
+        self._exchanges: Batches[_NewGrant, _NotCreated | None] = Batches(
             self._create_grants, kind="exchange", max_in_flight=batches_in_flight,
             max_size=MAX_BATCH)
-        self._rotations: WriteBatches[_NewRotation, Rotation | None] = WriteBatches(
+        self._rotations: Batches[_NewRotation, Rotation | None] = Batches(
             self._rotate, kind="refresh", max_in_flight=batches_in_flight,
             max_size=MAX_BATCH)
         # Revoked grants younger than this may still have live access tokens.
@@ -363,8 +352,8 @@ class PgGrantStore:
                            refresh_ttl: int, code_issued_at: float, origin: Origin) -> None:
         # The grant is written only if the user has not revoked this client since the code was
         # issued, and its first refresh token and its audit event with it, by one statement
-        # (shared with the exchanges that arrive meanwhile: services.token.write_batches).
-        outcome = await self._exchanges.write(_NewGrant(
+        # (shared with the exchanges that arrive meanwhile: services.common.batches).
+        outcome = await self._exchanges.submit(_NewGrant(
             grant_id=uuid.UUID(grant_id), user_id=user_id, client_id=client_id,
             scopes=_spaced(scopes), code_hash=code_hash, refresh_hash=refresh_hash,
             refresh_ttl=refresh_ttl, code_issued_at=code_issued_at,
@@ -392,7 +381,7 @@ class PgGrantStore:
             if is_unavailable(exc):
                 raise
             # Whatever failed the statement fails one write at most: each again, alone.
-            return [await _alone(self._create_one, grant) for grant in grants]
+            return [await alone(self._create_one, grant) for grant in grants]
         why = {str(row["grant_id"]): None if row["created"] else (
             AuthorizationRevoked if row["revoked"] else CodeAlreadyExchanged) for row in rows}
         return [why[str(grant.grant_id)] for grant in grants]
@@ -474,12 +463,12 @@ class PgGrantStore:
                              requested_scopes: Sequence[str] | None,
                              origin: Origin) -> Rotation | None:
         # One statement, the refresh's only round trip (shared with the refreshes that arrive
-        # meanwhile: services.token.write_batches): it reads the grant, checks everything the
+        # meanwhile: services.common.batches): it reads the grant, checks everything the
         # refresh grant decides on (RFC 6749 §6: the token is this client's, live and not
         # rotated, its grant not revoked, the requested scope within the scope granted and
         # still allowed to the client), marks the old token and inserts its successor, or does
         # nothing at all (the caller then reads why: find_refresh).
-        rotation = await self._rotations.write(_NewRotation(
+        rotation = await self._rotations.submit(_NewRotation(
             token_hash=token_hash, successor_hash=successor_hash,
             successor_sealed=successor_sealed, refresh_ttl=refresh_ttl, client_id=client_id,
             allowed=_spaced(allowed_scopes),
@@ -521,7 +510,7 @@ class PgGrantStore:
                         grant_id=str(row["grant_id"]), user_id=row["user_id"],
                         scopes=tuple(row["granted"]))
         for index in again:
-            made[index] = await _alone(self._rotate_one, rotations[index])
+            made[index] = await alone(self._rotate_one, rotations[index])
         return made
 
     async def _rotate_one(self, rotation: _NewRotation) -> Rotation | None:

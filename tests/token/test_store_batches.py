@@ -1,4 +1,4 @@
-"""Exchanges and refreshes that arrive together share one statement (services.token.write_batches)
+"""Exchanges and refreshes that arrive together share one statement (services.common.batches)
 and give up none of their promises: each writes its own grant, token and audit event with its
 own origin, each is refused for its own reason, a replayed code and a token presented twice
 still yield at most one result, and a statement that fails for one write is redone one write
@@ -38,8 +38,8 @@ MONTH = 30 * 86400
 def batches(kind: str) -> tuple[float, float]:
     """How many batches of ``kind`` ran in this process, and how many writes they held."""
     labels = {"kind": kind}
-    return (REGISTRY.get_sample_value("otesse_token_write_batch_size_count", labels) or 0.0,
-            REGISTRY.get_sample_value("otesse_token_write_batch_size_sum", labels) or 0.0)
+    return (REGISTRY.get_sample_value("otesse_store_batch_size_count", labels) or 0.0,
+            REGISTRY.get_sample_value("otesse_store_batch_size_sum", labels) or 0.0)
 
 
 def new_grant(client_id: str, number: int, *, scopes: tuple[str, ...] = SCOPES,

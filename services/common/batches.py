@@ -1,23 +1,24 @@
-"""Writes that arrive together commit together: one statement and one commit for several
-requests, with no wait added to any of them.
+"""Requests that arrive together share one statement: one round trip (and for a write, one
+commit) for several, with no wait added to any of them.
 
-A code exchange and a refresh are each one statement and one durable commit. Postgres spends
-most of such a statement on what every statement pays whatever its size — reading the
-message, starting the executor and opening the tables' indexes, committing, flushing the WAL,
-the context switches around each — and little on each row. Measured on a 2-core machine
-(bench/README.md, "writes that arrive together"), the backends spent about 340 µs per
-exchange at one statement each, 155 µs at four exchanges per statement, 105 µs at eight.
+A code exchange and a refresh are each one statement and one durable commit; a consented
+authorization, one read. Postgres spends most of such a statement on what every statement pays
+whatever its size — reading the message, starting the executor and opening the tables' indexes,
+committing and flushing the WAL for a write, the context switches around each — and little on
+each row. Measured on a 2-core machine (bench/README.md, "requests that arrive together share a
+statement"), the backends spent about 320 µs per exchange at one statement each and 133 µs at
+four to five per statement.
 
-:class:`WriteBatches` is natural batching: at most ``max_in_flight`` batches of one kind of
-write run at a time. A write that finds a place free starts at once, alone (so a quiet service
-writes exactly as before, with no delay); one that arrives while every place is taken waits for
-the next, and then goes with every other write that waited meanwhile, up to ``max_size``. The
-busier the service, the larger its batches, and the fewer statements per request.
+:class:`Batches` is natural batching: at most ``max_in_flight`` batches of one kind run at a
+time. A request that finds a place free starts at once, alone (so a quiet service runs exactly
+as before, with no delay); one that arrives while every place is taken waits for the next, and
+then goes with every other that waited meanwhile, up to ``max_size``. The busier the service,
+the larger its batches, and the fewer statements per request.
 
-Each write still gets its own answer or its own error: the batch's runner returns one outcome
-per write. A waiter that goes away before its batch starts is dropped from it; once a batch has
-started it runs to its end (it is also the other writers' write), and an outcome no one waits
-for any more is dropped.
+Each request still gets its own answer or its own error: the batch's runner returns one outcome
+per request. A waiter that goes away before its batch starts is dropped from it; once a batch
+has started it runs to its end (it is also the other requests' statement), and an outcome no one
+waits for any more is dropped.
 """
 
 from __future__ import annotations
@@ -30,23 +31,24 @@ from typing import Generic, TypeVar
 
 from prometheus_client import Histogram
 
-log = logging.getLogger("otesse.token.batches")
+log = logging.getLogger("otesse.batches")
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 BATCH_SIZE = Histogram(
-    "otesse_token_write_batch_size",
-    "Writes committed by one statement, by kind (exchange, refresh).",
+    "otesse_store_batch_size",
+    "Requests served by one statement, by kind (exchange, refresh: the token service's writes; "
+    "standing: the authorize service's consent reads).",
     ["kind"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32))
 
 Runner = Callable[[Sequence[T]], Awaitable[Sequence["R | BaseException"]]]
 
 
-class WriteBatches(Generic[T, R]):
-    """Runs writes of one kind in batches; ``run`` takes the writes of one batch and returns,
-    in the same order, each one's result or the exception to raise to its writer (an exception
-    ``run`` raises is every writer's)."""
+class Batches(Generic[T, R]):
+    """Runs requests of one kind in batches; ``run`` takes the requests of one batch and
+    returns, in the same order, each one's result or the exception to raise to its caller (an
+    exception ``run`` raises is every caller's)."""
 
     def __init__(self, run: Runner[T, R], *, kind: str, max_in_flight: int,
                  max_size: int) -> None:
@@ -59,13 +61,13 @@ class WriteBatches(Generic[T, R]):
         self._waiting: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._running: set[asyncio.Task[None]] = set()
 
-    async def write(self, item: T) -> R:
-        """``item`` written (with whichever others are waiting); its result, or its error."""
+    async def submit(self, item: T) -> R:
+        """``item`` served (with whichever others are waiting); its result, or its error."""
         outcome: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, outcome))
         if len(self._running) < self._max_in_flight:
             self._start()
-        # A writer cancelled here cancels ``outcome``: a batch not yet started skips it.
+        # A caller cancelled here cancels ``outcome``: a batch not yet started skips it.
         return await outcome
 
     async def wait_idle(self) -> None:
@@ -90,13 +92,13 @@ class WriteBatches(Generic[T, R]):
             try:
                 outcomes = await self._run([item for item, _ in batch])
                 if len(outcomes) != len(batch):
-                    raise RuntimeError(f"a batch of {len(batch)} writes gave "
+                    raise RuntimeError(f"a batch of {len(batch)} requests gave "
                                        f"{len(outcomes)} outcomes")
             except asyncio.CancelledError:
                 for _, outcome in batch:
                     outcome.cancel()
                 raise
-            except Exception as exc:  # noqa: BLE001 - every writer learns it
+            except Exception as exc:  # noqa: BLE001 - every caller learns it
                 for _, outcome in batch:
                     if not outcome.done():
                         outcome.set_exception(exc)
@@ -112,6 +114,15 @@ class WriteBatches(Generic[T, R]):
             task = asyncio.current_task()
             assert task is not None
             self._running.discard(task)
-            # The writes that waited meanwhile go now, together.
+            # The requests that waited meanwhile go now, together.
             while self._waiting and len(self._running) < self._max_in_flight:
                 self._start()
+
+
+async def alone(call: Callable[[T], Awaitable[R]], item: T) -> R | Exception:
+    """``call(item)``, or the error it raised: for a runner that, its shared statement having
+    failed, serves each request again on its own, so that one that fails fails alone."""
+    try:
+        return await call(item)
+    except Exception as exc:  # noqa: BLE001 - its caller gets it, the others their own
+        return exc

@@ -1,6 +1,5 @@
-"""Natural batching (services.token.write_batches): a write alone goes at once and alone; writes
-that arrive while every place is taken go together next; each writer gets its own outcome."""
-
+"""Natural batching (services.common.batches): a request alone goes at once and alone; requests
+that arrive while every place is taken go together next; each caller gets its own outcome."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from services.token.write_batches import WriteBatches
+from services.common.batches import Batches
 
 
 class Recorder:
@@ -27,10 +26,10 @@ class Recorder:
 
 async def test_a_write_alone_runs_at_once_and_alone() -> None:
     recorder = Recorder()
-    batches = WriteBatches(recorder.run, kind="exchange", max_in_flight=2, max_size=32)
+    batches = Batches(recorder.run, kind="test", max_in_flight=2, max_size=32)
 
-    assert await batches.write("a") == "A"
-    assert await batches.write("b") == "B"
+    assert await batches.submit("a") == "A"
+    assert await batches.submit("b") == "B"
 
     assert recorder.batches == [["a"], ["b"]]
 
@@ -38,11 +37,11 @@ async def test_a_write_alone_runs_at_once_and_alone() -> None:
 async def test_writes_that_arrive_while_every_place_is_taken_go_together_next() -> None:
     recorder = Recorder()
     recorder.release.clear()
-    batches = WriteBatches(recorder.run, kind="exchange", max_in_flight=1, max_size=32)
+    batches = Batches(recorder.run, kind="test", max_in_flight=1, max_size=32)
 
-    first = asyncio.create_task(batches.write("a"))
+    first = asyncio.create_task(batches.submit("a"))
     await asyncio.sleep(0)
-    later = [asyncio.create_task(batches.write(item)) for item in "bcd"]
+    later = [asyncio.create_task(batches.submit(item)) for item in "bcd"]
     await asyncio.sleep(0.01)
     # The first runs alone; the others wait for it rather than starting statements of their own.
     assert recorder.batches == [["a"]]
@@ -55,9 +54,9 @@ async def test_writes_that_arrive_while_every_place_is_taken_go_together_next() 
 async def test_a_batch_holds_at_most_max_size_writes() -> None:
     recorder = Recorder()
     recorder.release.clear()
-    batches = WriteBatches(recorder.run, kind="exchange", max_in_flight=1, max_size=2)
+    batches = Batches(recorder.run, kind="test", max_in_flight=1, max_size=2)
 
-    tasks = [asyncio.create_task(batches.write(item)) for item in "abcde"]
+    tasks = [asyncio.create_task(batches.submit(item)) for item in "abcde"]
     await asyncio.sleep(0)
     recorder.release.set()
 
@@ -68,9 +67,9 @@ async def test_a_batch_holds_at_most_max_size_writes() -> None:
 async def test_each_writer_gets_its_own_error_and_the_others_their_results() -> None:
     recorder = Recorder()
     recorder.release.clear()
-    batches = WriteBatches(recorder.run, kind="exchange", max_in_flight=1, max_size=32)
+    batches = Batches(recorder.run, kind="test", max_in_flight=1, max_size=32)
 
-    tasks = [asyncio.create_task(batches.write(item)) for item in ("a", "b", "bad-c", "d")]
+    tasks = [asyncio.create_task(batches.submit(item)) for item in ("a", "b", "bad-c", "d")]
     await asyncio.sleep(0)
     recorder.release.set()
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
@@ -91,8 +90,8 @@ async def test_a_failed_statement_fails_its_own_batch_only() -> None:
             raise ConnectionResetError("the store went away")
         return [item.upper() for item in items]
 
-    batches = WriteBatches(run, kind="exchange", max_in_flight=1, max_size=2)
-    tasks = [asyncio.create_task(batches.write(item)) for item in "abcd"]
+    batches = Batches(run, kind="test", max_in_flight=1, max_size=2)
+    tasks = [asyncio.create_task(batches.submit(item)) for item in "abcd"]
     await asyncio.sleep(0)
     gate.set()
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
@@ -106,8 +105,8 @@ async def test_a_runner_that_miscounts_fails_every_writer_of_that_batch() -> Non
     async def run(items: Sequence[str]) -> list[str]:
         return ["only one"]
 
-    batches = WriteBatches(run, kind="exchange", max_in_flight=1, max_size=32)
-    tasks = [asyncio.create_task(batches.write(item)) for item in "abc"]
+    batches = Batches(run, kind="test", max_in_flight=1, max_size=32)
+    tasks = [asyncio.create_task(batches.submit(item)) for item in "abc"]
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
 
     assert outcomes[0] == "only one"
@@ -117,12 +116,12 @@ async def test_a_runner_that_miscounts_fails_every_writer_of_that_batch() -> Non
 async def test_a_writer_gone_before_its_batch_starts_is_left_out() -> None:
     recorder = Recorder()
     recorder.release.clear()
-    batches = WriteBatches(recorder.run, kind="exchange", max_in_flight=1, max_size=32)
+    batches = Batches(recorder.run, kind="test", max_in_flight=1, max_size=32)
 
-    first = asyncio.create_task(batches.write("a"))
+    first = asyncio.create_task(batches.submit("a"))
     await asyncio.sleep(0)
-    gone = asyncio.create_task(batches.write("b"))
-    kept = asyncio.create_task(batches.write("c"))
+    gone = asyncio.create_task(batches.submit("b"))
+    kept = asyncio.create_task(batches.submit("c"))
     await asyncio.sleep(0)
     gone.cancel()
     recorder.release.set()
@@ -142,11 +141,11 @@ async def test_a_writer_gone_after_its_batch_started_leaves_the_others_their_wri
         await gates[len(calls) - 1].wait()
         return [item.upper() for item in items]
 
-    batches = WriteBatches(run, kind="exchange", max_in_flight=1, max_size=32)
-    first = asyncio.create_task(batches.write("x"))
+    batches = Batches(run, kind="test", max_in_flight=1, max_size=32)
+    first = asyncio.create_task(batches.submit("x"))
     await asyncio.sleep(0)
-    gone = asyncio.create_task(batches.write("a"))
-    kept = asyncio.create_task(batches.write("b"))
+    gone = asyncio.create_task(batches.submit("a"))
+    kept = asyncio.create_task(batches.submit("b"))
     await asyncio.sleep(0)
     gates[0].set()
     assert await first == "X"
@@ -166,8 +165,8 @@ async def test_a_writer_gone_after_its_batch_started_leaves_the_others_their_wri
 async def test_wait_idle_returns_once_every_batch_has_ended() -> None:
     recorder = Recorder()
     recorder.release.clear()
-    batches = WriteBatches(recorder.run, kind="exchange", max_in_flight=1, max_size=32)
-    tasks = [asyncio.create_task(batches.write(item)) for item in "ab"]
+    batches = Batches(recorder.run, kind="test", max_in_flight=1, max_size=32)
+    tasks = [asyncio.create_task(batches.submit(item)) for item in "ab"]
     await asyncio.sleep(0)
 
     idle = asyncio.create_task(batches.wait_idle())
@@ -182,6 +181,6 @@ async def test_wait_idle_returns_once_every_batch_has_ended() -> None:
 
 def test_a_batch_needs_room_for_one_write() -> None:
     with pytest.raises(ValueError):
-        WriteBatches(Recorder().run, kind="exchange", max_in_flight=0, max_size=1)
+        Batches(Recorder().run, kind="test", max_in_flight=0, max_size=1)
     with pytest.raises(ValueError):
-        WriteBatches(Recorder().run, kind="exchange", max_in_flight=1, max_size=0)
+        Batches(Recorder().run, kind="test", max_in_flight=1, max_size=0)
