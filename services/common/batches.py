@@ -19,6 +19,12 @@ Each request still gets its own answer or its own error: the batch's runner retu
 per request. A waiter that goes away before its batch starts is dropped from it; once a batch
 has started it runs to its end (it is also the other requests' statement), and an outcome no one
 waits for any more is dropped.
+
+Waiting is bounded as waiting for a pooled connection is (:data:`services.common.db.
+ACQUIRE_SECONDS`): a request whose batch has not started within ``max_wait`` seconds (a database
+that has stopped answering, with requests piling up behind its statements) leaves the queue with
+a :class:`TimeoutError`, which callers answer 503 like any store that cannot be reached. Once
+started, a batch is bounded by its statement's own timeout.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ BATCH_SIZE = Histogram(
     ["kind"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32))
 
 Runner = Callable[[Sequence[T]], Awaitable[Sequence["R | BaseException"]]]
+# As long as a request may wait for a pooled connection (services.common.db.ACQUIRE_SECONDS).
+MAX_WAIT_SECONDS = 1.0
 
 
 class Batches(Generic[T, R]):
@@ -51,34 +59,54 @@ class Batches(Generic[T, R]):
     exception ``run`` raises is every caller's)."""
 
     def __init__(self, run: Runner[T, R], *, kind: str, max_in_flight: int,
-                 max_size: int) -> None:
-        if max_in_flight < 1 or max_size < 1:
-            raise ValueError("max_in_flight and max_size must be at least 1")
+                 max_size: int, max_wait: float = MAX_WAIT_SECONDS) -> None:
+        if max_in_flight < 1 or max_size < 1 or max_wait <= 0:
+            raise ValueError("max_in_flight and max_size must be at least 1, max_wait above 0")
         self._run = run
         self._max_in_flight = max_in_flight
         self._max_size = max_size
+        self._max_wait = max_wait
         self._sizes = BATCH_SIZE.labels(kind)
         self._waiting: deque[tuple[T, asyncio.Future[R]]] = deque()
+        # The outcomes of the requests in ``_waiting`` that have not started.
+        self._queued: set[asyncio.Future[R]] = set()
         self._running: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: T) -> R:
         """``item`` served (with whichever others are waiting); its result, or its error."""
-        outcome: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[R] = loop.create_future()
         self._waiting.append((item, outcome))
+        self._queued.add(outcome)
         if len(self._running) < self._max_in_flight:
             self._start()
-        # A caller cancelled here cancels ``outcome``: a batch not yet started skips it.
-        return await outcome
+        if outcome not in self._queued:
+            # Started at once (the common case): bounded by its statement alone.
+            return await outcome
+        expiry = loop.call_later(self._max_wait, self._expire, outcome)
+        try:
+            # A caller cancelled here cancels ``outcome``: a batch not yet started skips it.
+            return await outcome
+        finally:
+            expiry.cancel()
 
     async def wait_idle(self) -> None:
         """Returns once no batch is running or waiting (before the pool they use closes)."""
         while self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
 
+    def _expire(self, outcome: asyncio.Future[R]) -> None:
+        # Only a request still queued: a started batch settles its own requests' outcomes.
+        if outcome in self._queued and not outcome.done():
+            self._queued.discard(outcome)
+            outcome.set_exception(TimeoutError(
+                f"no place for this request's statement within {self._max_wait} s"))
+
     def _start(self) -> None:
         batch: list[tuple[T, asyncio.Future[R]]] = []
         while self._waiting and len(batch) < self._max_size:
             entry = self._waiting.popleft()
+            self._queued.discard(entry[1])
             if not entry[1].done():
                 batch.append(entry)
         if not batch:

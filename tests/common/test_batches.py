@@ -184,3 +184,45 @@ def test_a_batch_needs_room_for_one_write() -> None:
         Batches(Recorder().run, kind="test", max_in_flight=0, max_size=1)
     with pytest.raises(ValueError):
         Batches(Recorder().run, kind="test", max_in_flight=1, max_size=0)
+
+
+async def test_a_request_that_finds_no_place_in_time_is_told_so_and_leaves_the_queue() -> None:
+    # The database has stopped answering: the statements in flight hold their places, and the
+    # requests behind them wait no longer than a request waits for a pooled connection.
+    recorder = Recorder()
+    recorder.release.clear()
+    batches = Batches(recorder.run, kind="test", max_in_flight=1, max_size=32, max_wait=0.05)
+
+    stuck = asyncio.create_task(batches.submit("a"))
+    await asyncio.sleep(0)
+    late = [asyncio.create_task(batches.submit(item)) for item in "bc"]
+    outcomes = await asyncio.gather(*late, return_exceptions=True)
+
+    assert all(isinstance(outcome, TimeoutError) for outcome in outcomes)
+    assert not stuck.done()
+    recorder.release.set()
+    # Once the statement ends, the ones that timed out are not sent after all.
+    assert await stuck == "A"
+    after = await batches.submit("d")
+    assert after == "D"
+    assert recorder.batches == [["a"], ["d"]]
+
+
+async def test_a_started_batch_is_not_cut_short_by_the_wait_bound() -> None:
+    recorder = Recorder()
+    recorder.release.clear()
+    batches = Batches(recorder.run, kind="test", max_in_flight=1, max_size=32, max_wait=0.05)
+
+    first = asyncio.create_task(batches.submit("a"))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(batches.submit("b"))
+    await asyncio.sleep(0.01)
+    recorder.release.set()
+    await asyncio.sleep(0)
+    recorder.release.clear()
+    # "b" has started (its batch is held by the runner) and waits past max_wait unharmed.
+    await asyncio.sleep(0.1)
+    assert recorder.batches == [["a"], ["b"]] and not second.done()
+    recorder.release.set()
+
+    assert await first == "A" and await second == "B"
