@@ -24,6 +24,15 @@ class Recorder:
         return [ValueError(item) if item.startswith("bad") else item.upper() for item in items]
 
 
+def held(*, max_in_flight: int = 1, max_size: int = 32,
+         max_wait: float = 1.0) -> tuple[Recorder, Batches[str, str]]:
+    """Batches whose runner holds every batch until ``recorder.release`` is set."""
+    recorder = Recorder()
+    recorder.release.clear()
+    return recorder, Batches(recorder.run, kind="test", max_in_flight=max_in_flight,
+                             max_size=max_size, max_wait=max_wait)
+
+
 async def test_a_write_alone_runs_at_once_and_alone() -> None:
     recorder = Recorder()
     batches = Batches(recorder.run, kind="test", max_in_flight=2, max_size=32)
@@ -35,9 +44,7 @@ async def test_a_write_alone_runs_at_once_and_alone() -> None:
 
 
 async def test_writes_that_arrive_while_every_place_is_taken_go_together_next() -> None:
-    recorder = Recorder()
-    recorder.release.clear()
-    batches = Batches(recorder.run, kind="test", max_in_flight=1, max_size=32)
+    recorder, batches = held()
 
     first = asyncio.create_task(batches.submit("a"))
     await asyncio.sleep(0)
@@ -52,9 +59,7 @@ async def test_writes_that_arrive_while_every_place_is_taken_go_together_next() 
 
 
 async def test_a_batch_holds_at_most_max_size_writes() -> None:
-    recorder = Recorder()
-    recorder.release.clear()
-    batches = Batches(recorder.run, kind="test", max_in_flight=1, max_size=2)
+    recorder, batches = held(max_size=2)
 
     tasks = [asyncio.create_task(batches.submit(item)) for item in "abcde"]
     await asyncio.sleep(0)
@@ -65,9 +70,7 @@ async def test_a_batch_holds_at_most_max_size_writes() -> None:
 
 
 async def test_each_writer_gets_its_own_error_and_the_others_their_results() -> None:
-    recorder = Recorder()
-    recorder.release.clear()
-    batches = Batches(recorder.run, kind="test", max_in_flight=1, max_size=32)
+    recorder, batches = held()
 
     tasks = [asyncio.create_task(batches.submit(item)) for item in ("a", "b", "bad-c", "d")]
     await asyncio.sleep(0)
@@ -114,9 +117,7 @@ async def test_a_runner_that_miscounts_fails_every_writer_of_that_batch() -> Non
 
 
 async def test_a_writer_gone_before_its_batch_starts_is_left_out() -> None:
-    recorder = Recorder()
-    recorder.release.clear()
-    batches = Batches(recorder.run, kind="test", max_in_flight=1, max_size=32)
+    recorder, batches = held()
 
     first = asyncio.create_task(batches.submit("a"))
     await asyncio.sleep(0)
@@ -163,9 +164,7 @@ async def test_a_writer_gone_after_its_batch_started_leaves_the_others_their_wri
 
 
 async def test_wait_idle_returns_once_every_batch_has_ended() -> None:
-    recorder = Recorder()
-    recorder.release.clear()
-    batches = Batches(recorder.run, kind="test", max_in_flight=1, max_size=32)
+    recorder, batches = held()
     tasks = [asyncio.create_task(batches.submit(item)) for item in "ab"]
     await asyncio.sleep(0)
 
@@ -189,9 +188,7 @@ def test_a_batch_needs_room_for_one_write() -> None:
 async def test_a_request_that_finds_no_place_in_time_is_told_so_and_leaves_the_queue() -> None:
     # The database has stopped answering: the statements in flight hold their places, and the
     # requests behind them wait no longer than a request waits for a pooled connection.
-    recorder = Recorder()
-    recorder.release.clear()
-    batches = Batches(recorder.run, kind="test", max_in_flight=1, max_size=32, max_wait=0.05)
+    recorder, batches = held(max_wait=0.05)
 
     stuck = asyncio.create_task(batches.submit("a"))
     await asyncio.sleep(0)
@@ -209,9 +206,7 @@ async def test_a_request_that_finds_no_place_in_time_is_told_so_and_leaves_the_q
 
 
 async def test_a_started_batch_is_not_cut_short_by_the_wait_bound() -> None:
-    recorder = Recorder()
-    recorder.release.clear()
-    batches = Batches(recorder.run, kind="test", max_in_flight=1, max_size=32, max_wait=0.05)
+    recorder, batches = held(max_wait=0.05)
 
     first = asyncio.create_task(batches.submit("a"))
     await asyncio.sleep(0)
