@@ -30,14 +30,11 @@ started, a batch is bounded by its statement's own timeout.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from prometheus_client import Histogram
-
-log = logging.getLogger("otesse.batches")
 
 T = TypeVar("T")
 R = TypeVar("R")
