@@ -24,8 +24,7 @@ import asyncpg
 
 from services.common import audit, db
 from services.common.audit import Actor, Origin
-from services.common.batches import Batches, alone
-from services.common.unavailable import is_unavailable
+from services.common.batches import Batches, shared_or_alone
 
 # Statements of standing running at once in a replica; the requests that arrive meanwhile wait
 # for one to end and go together in the next.
@@ -97,17 +96,14 @@ class PgConsentStore:
         await self._standings.wait_idle()
 
     async def _read(self, asks: Sequence[tuple[uuid.UUID, str]],
-                    ) -> list[Standing | None | Exception]:
+                    ) -> Sequence[Standing | None | Exception]:
         """Each user's standing with each client (a batch's runner)."""
-        if len(asks) == 1:
-            return [await self._read_one(asks[0])]
-        try:
-            rows = await self._pool.fetch(_STANDINGS, [user for user, _ in asks],
-                                          [client for _, client in asks])
-        except asyncpg.PostgresError as exc:
-            if is_unavailable(exc):
-                raise
-            return [await alone(self._read_one, ask) for ask in asks]
+        return await shared_or_alone(asks, shared=self._read_together, alone=self._read_one)
+
+    async def _read_together(self, asks: Sequence[tuple[uuid.UUID, str]],
+                             ) -> list[Standing | None]:
+        rows = await self._pool.fetch(_STANDINGS, [user for user, _ in asks],
+                                      [client for _, client in asks])
         found = {row["n"]: _standing(row) for row in rows}
         return [found.get(n) for n in range(1, len(asks) + 1)]
 

@@ -34,7 +34,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+import asyncpg
 from prometheus_client import Histogram
+
+from services.common.unavailable import is_unavailable
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -144,10 +147,24 @@ class Batches(Generic[T, R]):
                 self._start()
 
 
-async def alone(call: Callable[[T], Awaitable[R]], item: T) -> R | Exception:
-    """``call(item)``, or the error it raised: for a runner that, its shared statement having
-    failed, serves each request again on its own, so that one that fails fails alone."""
+async def shared_or_alone(items: Sequence[T], *,
+                          shared: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
+                          alone: Callable[[T], Awaitable[R]]) -> Sequence[R | Exception]:
+    """A batch's runner of statements: one request alone as it always went (``alone``);
+    several in the shared statement (``shared``). If Postgres refuses that statement for
+    anything but an outage (a deadlock, a request it cannot take), each request is run again
+    alone, so the one that broke it fails alone; an outage is every request's."""
+    if len(items) == 1:
+        return [await alone(items[0])]
     try:
-        return await call(item)
-    except Exception as exc:  # noqa: BLE001 - its caller gets it, the others their own
-        return exc
+        return await shared(items)
+    except asyncpg.PostgresError as exc:
+        if is_unavailable(exc):
+            raise
+    outcomes: list[R | Exception] = []
+    for item in items:
+        try:
+            outcomes.append(await alone(item))
+        except Exception as exc:  # noqa: BLE001 - its caller gets it, the others their own
+            outcomes.append(exc)
+    return outcomes

@@ -45,8 +45,7 @@ import asyncpg
 
 from services.common import audit, db
 from services.common.audit import Actor, Origin
-from services.common.batches import Batches, alone
-from services.common.unavailable import is_unavailable
+from services.common.batches import Batches, shared_or_alone
 from services.token.revocations import GrantRevocation, Revocations, TokenRevocation
 from services.token.settings import CLOCK_SKEW_SECONDS
 
@@ -319,6 +318,11 @@ class _NewRotation:
     audit: AuditParams
 
 
+def _rotation(row: asyncpg.Record) -> Rotation:
+    return Rotation(grant_id=str(row["grant_id"]), user_id=row["user_id"],
+                    scopes=tuple(row["granted"]))
+
+
 def _spaced(scopes: Sequence[str]) -> str:
     if any(" " in scope for scope in scopes):
         raise ValueError("a scope holds a space")
@@ -369,19 +373,15 @@ class PgGrantStore:
         await self._rotations.wait_idle()
 
     async def _create_grants(self, grants: Sequence[_NewGrant],
-                             ) -> list[_NotCreated | None | Exception]:
+                             ) -> Sequence[_NotCreated | None | Exception]:
         """Each grant written, or why not (a batch's runner)."""
-        if len(grants) == 1:
-            return [await self._create_one(grants[0])]
-        try:
-            rows = await self._pool.fetch(_CREATE_GRANTS, *_columns(grants, (
-                "grant_id", "user_id", "client_id", "scopes", "code_hash", "refresh_hash",
-                "refresh_ttl", "code_issued_at")))
-        except asyncpg.PostgresError as exc:
-            if is_unavailable(exc):
-                raise
-            # Whatever failed the statement fails one write at most: each again, alone.
-            return [await alone(self._create_one, grant) for grant in grants]
+        return await shared_or_alone(grants, shared=self._create_together,
+                                     alone=self._create_one)
+
+    async def _create_together(self, grants: Sequence[_NewGrant]) -> list[_NotCreated | None]:
+        rows = await self._pool.fetch(_CREATE_GRANTS, *_columns(grants, (
+            "grant_id", "user_id", "client_id", "scopes", "code_hash", "refresh_hash",
+            "refresh_ttl", "code_issued_at")))
         why = {str(row["grant_id"]): None if row["created"] else (
             AuthorizationRevoked if row["revoked"] else CodeAlreadyExchanged) for row in rows}
         return [why[str(grant.grant_id)] for grant in grants]
@@ -479,38 +479,33 @@ class PgGrantStore:
         return rotation
 
     async def _rotate(self, rotations: Sequence[_NewRotation],
-                      ) -> list[Rotation | None | Exception]:
+                      ) -> Sequence[Rotation | None | Exception]:
         """Each rotation made, or ``None`` where it did nothing (a batch's runner)."""
+        return await shared_or_alone(rotations, shared=self._rotate_together,
+                                     alone=self._rotate_one)
+
+    async def _rotate_together(self, rotations: Sequence[_NewRotation],
+                               ) -> list[Rotation | None | Exception]:
         # Two presentations of one token never share a statement (Postgres updates a row once
         # per statement): the second runs after, alone, and finds the token rotated.
         first: dict[bytes, int] = {}
-        again: list[int] = []
         for index, rotation in enumerate(rotations):
-            (again.append(index) if rotation.token_hash in first
-             else first.setdefault(rotation.token_hash, index))
+            first.setdefault(rotation.token_hash, index)
         placed = list(first.values())
-        together = [rotations[index] for index in placed]
+        rows = await self._pool.fetch(_ROTATE_REFRESHES, *_columns(
+            [rotations[index] for index in placed],
+            ("token_hash", "successor_hash", "successor_sealed", "refresh_ttl", "client_id",
+             "allowed", "requested")))
         made: list[Rotation | None | Exception] = [None] * len(rotations)
-        if len(together) == 1:
-            made[placed[0]] = await self._rotate_one(together[0])
-        else:
-            try:
-                rows = await self._pool.fetch(_ROTATE_REFRESHES, *_columns(together, (
-                    "token_hash", "successor_hash", "successor_sealed", "refresh_ttl",
-                    "client_id", "allowed", "requested")))
-            except asyncpg.PostgresError as exc:
-                if is_unavailable(exc):
-                    raise
-                # A deadlock with a revocation (this statement holds several grants), or
-                # whatever else failed it: each again, alone.
-                again = list(range(len(rotations)))
-            else:
-                for row in rows:
-                    made[placed[row["n"] - 1]] = Rotation(
-                        grant_id=str(row["grant_id"]), user_id=row["user_id"],
-                        scopes=tuple(row["granted"]))
-        for index in again:
-            made[index] = await alone(self._rotate_one, rotations[index])
+        for row in rows:
+            made[placed[row["n"] - 1]] = _rotation(row)
+        for index, rotation in enumerate(rotations):
+            if first[rotation.token_hash] != index:
+                # Committed rotations are not redone: this one's error is its own.
+                try:
+                    made[index] = await self._rotate_one(rotation)
+                except Exception as exc:  # noqa: BLE001 - its writer gets it
+                    made[index] = exc
         return made
 
     async def _rotate_one(self, rotation: _NewRotation) -> Rotation | None:
@@ -520,10 +515,7 @@ class PgGrantStore:
             rotation.allowed.split(),
             None if rotation.requested is None else rotation.requested.split(),
             *rotation.audit)
-        if row is None:
-            return None
-        return Rotation(grant_id=str(row["grant_id"]), user_id=row["user_id"],
-                        scopes=tuple(row["granted"]))
+        return None if row is None else _rotation(row)
 
     async def refresh_token_info(self, *, token_hash: bytes) -> RefreshTokenInfo | None:
         row = await self._pool.fetchrow(

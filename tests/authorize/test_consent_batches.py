@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
 import uuid
 from dataclasses import replace
 
@@ -19,6 +18,7 @@ from services.common import db
 from services.common.audit import Origin
 from services.common.settings import Env, Secret, StoreSettings
 from services.common.unavailable import is_unavailable
+from tests.conftest import free_port
 
 ORIGIN = Origin("203.0.113.5", "req-standing")
 
@@ -80,15 +80,9 @@ async def test_requests_that_arrive_together_read_in_one_statement_each_its_own_
     assert batches() == (count + 2, held + 7)
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def test_every_request_of_a_batch_learns_the_database_is_down() -> None:
     settings = replace(StoreSettings.from_env(Env({})), database_url=Secret(
-        f"postgresql://postgres@127.0.0.1:{closed_port()}/nowhere"))
+        f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"))
     unreachable = await db.create_pool(settings, application_name="otesse-test-standing")
     try:
         store = PgConsentStore(unreachable, batches_in_flight=1)

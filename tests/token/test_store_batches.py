@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import socket
 import time
 import uuid
 from collections.abc import Awaitable
@@ -30,6 +29,7 @@ from services.token.store import (
     PgGrantStore,
     Rotation,
 )
+from tests.conftest import free_port
 
 SCOPES = ("bookings:read", "customers:read")
 MONTH = 30 * 86400
@@ -237,15 +237,9 @@ async def test_refreshes_that_arrive_together_share_one_statement_and_decide_eac
                                    rotations[index]["successor_hash"]) == 0
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def test_every_write_of_a_batch_learns_the_database_is_down(client_id: str) -> None:
     settings = replace(StoreSettings.from_env(Env({})), database_url=Secret(
-        f"postgresql://postgres@127.0.0.1:{closed_port()}/nowhere"))
+        f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"))
     unreachable = await db.create_pool(settings, application_name="otesse-test-batches")
     try:
         store = PgGrantStore(unreachable, access_token_ttl=3600, batches_in_flight=1)
