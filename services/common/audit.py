@@ -191,16 +191,11 @@ def insert_from(event_type: EventType, *, first: int, rows: str, subject: str, c
     for a scope only the statement knows. Everything here is written in code, never from
     input: the type is one of :data:`EVENT_TYPES`.
     """
-    if event_type not in EVENT_TYPES:
-        raise ValueError(f"unknown audit event type {event_type!r}")
     p = [f"${first + offset}" for offset in range(5)]
-    details = f"{p[4]}::jsonb"
-    if scope:
-        details = f"({details} || jsonb_build_object('scope', array_to_string({scope}, ' ')))"
-    return (f"INSERT INTO audit.events ({COLUMNS})"
-            f" SELECT '{event_type}', {p[0]}::text, {p[1]}::text, {subject}, {client}, {grant},"
-            f" {p[2]}::inet, {p[3]}::text, {details} FROM {rows}"
-            + (f" WHERE {where}" if where else ""))
+    return _insert(event_type, (f"{p[0]}::text", f"{p[1]}::text", f"{p[2]}::inet",
+                                f"{p[3]}::text", p[4]),
+                   rows=rows, subject=subject, client=client, grant=grant, where=where,
+                   scope=scope)
 
 
 def insert_from_rows(event_type: EventType, *, rows: str, subject: str, client: str,
@@ -209,14 +204,25 @@ def insert_from_rows(event_type: EventType, *, rows: str, subject: str, client: 
     (:mod:`services.common.batches`): each row of ``rows`` carries its own actor, origin
     and details, as columns ``actor_kind``, ``actor_id``, ``client_ip`` (``inet``),
     ``request_id`` and ``details`` (``text``, from :func:`params` like the rest)."""
+    return _insert(event_type, ("actor_kind", "actor_id", "client_ip", "request_id", "details"),
+                   rows=rows, subject=subject, client=client, grant=grant, scope=scope)
+
+
+def _insert(event_type: EventType, values: tuple[str, str, str, str, str], *, rows: str,
+            subject: str, client: str, grant: str, where: str = "", scope: str = "") -> str:
+    """The statement of :func:`insert_from` and :func:`insert_from_rows`; ``values`` are the
+    SQL of :func:`params`' five values (actor kind, actor id, client IP, request id, details
+    as text)."""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown audit event type {event_type!r}")
-    details = "details::jsonb"
+    kind, actor, ip, request_id, details = values
+    details = f"{details}::jsonb"
     if scope:
         details = f"({details} || jsonb_build_object('scope', array_to_string({scope}, ' ')))"
     return (f"INSERT INTO audit.events ({COLUMNS})"
-            f" SELECT '{event_type}', actor_kind, actor_id, {subject}, {client}, {grant},"
-            f" client_ip, request_id, {details} FROM {rows}")
+            f" SELECT '{event_type}', {kind}, {actor}, {subject}, {client}, {grant},"
+            f" {ip}, {request_id}, {details} FROM {rows}"
+            + (f" WHERE {where}" if where else ""))
 
 
 def counted(event_type: EventType, n: int = 1) -> None:

@@ -298,7 +298,7 @@ class _NewGrant:
     grant_id: uuid.UUID
     user_id: str
     client_id: str
-    scopes: str  # space-separated
+    scopes: tuple[str, ...]
     code_hash: bytes
     refresh_hash: bytes
     refresh_ttl: int
@@ -313,8 +313,8 @@ class _NewRotation:
     successor_sealed: bytes | None
     refresh_ttl: int
     client_id: str
-    allowed: str  # space-separated
-    requested: str | None  # space-separated; None: the scope granted
+    allowed: tuple[str, ...]
+    requested: tuple[str, ...] | None  # None: the scope granted
     audit: AuditParams
 
 
@@ -323,19 +323,25 @@ def _rotation(row: asyncpg.Record) -> Rotation:
                     scopes=tuple(row["granted"]))
 
 
-def _spaced(scopes: Sequence[str]) -> str:
+def _scopes(scopes: Sequence[str]) -> tuple[str, ...]:
+    """``scopes``, checked to travel space-separated in a shared statement."""
     if any(" " in scope for scope in scopes):
         raise ValueError("a scope holds a space")
-    return " ".join(scopes)
+    return tuple(scopes)
 
 
 def _columns(rows: Sequence[_NewGrant] | Sequence[_NewRotation],
              names: Sequence[str]) -> list[list[object]]:
-    """The parameters of a statement for several rows: one array per field named, then one
-    per audit parameter."""
-    columns = [[getattr(row, name) for row in rows] for name in names]
+    """The parameters of a shared statement: one array per field named (scopes
+    space-separated, since an array of arrays must be rectangular), then one per audit
+    parameter."""
+    columns = [[_sql(getattr(row, name)) for row in rows] for name in names]
     columns.extend(list(values) for values in zip(*(row.audit for row in rows), strict=True))
     return columns
+
+
+def _sql(value: object) -> object:
+    return " ".join(value) if isinstance(value, tuple) else value
 
 
 class PgGrantStore:
@@ -359,7 +365,7 @@ class PgGrantStore:
         # (shared with the exchanges that arrive meanwhile: services.common.batches).
         outcome = await self._exchanges.submit(_NewGrant(
             grant_id=uuid.UUID(grant_id), user_id=user_id, client_id=client_id,
-            scopes=_spaced(scopes), code_hash=code_hash, refresh_hash=refresh_hash,
+            scopes=_scopes(scopes), code_hash=code_hash, refresh_hash=refresh_hash,
             refresh_ttl=refresh_ttl, code_issued_at=code_issued_at,
             audit=audit.params(Actor.client(client_id), origin, {
                 "grant_type": "authorization_code", "scope": " ".join(scopes)})))
@@ -390,7 +396,7 @@ class PgGrantStore:
         try:
             status = await self._pool.execute(
                 _CREATE_GRANT, grant.grant_id, grant.user_id, grant.client_id,
-                grant.scopes.split(), grant.code_hash, grant.refresh_hash, grant.refresh_ttl,
+                list(grant.scopes), grant.code_hash, grant.refresh_hash, grant.refresh_ttl,
                 grant.code_issued_at, *grant.audit)
         except asyncpg.UniqueViolationError:
             return CodeAlreadyExchanged
@@ -471,8 +477,8 @@ class PgGrantStore:
         rotation = await self._rotations.submit(_NewRotation(
             token_hash=token_hash, successor_hash=successor_hash,
             successor_sealed=successor_sealed, refresh_ttl=refresh_ttl, client_id=client_id,
-            allowed=_spaced(allowed_scopes),
-            requested=None if requested_scopes is None else _spaced(requested_scopes),
+            allowed=_scopes(allowed_scopes),
+            requested=None if requested_scopes is None else _scopes(requested_scopes),
             audit=audit.params(Actor.client(client_id), origin, {"grant_type": "refresh_token"})))
         if rotation is not None:
             audit.counted("token.issued")
@@ -512,8 +518,8 @@ class PgGrantStore:
         row = await self._pool.fetchrow(
             _ROTATE_REFRESH, rotation.token_hash, rotation.successor_hash,
             rotation.successor_sealed, rotation.refresh_ttl, rotation.client_id,
-            rotation.allowed.split(),
-            None if rotation.requested is None else rotation.requested.split(),
+            list(rotation.allowed),
+            None if rotation.requested is None else list(rotation.requested),
             *rotation.audit)
         return None if row is None else _rotation(row)
 
