@@ -164,6 +164,26 @@ class Bench:
             while not all(v.current for v in validators):
                 await asyncio.sleep(0.01)
 
+    @staticmethod
+    async def subscribers_current(holder: asyncio.subprocess.Process) -> None:
+        """Waits for the holder's ``current``. A line before it (a library writing to standard
+        output) is kept for the error, not taken for the answer; a holder that ends first fails
+        the step with its exit status and what it printed."""
+        assert holder.stdout is not None
+        printed: list[str] = []
+        try:
+            async with asyncio.timeout(60):
+                while line := await holder.stdout.readline():
+                    if line.strip() == b"current":
+                        return
+                    printed.append(line.decode(errors="replace").rstrip())
+                status = await holder.wait()
+        except TimeoutError:
+            raise StepFailed(f"the subscribers were not current after 60 s; the holder "
+                             f"printed {printed!r}") from None
+        raise StepFailed(f"the subscribers' holder ended with status {status} before they "
+                         f"were current; it printed {printed!r}")
+
     async def local_checks(self, tokens: list[flow.Tokens]) -> dict[str, Any]:
         access = [t.access_token for t in tokens]
         scopes = ("bookings:read",)
@@ -331,14 +351,13 @@ class Bench:
         # The subscribers live in a process of their own, so they do not slow the load
         # generator of the ValidateToken measurement.
         holder = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.local_validation", "--hold-subscribers", str(count),
+            # -X faulthandler: a holder that crashes says where, on the shared standard error.
+            sys.executable, "-X", "faulthandler", "-m", "bench.local_validation",
+            "--hold-subscribers", str(count),
             self.stack.token_grpc, f"{self.stack.token_url}/.well-known/jwks.json",
             self.issuer, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         try:
-            assert holder.stdout is not None
-            async with asyncio.timeout(60):
-                if (await holder.stdout.readline()).strip() != b"current":
-                    raise StepFailed("the subscribers never became current")
+            await self.subscribers_current(holder)
             with_subscribers = await self.token_cpu_at_rest()
             self.out["validate_token_with_subscribers"] = await self.validate_token(
                 f"ValidateToken, {count} subscribers", tokens)
