@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock pyproject.toml |
 PEER := bench/peer
 PEER_STAMP := $(PEER)/node_modules/.installed-$(shell sha256sum $(PEER)/package-lock.json | cut -c1-12)
 
-.PHONY: help run test test-containers lint proto lock venv bench-venv stores browser haproxy peer bench bench-local bench-peer soak clean
+.PHONY: help run test test-containers lint proto lock venv bench-venv stores browser haproxy wrk peer bench bench-local bench-peer soak clean
 
 help: ## list every target with what it does
 	@grep -E '^[a-z][a-z-]*:.*## ' $(firstword $(MAKEFILE_LIST)) | sed -E 's/^([a-z-]+):.*## /\1\t/' | expand -t 18
@@ -14,7 +14,7 @@ help: ## list every target with what it does
 run: venv stores ## start every service locally and print how to try the flow
 	@scripts/run-local
 
-test: venv stores browser haproxy peer ## ruff, mypy, import contracts and the whole pytest suite
+test: venv stores browser haproxy wrk peer ## ruff, mypy, import contracts and the whole pytest suite
 	@scripts/run-tests
 
 test-containers: venv ## build the image, run docker-compose.yml and check it (scripts/test-containers)
@@ -51,6 +51,9 @@ browser: ## make sure headless Chromium is installed (browser tests)
 haproxy: ## make sure HAProxy is installed (the replica tests put it in front of the services)
 	@scripts/ensure-haproxy
 
+wrk: ## make sure wrk is installed (bench-peer's load generator, bench/wrk.py)
+	@scripts/ensure-wrk
+
 lint: venv ## ruff, mypy and the import contracts (pyproject.toml), without the tests
 	@$(BIN)/ruff check .
 	@$(BIN)/mypy
@@ -73,7 +76,7 @@ bench: bench-venv stores ## throughput and latency of the whole flow, then local
 bench-local: bench-venv stores ## local token checks and revocation latency over the feed (bench/README.md)
 	@$(BENCH_PY) -m bench.local_validation $(ARGS)
 
-bench-peer: bench-venv stores peer ## Otesse against node-oidc-provider, alternating rounds (bench/README.md)
+bench-peer: bench-venv stores wrk peer ## Otesse against node-oidc-provider, alternating rounds (bench/README.md)
 	@$(BENCH_PY) -m bench.compare $(ARGS)
 
 soak: bench-venv stores ## ten minutes of the mixed flow: memory, files and connections stay flat (bench/README.md)

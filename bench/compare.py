@@ -4,7 +4,8 @@ server, node-oidc-provider, on the same machine in the same run (issue #13 item 
 Three servers run at once: Otesse's whole stack (:mod:`bench.stack`, measured through its
 gateway) and node-oidc-provider twice, with its Redis adapter and in memory
 (:mod:`bench.reference`). Each is measured in turn, in alternating rounds (Otesse, peer with
-Redis, peer in memory, Otesse, …), with the same load generator, the same requests, the same
+Redis, peer in memory, Otesse, …), with the same load generator (wrk, :mod:`bench.wrk`; or
+this process's asyncio client with ``--generator asyncio``), the same requests, the same
 concurrency and the same steps:
 
 1. ``authorize``: ``GET`` the authorization endpoint for a user who signed in and approved the
@@ -16,7 +17,8 @@ concurrency and the same steps:
 
 Each step is warmed up first. Around each measurement the CPU time of every server process is
 read from ``/proc`` (Otesse: its services, the Postgres backends of its database and Redis;
-the peer: node and Redis), and the load generator's own. The report gives the median of each
+the peer: node and Redis), and the load generator's own (this process and wrk). ``validate``
+and ``revalidate`` (gRPC, Otesse only) are sent by this process. The report gives the median of each
 figure over the rounds and the median of the per-round ratios Otesse / peer; the JSON has every
 round. The exit code is 1 when any request failed.
 """
@@ -36,14 +38,14 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote, urlencode
+from typing import Any, Literal
+from urllib.parse import quote, urlencode, urlsplit
 
 import asyncpg
 import httpx
 import uvloop
 
-from bench import baseline, command, flow, load, report
+from bench import baseline, command, flow, load, report, wrk
 from bench.cpu import CpuMeter, per_request
 from bench.http1 import Client
 from bench.load import Result, StepFailed
@@ -116,6 +118,8 @@ class Options:
     requests: int
     concurrency: int
     warmup: int
+    # Who sends the HTTP steps: wrk (bench.wrk), or this process's asyncio client.
+    generator: Literal["wrk", "asyncio"] = "wrk"
 
 
 def _basic(app: flow.App) -> str:
@@ -138,24 +142,30 @@ class Requests:
         self.headers = {"Content-Type": "application/x-www-form-urlencoded",
                         "Authorization": _basic(contender.app)}
 
-    async def authorize(self, browser: Client) -> str:
+    def authorize_target(self, state: str) -> str:
         # token_urlsafe's alphabet needs no escaping in a query.
+        return self._authorize_target + state
+
+    def exchange_body(self, code: str) -> str:
+        return urlencode({"grant_type": "authorization_code", "code": code,
+                          "redirect_uri": self.contender.app.redirect_uri,
+                          "code_verifier": self.verifier})
+
+    async def authorize(self, browser: Client) -> str:
         state = secrets.token_urlsafe(12)
-        response = await browser.get(self._authorize_target + state)
+        response = await browser.get(self.authorize_target(state))
         return flow.code_from(response, self.contender.app, state)
 
     async def exchange(self, api: Client, code: str) -> flow.Tokens:
-        return await self._token(api, {
-            "grant_type": "authorization_code", "code": code,
-            "redirect_uri": self.contender.app.redirect_uri, "code_verifier": self.verifier})
+        return await self._token(api, self.exchange_body(code))
 
     async def refresh(self, api: Client, refresh_token: str) -> flow.Tokens:
-        return await self._token(api, {"grant_type": "refresh_token",
-                                        "refresh_token": refresh_token})
+        return await self._token(api, urlencode({"grant_type": "refresh_token",
+                                                 "refresh_token": refresh_token}))
 
-    async def _token(self, api: Client, form: dict[str, str]) -> flow.Tokens:
+    async def _token(self, api: Client, form: str) -> flow.Tokens:
         response = await api.request("POST", self.contender.token_path, headers=self.headers,
-                                     body=urlencode(form).encode())
+                                     body=form.encode())
         if response.status != 200:
             raise StepFailed(f"POST {response.path} answered {response.status}: "
                              f"{response.text[:160]}")
@@ -204,30 +214,78 @@ async def _wal(database: asyncpg.Connection | None) -> tuple[float, float]:
     return float(row["wal_sync"]), float(row["position"])
 
 
-async def measure(contender: Contender, options: Options, meter: CpuMeter, number: int,
-                  database: asyncpg.Connection | None = None) -> Round:
-    """One round of the three steps on ``contender``; ``database``, a connection to its
-    Postgres, to count the WAL each step writes."""
+Timed = Callable[[str, Callable[[], Awaitable[Result]], bool], Awaitable[Result]]
+
+
+def _host(base_url: str) -> str:
+    parts = urlsplit(base_url)
+    return f"{parts.hostname}:{parts.port}"
+
+
+async def _by_wrk(contender: Contender, requests: Requests, options: Options,
+                  timed: Timed) -> list[flow.Tokens]:
+    """The three HTTP steps, sent by wrk (:mod:`bench.wrk`); the exchanged token pairs."""
     n, w, c = options.requests, options.warmup, options.concurrency
-    requests = Requests(contender)
-    out = Round(contender.name, number, {}, 0, ())
+    token_url = contender.token_url or contender.base_url
+    browser = {"Host": _host(contender.base_url), **contender.session}
+    api = {"Host": _host(token_url), **requests.headers}
+    redirect_uri = contender.app.redirect_uri
+    samples: dict[str, tuple[str, ...]] = {}
+
+    async def step(name: wrk.Step, base_url: str, path: str, headers: dict[str, str],
+                   lines: list[str], total: int, warm: bool) -> tuple[str, ...]:
+        answered: list[wrk.Answered] = []
+
+        async def work() -> Result:
+            answered.append(await wrk.run(
+                name, name, base_url, path=path, headers=headers, lines=lines, total=total,
+                concurrency=min(c, total), redirect_uri=redirect_uri,
+                prefixes=contender.prefixes))
+            return answered[0].result
+
+        if total == 0:
+            return ()
+        samples[name] = (await timed(name, work, warm)).error_samples
+        return answered[0].outputs
+
+    async def codes(total: int, warm: bool) -> list[str]:
+        targets = [requests.authorize_target(secrets.token_urlsafe(12)) for _ in range(total)]
+        return list(await step("authorize", contender.base_url, contender.authorize_path,
+                               browser, targets, total, warm))
+
+    async def exchanges(minted: list[str], warm: bool) -> list[flow.Tokens]:
+        bodies = [requests.exchange_body(code) for code in minted]
+        answered = await step("exchange", token_url, contender.token_path, api, bodies,
+                              len(bodies), warm)
+        return [flow.Tokens(*pair.split(" ", 1)) for pair in answered]
+
+    # Codes live 60 s: each batch is exchanged right after it is minted.
+    warm_codes = await codes(w, warm=True)
+    measured_codes = await codes(n, warm=False)
+    await exchanges(warm_codes, warm=True)
+    pairs = await exchanges(measured_codes, warm=False)
+    if len(pairs) < c:
+        raise StepFailed(f"{contender.name}: only {len(pairs)} exchanges succeeded; {c} "
+                         f"refresh chains need as many (errors: "
+                         f"{'; '.join(samples.get('exchange', ())[:2])})")
+    chains = [pair.refresh_token for pair in pairs[:c]]
+    for total, warm in ((w, True), (n, False)):
+        # Fewer requests than chains: the first ``total`` chains go on, the others wait.
+        going = min(total, c)
+        chains = [*await step("refresh", token_url, contender.token_path, api,
+                              chains[:going], total, warm), *chains[going:]]
+    return pairs
+
+
+async def _by_asyncio(contender: Contender, requests: Requests, options: Options,
+                      timed: Timed) -> list[flow.Tokens]:
+    """The three HTTP steps, sent by this process's asyncio client (:mod:`bench.http1`)."""
+    n, w, c = options.requests, options.warmup, options.concurrency
 
     async def run(name: str, step: Callable[[int], Awaitable[None]], total: int,
-                  warm: bool) -> None:
-        if warm:
-            result = await load.run(name, step, total=total, concurrency=c)
-            out.warmup_errors += result.errors
-            out.warmup_error_samples += result.error_samples
-            return
-        before, wal_before = await meter.snapshot(), await _wal(database)
-        result = await load.run(name, step, total=total, concurrency=c)
-        after, wal_after = await meter.snapshot(), await _wal(database)
-        out.results[name] = replace(result, cpu_ms=per_request(before, after, result.requests),
-                                    rss_kib=rss_of(contender.pids))
-        if database is not None and result.requests and not any(
-                map(math.isnan, (*wal_before, *wal_after))):
-            out.wal[name] = {"flushes": (wal_after[0] - wal_before[0]) / result.requests,
-                             "bytes": (wal_after[1] - wal_before[1]) / result.requests}
+                  warm: bool) -> Result:
+        return await timed(name, lambda: load.run(name, step, total=total, concurrency=c),
+                           warm)
 
     async with (Client(contender.base_url, connections=c, headers=contender.session) as browser,
                 Client(contender.token_url or contender.base_url, connections=c) as api):
@@ -250,7 +308,11 @@ async def measure(contender: Contender, options: Options, meter: CpuMeter, numbe
                     raise StepFailed("no code to exchange (its authorization failed)")
                 tokens[index] = await requests.exchange(api, code)
 
-            await run("exchange", step, len(minted), warm)
+            samples = (await run("exchange", step, len(minted), warm)).error_samples
+            if not warm and sum(t is not None for t in tokens) < c:
+                raise StepFailed(f"{contender.name}: only {sum(t is not None for t in tokens)} "
+                                 f"exchanges succeeded; {c} refresh chains need as many "
+                                 f"(errors: {'; '.join(samples[:2])})")
             return tokens
 
         # Codes live 60 s: each batch is exchanged right after it is minted.
@@ -258,10 +320,6 @@ async def measure(contender: Contender, options: Options, meter: CpuMeter, numbe
         measured_codes = await codes(n, warm=False)
         await exchanges(warm_codes, warm=True)
         pairs = [t for t in await exchanges(measured_codes, warm=False) if t is not None]
-        if len(pairs) < c:
-            samples = out.results["exchange"].error_samples[:2]
-            raise StepFailed(f"{contender.name}: only {len(pairs)} exchanges succeeded; {c} "
-                             f"refresh chains need as many (errors: {'; '.join(samples)})")
         chains: asyncio.Queue[str] = asyncio.Queue()
         for pair in pairs[:c]:
             chains.put_nowait(pair.refresh_token)
@@ -276,6 +334,40 @@ async def measure(contender: Contender, options: Options, meter: CpuMeter, numbe
 
         await run("refresh", refresh, w, warm=True)
         await run("refresh", refresh, n, warm=False)
+    return pairs
+
+
+async def measure(contender: Contender, options: Options, meter: CpuMeter, number: int,
+                  database: asyncpg.Connection | None = None) -> Round:
+    """One round of the three steps on ``contender``; ``database``, a connection to its
+    Postgres, to count the WAL each step writes."""
+    n, w, c = options.requests, options.warmup, options.concurrency
+    requests = Requests(contender)
+    out = Round(contender.name, number, {}, 0, ())
+
+    async def timed(name: str, work: Callable[[], Awaitable[Result]], warm: bool) -> Result:
+        if warm:
+            result = await work()
+            out.warmup_errors += result.errors
+            out.warmup_error_samples += result.error_samples
+            return result
+        before, wal_before = await meter.snapshot(), await _wal(database)
+        result = await work()
+        after, wal_after = await meter.snapshot(), await _wal(database)
+        out.results[name] = replace(result, cpu_ms=per_request(before, after, result.requests),
+                                    rss_kib=rss_of(contender.pids))
+        if database is not None and result.requests and not any(
+                map(math.isnan, (*wal_before, *wal_after))):
+            out.wal[name] = {"flushes": (wal_after[0] - wal_before[0]) / result.requests,
+                             "bytes": (wal_after[1] - wal_before[1]) / result.requests}
+        return result
+
+    async def run(name: str, step: Callable[[int], Awaitable[None]], total: int,
+                  warm: bool) -> None:
+        await timed(name, lambda: load.run(name, step, total=total, concurrency=c), warm)
+
+    steps = _by_wrk if options.generator == "wrk" else _by_asyncio
+    pairs = await steps(contender, requests, options, timed)
 
     if contender.token_grpc is not None:
         access = itertools.cycle([pair.access_token for pair in pairs])
@@ -428,7 +520,8 @@ def as_json(by_name: dict[str, list[Round]], options: Options,
     return {
         **context,
         "options": {"rounds": options.rounds, "requests": options.requests,
-                    "concurrency": options.concurrency, "warmup": options.warmup},
+                    "concurrency": options.concurrency, "warmup": options.warmup,
+                    "generator": options.generator},
         "rounds": [{"server": r.contender, "round": r.number,
                     "warmup_errors": r.warmup_errors,
                     "wal_per_request": {step: {k: round(v, 3) for k, v in figures.items()}
@@ -516,6 +609,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="the virtualenv the baseline's services run on (default: "
                              "--venv's)")
     command.add_production_arguments(parser)
+    parser.add_argument("--generator", choices=("wrk", "asyncio"), default="wrk",
+                        help="who sends the HTTP steps: wrk (default; bench/wrk.py), or this "
+                             "process's asyncio client (bench/http1.py), to see what a load "
+                             "generator's own CPU does to the figures")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     command.add_store_arguments(parser, database="Otesse's database")
     args = parser.parse_args(argv)
@@ -533,7 +630,8 @@ async def main(argv: list[str]) -> int:
     args = parse(argv)
     command.cancel_on_sigterm()
     options = Options(rounds=args.rounds, requests=args.requests,
-                      concurrency=args.concurrency, warmup=command.warmup(args))
+                      concurrency=args.concurrency, warmup=command.warmup(args),
+                      generator=args.generator)
     every: dict[str, tuple[Storage, ...]] = {"both": ("redis", "memory"), "redis": ("redis",),
                                              "memory": ("memory",), "none": ()}
     storages = every[args.peer]
@@ -623,7 +721,8 @@ async def main(argv: list[str]) -> int:
     header = [
         f"Otesse vs node-oidc-provider {VERSION} (Node {node}): {options.rounds} alternating "
         f"rounds, {options.requests} requests per measurement, concurrency "
-        f"{options.concurrency}, warm-up {options.warmup}",
+        f"{options.concurrency}, warm-up {options.warmup}; the HTTP steps sent by "
+        + ("wrk" if options.generator == "wrk" else "this process's asyncio client"),
         f"Otesse's services ran on {ran_on}"
         + (f"; the baseline's on {baseline_ran_on}." if baseline_ran_on else "."),
         f"Otesse ran with {production.describe()}; "

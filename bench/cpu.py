@@ -1,8 +1,9 @@
 """Where a request's CPU time goes: per process, read from ``/proc`` (Linux) before and after
 a measurement.
 
-* ``client``: this process (the load generator, gRPC's threads included): it shares the
-  machine with the servers, so its share is CPU the servers did not get.
+* ``client``: this process (the load generator, gRPC's threads included) and its children
+  that ended (``wrk``, :mod:`bench.wrk`): it shares the machine with the servers, so its share
+  is CPU the servers did not get.
 * each service: its ``otesse-auth serve`` process.
 * ``postgres``: the server backends connected to the benchmark database (their own work only;
   none for a server that has no database, such as the reference in ``make bench-peer``).
@@ -72,7 +73,9 @@ class CpuMeter:
 
     async def snapshot(self) -> Snapshot:
         assert self._redis is not None
-        taken: Snapshot = {"client": time.process_time(), "machine": machine_seconds()}
+        ended = os.times()
+        taken: Snapshot = {"client": time.process_time() + ended.children_user
+                           + ended.children_system, "machine": machine_seconds()}
         for name, pid in self._services.items():
             taken[name] = process_seconds(pid)
         if self._db is not None:

@@ -10,6 +10,7 @@ import base64
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -54,13 +55,14 @@ async def otesse(stack: Stack, pool: asyncpg.Pool, database_url: str) -> Contend
                      token_url=f"http://localhost:{stack.env['OTESSE_TOKEN_EDGE_PORT']}")
 
 
-async def _measured(contender: Contender, database_url: str) -> Round:
+async def _measured(contender: Contender, database_url: str,
+                    options: Options = OPTIONS) -> Round:
     meter = CpuMeter(services=contender.pids, database_name=contender.database_name,
                      database_url=database_url, redis_url=REDIS_URL)
     await meter.open()
     database = await asyncpg.connect(database_url) if contender.database_name else None
     try:
-        return await measure(contender, OPTIONS, meter, 1, database)
+        return await measure(contender, options, meter, 1, database)
     finally:
         await meter.close()
         if database is not None:
@@ -128,6 +130,18 @@ async def test_both_servers_answer_the_same_steps_without_errors(
     assert {step for step, ratios in document["ratios_otesse_over"][peer.name].items()
             if ratios} == set(compare.STEPS)
     assert "0 errors." in compare.text(rounds, OPTIONS, ["header"])
+
+
+async def test_the_asyncio_generator_sends_the_same_steps(stack: Stack, pool: asyncpg.Pool,
+                                                          database_url: str) -> None:
+    """``--generator asyncio``: this process's own client instead of wrk, same steps, same
+    checks, same counts."""
+    options = replace(OPTIONS, generator="asyncio")
+    measured = await _measured(await otesse(stack, pool, database_url), database_url, options)
+    assert measured.errors == 0, (measured.warmup_error_samples,
+                                  [r.error_samples for r in measured.results.values()])
+    assert list(measured.results) == [*compare.STEPS, *compare.GRPC_STEPS]
+    assert all(r.requests == OPTIONS.requests for r in measured.results.values())
 
 
 def _round(name: str, cpu: float, rps: float) -> Round:
