@@ -18,9 +18,9 @@ concurrency and the same steps:
 Each step is warmed up first. Around each measurement the CPU time of every server process is
 read from ``/proc`` (Otesse: its services, the Postgres backends of its database and Redis;
 the peer: node and Redis), and the load generator's own (this process and wrk). ``validate``
-and ``revalidate`` (gRPC, Otesse only) are sent by this process. The report gives the median of each
-figure over the rounds and the median of the per-round ratios Otesse / peer; the JSON has every
-round. The exit code is 1 when any request failed.
+and ``revalidate`` (gRPC, Otesse only) are sent by this process. The report gives the median
+of each figure over the rounds and the median of the per-round ratios Otesse / peer; the JSON
+has every round. The exit code is 1 when any request failed.
 """
 
 from __future__ import annotations
