@@ -27,6 +27,8 @@ from bench.load import Result, StepFailed
 
 SCRIPT = Path(__file__).resolve().parent / "wrk_steps.lua"
 Step = Literal["authorize", "exchange", "refresh"]
+# How long past its -d a wrk may take to end before it is killed and the step fails.
+GRACE_SECONDS = 30
 
 
 def wrk() -> str:
@@ -79,7 +81,7 @@ async def run(name: str, step: Step, base_url: str, *, path: str,
         assert process.stderr is not None
         complaints: list[str] = []
         try:
-            async with asyncio.timeout(seconds + 30):
+            async with asyncio.timeout(seconds + GRACE_SECONDS):
                 while line := await process.stderr.readline():
                     if line == b"answered\n":
                         # The last answer is in: wrk's main thread stops sleeping at SIGINT.
@@ -87,6 +89,9 @@ async def run(name: str, step: Step, base_url: str, *, path: str,
                     else:
                         complaints.append(line.decode(errors="replace"))
                 await process.wait()
+        except TimeoutError:
+            raise StepFailed(f"wrk did not end {seconds + GRACE_SECONDS} s after it started; "
+                             "it was killed") from None
         finally:
             if process.returncode is None:
                 process.kill()
@@ -98,10 +103,11 @@ async def run(name: str, step: Step, base_url: str, *, path: str,
     answered, errors, duration_us, p50_us, p99_us, broken = (int(f) for f in first.split())
     samples = tuple(line[7:] for line in rest if line.startswith("sample "))
     outputs = tuple(line[4:] for line in rest if line.startswith("out "))
+    # What went wrong with the run as a whole first, then the first answers that were wrong.
+    if answered < total:
+        samples = (f"{total - answered} requests never answered", *samples)
     if broken:
-        samples += (f"{broken} connections failed (connect, read, write or timeout)",)
-    if answered < total and not errors:
-        samples += (f"{total - answered} requests never answered",)
+        samples = (f"{broken} connections failed (connect, read, write or timeout)", *samples)
     result = Result(name, answered, errors + broken + max(0, total - answered),
                     duration_us / 1e6, p50_us / 1000, p99_us / 1000, concurrency, samples[:3])
     return Answered(result, outputs)

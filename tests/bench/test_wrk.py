@@ -227,6 +227,20 @@ async def test_the_inputs_must_match_the_step() -> None:
                       lines=["a\nb"], total=1, concurrency=1, redirect_uri=REDIRECT_URI)
 
 
+async def test_a_wrk_that_does_not_end_is_killed_and_fails_its_step(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hung = tmp_path / "wrk"
+    hung.write_text(f"#!/bin/sh\necho $$ > {tmp_path / 'pid'}\nexec sleep 60\n")
+    hung.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.setattr(wrk, "GRACE_SECONDS", 1)
+    with pytest.raises(StepFailed, match="did not end 2 s after it started; it was killed"):
+        await wrk.run("exchange", "exchange", "http://127.0.0.1:9", path="/token", headers={},
+                      lines=["a"], total=1, concurrency=1, redirect_uri=REDIRECT_URI,
+                      seconds=1)
+    assert not Path(f"/proc/{(tmp_path / 'pid').read_text().strip()}").exists()
+
+
 async def test_without_wrk_the_step_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(StepFailed, match="wrk is missing"):
