@@ -1,6 +1,7 @@
 -- The load generator of bench-peer (bench/wrk.py): one step of the flow, run by wrk, whose
--- event loop is C and whose script is LuaJIT, so the generator spends a few hundredths of a
--- millisecond per request of the cores it shares with the servers it measures.
+-- event loop is C and whose script is LuaJIT, so the generator spends less than a tenth of a
+-- millisecond per request (bench-peer's own share included) of the cores it shares with the
+-- servers it measures.
 --
 -- Arguments after "--": the step (authorize, exchange or refresh), how many requests, the
 -- input file, the output file, the app's redirect URI, the access and refresh token prefixes,
@@ -11,9 +12,9 @@
 --
 -- Each answer is checked as bench/compare.py checks it; a wrong one counts as an error and the
 -- first few say why. The output: a line "answered errors duration_us p50_us p99_us broken"
--- (broken: connections wrk saw fail), then the
--- error samples ("sample" lines), then what the step yields ("out" lines): authorize, the
--- codes; exchange, "access refresh" pairs; refresh, each chain's latest refresh token.
+-- (broken: connections wrk saw fail), then the error samples ("sample" lines), then what the
+-- step yields ("out" lines): authorize, the codes; exchange, "access refresh" pairs; refresh,
+-- each chain's latest refresh token.
 
 local ffi = require("ffi")
 ffi.cdef[[
