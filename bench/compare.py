@@ -222,6 +222,14 @@ def _host(base_url: str) -> str:
     return f"{parts.hostname}:{parts.port}"
 
 
+def _enough_for_chains(contender: Contender, exchanged: int, chains: int,
+                       samples: tuple[str, ...]) -> None:
+    """The refresh step runs one chain per connection, each from an exchange's pair."""
+    if exchanged < chains:
+        raise StepFailed(f"{contender.name}: only {exchanged} exchanges succeeded; {chains} "
+                         f"refresh chains need as many (errors: {'; '.join(samples[:2])})")
+
+
 async def _by_wrk(contender: Contender, requests: Requests, options: Options,
                   timed: Timed) -> list[flow.Tokens]:
     """The three HTTP steps, sent by wrk (:mod:`bench.wrk`); the exchanged token pairs."""
@@ -264,10 +272,7 @@ async def _by_wrk(contender: Contender, requests: Requests, options: Options,
     measured_codes = await codes(n, warm=False)
     await exchanges(warm_codes, warm=True)
     pairs = await exchanges(measured_codes, warm=False)
-    if len(pairs) < c:
-        raise StepFailed(f"{contender.name}: only {len(pairs)} exchanges succeeded; {c} "
-                         f"refresh chains need as many (errors: "
-                         f"{'; '.join(samples.get('exchange', ())[:2])})")
+    _enough_for_chains(contender, len(pairs), c, samples.get("exchange", ()))
     chains = [pair.refresh_token for pair in pairs[:c]]
     for total, warm in ((w, True), (n, False)):
         # Fewer requests than chains: the first ``total`` chains go on, the others wait.
@@ -309,10 +314,8 @@ async def _by_asyncio(contender: Contender, requests: Requests, options: Options
                 tokens[index] = await requests.exchange(api, code)
 
             samples = (await run("exchange", step, len(minted), warm)).error_samples
-            if not warm and sum(t is not None for t in tokens) < c:
-                raise StepFailed(f"{contender.name}: only {sum(t is not None for t in tokens)} "
-                                 f"exchanges succeeded; {c} refresh chains need as many "
-                                 f"(errors: {'; '.join(samples[:2])})")
+            if not warm:
+                _enough_for_chains(contender, sum(t is not None for t in tokens), c, samples)
             return tokens
 
         # Codes live 60 s: each batch is exchanged right after it is minted.
