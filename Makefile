@@ -49,10 +49,10 @@ browser: ## make sure headless Chromium is installed (browser tests)
 	@scripts/ensure-chromium
 
 haproxy: ## make sure HAProxy is installed (the replica tests put it in front of the services)
-	@scripts/ensure-haproxy
+	@scripts/ensure-package haproxy haproxy "the replica tests"
 
 wrk: ## make sure wrk is installed (bench-peer's load generator, bench/wrk.py)
-	@scripts/ensure-wrk
+	@scripts/ensure-package wrk wrk "bench-peer's load generator"
 
 lint: venv ## ruff, mypy and the import contracts (pyproject.toml), without the tests
 	@$(BIN)/ruff check .

@@ -36,7 +36,7 @@ def wrk() -> str:
     found = shutil.which("wrk")
     if found is None:
         raise StepFailed("wrk is missing: install it (Debian's wrk package; "
-                         "scripts/ensure-wrk does)")
+                         "make wrk does)")
     return found
 
 

@@ -81,13 +81,13 @@ SERVICES = ("registry", "token", "authorize", "gateway")
 
 
 def ensure_haproxy() -> str:
-    """The HAProxy binary; installs Debian's package when missing (scripts/ensure-haproxy), or
+    """The HAProxy binary; installs Debian's package when missing (scripts/ensure-package), or
     fails the test run with the one line saying what to install."""
     found = shutil.which(HAPROXY) or shutil.which(HAPROXY, path="/usr/sbin:/sbin")
     if found:
         return found
-    result = subprocess.run([str(ROOT / "scripts" / "ensure-haproxy")], capture_output=True,
-                            text=True)
+    result = subprocess.run([str(ROOT / "scripts" / "ensure-package"), HAPROXY, "haproxy",
+                             "the replica tests"], capture_output=True, text=True)
     found = shutil.which(HAPROXY) or shutil.which(HAPROXY, path="/usr/sbin:/sbin")
     if result.returncode != 0 or not found:
         raise RuntimeError(result.stdout.strip().splitlines()[-1] if result.stdout.strip()
